@@ -1,0 +1,1 @@
+from keras_rmac.version import __version__  # noqa: F401

@@ -1,0 +1,47 @@
+"""Packaging for keras_rmac."""
+
+import pathlib
+import re
+
+from setuptools import find_packages
+from setuptools import setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"',
+    (HERE / "keras_rmac" / "version.py").read_text(),
+).group(1)
+
+setup(
+    name="keras-rmac",
+    version=VERSION,
+    description=(
+        "End-to-end R-MAC image retrieval (Gordo et al., IJCV 2017) "
+        "for Keras 3 / TensorFlow."
+    ),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["keras_rmac", "keras_rmac.*"]),
+    install_requires=[
+        # scann 1.4.2's TF ops are built against TF 2.20: 2.21 fails to
+        # import scann with an undefined symbol.
+        "tensorflow~=2.20.0",
+        "keras>=3.10",
+        "scann==1.4.2",
+        "numpy",
+        "Pillow",
+        "absl-py",
+    ],
+    extras_require={
+        "dev": ["pytest", "ruff"],
+    },
+    entry_points={
+        "console_scripts": ["keras-rmac=keras_rmac.cli.main:main"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
