@@ -1,0 +1,187 @@
+"""Shift + PCA-whitening as a trainable fully connected layer."""
+
+import keras
+import numpy as np
+
+
+def pca_whitening(data, units, power=0.5, epsilon=1e-6):
+    """Learns shift + PCA-whitening from row vectors, in float64.
+
+    Args:
+        data: array `(N, C)`.
+        units: int. Output dimension (<= C).
+        power: float. Whitening power: 0.5 whitens fully, 0 only rotates.
+        epsilon: float. Eigenvalues are floored at `epsilon` times the
+            largest, so near-empty directions are not blown up.
+
+    Returns:
+        `(kernel, bias)`: `(C, units)` and `(units,)` float64 arrays with
+        `x @ kernel + bias == diag(l^-power) V^T (x - mean)`.
+    """
+    data = np.asarray(data, np.float64)
+    mean = data.mean(axis=0)
+    centered = data - mean
+    cov = centered.T @ centered / max(len(data), 1)
+    return _whitening_from_moments(mean, cov, units, power, epsilon)
+
+
+def _whitening_from_moments(mean, cov, units, power, epsilon):
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1][:units]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    floor = epsilon * max(float(eigval[0]), np.finfo(np.float64).tiny)
+    scale = np.maximum(eigval, floor) ** (-power)
+    kernel = eigvec * scale[None, :]
+    bias = -mean @ kernel
+    return kernel, bias
+
+
+def _iter_batches(data):
+    """Yields float64 `(n, C)` NumPy blocks from an array or a dataset."""
+    if hasattr(data, "as_numpy_iterator"):
+        for batch in data.as_numpy_iterator():
+            if isinstance(batch, tuple):
+                batch = batch[0]
+            batch = np.asarray(batch, np.float64)
+            yield batch.reshape(-1, batch.shape[-1])
+        return
+    if isinstance(data, (np.ndarray, list, tuple)) or hasattr(data, "numpy"):
+        data = np.asarray(data, np.float64)
+        yield data.reshape(-1, data.shape[-1])
+        return
+    # Any other iterable (e.g. a generator) yields blocks of vectors.
+    for block in data:
+        block = np.asarray(block, np.float64)
+        yield block.reshape(-1, block.shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="keras_rmac")
+class ShiftPCA(keras.layers.Layer):
+    """Shift + projection of every region vector: `x @ kernel + bias`.
+
+    A fully connected layer with bias applied to the last axis. Until
+    adapted it is the identity (on the first `units` coordinates), so an
+    un-adapted R-MAC model gives plain R-MAC. `adapt()` sets the weights to
+    shift + PCA-whitening learned from region vectors; they stay trainable,
+    so end-to-end training refines them (Gordo et al., 2017, Sec. 3).
+
+    Args:
+        units: int or None. Output dimension; `None` keeps the input
+            dimension. Defaults to `None`.
+        power: float. Default whitening power for `adapt()`: 0.5 whitens
+            fully, 0 only rotates. Defaults to `0.5`.
+        epsilon: float. Relative floor on eigenvalues in `adapt()`.
+            Defaults to `1e-6`.
+
+    Call arguments:
+        inputs: tensor `(..., C)`.
+
+    Returns:
+        Tensor `(..., units)`.
+
+    Example:
+    >>> import numpy as np
+    >>> layer = ShiftPCA()
+    >>> layer.adapt(np.random.rand(100, 8))
+    >>> layer(np.random.rand(2, 5, 8)).shape
+    TensorShape([2, 5, 8])
+
+    Reference:
+        - [Gordo et al., 2017](https://arxiv.org/abs/1610.07940)
+    """
+
+    def __init__(self, units=None, power=0.5, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        if units is not None and (not isinstance(units, int) or units < 1):
+            raise ValueError(
+                f"`units` must be a positive int or None, got {units!r}."
+            )
+        if not epsilon > 0:
+            raise ValueError(f"`epsilon` must be > 0, got {epsilon!r}.")
+        self.units = units
+        self.power = float(power)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                "ShiftPCA needs a known last dimension, got input shape "
+                f"{input_shape}."
+            )
+        units = self.units or channels
+        if units > channels:
+            raise ValueError(
+                f"`units`={units} exceeds the input dimension {channels}: "
+                "PCA cannot add dimensions."
+            )
+        self.input_dim = channels
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(channels, units),
+            initializer=keras.initializers.Identity(),
+        )
+        self.bias = self.add_weight(
+            name="bias", shape=(units,), initializer="zeros"
+        )
+
+    def call(self, inputs):
+        # Shift + PCA: one matrix product with bias on every region vector.
+        return keras.ops.matmul(inputs, self.kernel) + self.bias
+
+    def adapt(self, data, power=None, units=None):
+        """Sets the layer to shift + PCA-whitening learned from `data`.
+
+        Args:
+            data: array `(N, C)` or `(N, R, C)` of vectors, or a
+                `tf.data.Dataset` or any iterable (e.g. a generator)
+                yielding such blocks (streamed: the covariance is
+                accumulated, not the data).
+            power: float or None. Whitening power; `None` uses the layer's.
+            units: int or None. Output dimension. It can only be given
+                before the layer is built, or equal to the built one.
+        """
+        if units is not None:
+            if self.built and units != self.kernel.shape[1]:
+                raise ValueError(
+                    f"ShiftPCA is already built with {self.kernel.shape[1]} "
+                    f"output units; cannot adapt to units={units}. Create "
+                    f"the layer with ShiftPCA(units={units})."
+                )
+            self.units = units
+        power = self.power if power is None else float(power)
+        total, count, outer = None, 0, None
+        for block in _iter_batches(data):
+            if total is None:
+                total = np.zeros(block.shape[1])
+                outer = np.zeros((block.shape[1], block.shape[1]))
+            total += block.sum(axis=0)
+            outer += block.T @ block
+            count += len(block)
+        if not count:
+            raise ValueError("ShiftPCA.adapt() received no vectors.")
+        if not self.built:
+            self.build((None, total.shape[0]))
+        if total.shape[0] != self.input_dim:
+            raise ValueError(
+                f"adapt() data has dimension {total.shape[0]}, the layer "
+                f"expects {self.input_dim}."
+            )
+        mean = total / count
+        cov = outer / count - np.outer(mean, mean)
+        kernel, bias = _whitening_from_moments(
+            mean, cov, self.kernel.shape[1], power, self.epsilon
+        )
+        self.kernel.assign(kernel.astype("float32"))
+        self.bias.assign(bias.astype("float32"))
+
+    def compute_output_shape(self, input_shape):
+        units = self.units or input_shape[-1]
+        return tuple(input_shape[:-1]) + (units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"units": self.units, "power": self.power, "epsilon": self.epsilon}
+        )
+        return config

@@ -1,0 +1,432 @@
+"""The R-MAC descriptor network of Gordo et al. (2017) as a Keras model."""
+
+import hashlib
+import logging
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_rmac.backbones import build_backbone
+from keras_rmac.data import image_io
+from keras_rmac.layers.gem_pooling import GeMPooling
+from keras_rmac.layers.l2_normalize import L2Normalize
+from keras_rmac.layers.mac_pooling import MACPooling
+from keras_rmac.layers.preprocess import Preprocess
+from keras_rmac.layers.rmac_pooling import RMACPooling
+from keras_rmac.layers.shift_pca import ShiftPCA
+from keras_rmac.layers.spoc_pooling import SPoCPooling
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("rmac", "mac", "spoc", "gem")
+
+_IMAGE_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32)
+
+
+def scale_sizes(max_size, scales, longest=None):
+    """Longest side of the image at each scale of a multi-resolution pass.
+
+    `max_size * s` rounded (or `longest * s` when `max_size` is None),
+    at least 1. Shared by `extract` and the SavedModel export so both
+    resize identically.
+    """
+    base = longest if max_size is None else max_size
+    if base is None:
+        return [None for _ in scales]
+    return [max(1, int(round(base * float(s)))) for s in scales]
+
+
+def _validate_scales(scales):
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(
+            f"`scales` must be a non-empty list of positive numbers, got "
+            f"{scales!r}."
+        )
+    return scales
+
+
+@keras.saving.register_keras_serializable(package="keras_rmac")
+class RMACModel(keras.Model):
+    """R-MAC global image descriptor network.
+
+    backbone CNN -> regions -> region max-pool -> L2 -> shift + PCA (a fully
+    connected layer with bias) -> L2 -> sum over regions -> L2. Calling the
+    model on a batch of RGB images (float, values in [0, 255], any size)
+    returns L2-normalised descriptors `(B, D)`; the backbone's preprocessing
+    is part of the graph. Until `adapt_pca()` is called, shift + PCA is the
+    identity and the model computes plain R-MAC. The whole network is
+    differentiable and trainable end to end (see `TripletModel`).
+
+    Args:
+        backbone: str or `keras.Model`. A name from
+            `keras_rmac.backbones.BACKBONES` (`"mobilenet_v1"`,
+            `"mobilenet_v2"`, `"efficientnet_lite0"`, `"resnet50"`,
+            `"resnet101"`, `"vgg16"`, ...) or any convolutional model.
+            Defaults to `"mobilenet_v2"`.
+        weights: `"imagenet"` (Keras download), a path to a local weights
+            file, or None (random init). Defaults to `"imagenet"`.
+        levels: int. R-MAC grid levels. Defaults to `3`.
+        overlap: float. R-MAC region overlap. Defaults to `0.4`.
+        pooling: str. `"rmac"`, or a one-region baseline: `"mac"`,
+            `"spoc"` or `"gem"`. Defaults to `"rmac"`.
+        pca_dim: int or None. Output dimension of shift + PCA; None keeps
+            the backbone's channel count. Defaults to `None`.
+        whiten_power: float. Whitening power used by `adapt_pca()`.
+            Defaults to `0.5`.
+        preprocessing: str or None. Override of the preprocessing mode
+            (`"tf"`, `"torch"`, `"caffe"`, `"lite"`, `"none"`); None picks
+            the one the weights expect. Defaults to `None`.
+
+    Example:
+    >>> model = RMACModel("mobilenet_v2", weights=None)  # doctest: +SKIP
+    >>> model.extract(["a.jpg", "b.jpg"], max_size=512).shape  # doctest: +SKIP
+    (2, 1280)
+
+    Reference:
+        - [Gordo et al., 2017](https://arxiv.org/abs/1610.07940)
+    """
+
+    def __init__(
+        self,
+        backbone="mobilenet_v2",
+        weights="imagenet",
+        levels=3,
+        overlap=0.4,
+        pooling="rmac",
+        pca_dim=None,
+        whiten_power=0.5,
+        preprocessing=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if pooling not in POOLINGS:
+            raise ValueError(
+                f"Unknown pooling={pooling!r}; choose one of {POOLINGS}."
+            )
+        self.backbone_name = backbone if isinstance(backbone, str) else None
+        net, mode, _ = build_backbone(backbone, weights)
+        self.backbone = net
+        mode = preprocessing or mode
+        if mode is None:
+            raise ValueError(
+                "A custom backbone model needs `preprocessing=` (one of "
+                "'tf', 'torch', 'caffe', 'lite', 'none')."
+            )
+        self.preprocessing = mode
+        self.levels = levels
+        self.overlap = float(overlap)
+        self.pooling = pooling
+        self.pca_dim = pca_dim
+        self.whiten_power = float(whiten_power)
+
+        self.preprocess = Preprocess(mode, name="preprocess")
+        if pooling == "rmac":
+            self.pool = RMACPooling(levels, overlap, name="rmac_pooling")
+        elif pooling == "mac":
+            self.pool = MACPooling(name="mac_pooling")
+        elif pooling == "spoc":
+            self.pool = SPoCPooling(name="spoc_pooling")
+        else:
+            self.pool = GeMPooling(name="gem_pooling")
+        self.region_l2 = L2Normalize(name="region_l2")
+        self.shift_pca = ShiftPCA(pca_dim, whiten_power, name="shift_pca")
+        self.pca_l2 = L2Normalize(name="pca_l2")
+        self.descriptor_l2 = L2Normalize(name="descriptor_l2")
+        self._functions = {}
+
+    def region_vectors(self, images, training=False):
+        """L2-normalised region vectors `(B, R, C)` before shift + PCA."""
+        x = self.preprocess(images)
+        features = self.backbone(x, training=training)
+        # Max-pool every region of the grid.
+        regions = self.pool(features)
+        # L2-normalise each region vector.
+        return self.region_l2(regions)
+
+    def call(self, images, training=False):
+        regions = self.region_vectors(images, training=training)
+        # Shift + PCA (fully connected with bias) on every region.
+        regions = self.shift_pca(regions)
+        # L2-normalise again.
+        regions = self.pca_l2(regions)
+        # Sum over regions, then L2-normalise the sum.
+        return self.descriptor_l2(ops.sum(regions, axis=1))
+
+    def compute_output_shape(self, input_shape):
+        dim = self.pca_dim or self.backbone.output.shape[-1]
+        return (input_shape[0], dim)
+
+    @property
+    def descriptor_dim(self):
+        """Dimension D of the descriptors."""
+        return self.pca_dim or int(self.backbone.output.shape[-1])
+
+    # ----------------------------------------------------------------------
+    # Inference on images of any size.
+
+    def _function(self, key):
+        """Cached `tf.function`s over a batch of any size and shape."""
+        if key not in self._functions:
+            if key == "descriptor":
+                fn = self.__call__
+            else:
+                fn = self.region_vectors
+            self._functions[key] = tf.function(
+                lambda x: fn(x, training=False),
+                input_signature=[_IMAGE_SPEC],
+            )
+        return self._functions[key]
+
+    def _resize(self, image, size):
+        if size is None or max(image.shape[:2]) == size:
+            return np.asarray(image, np.float32)
+        return image_io.resize_longest_side(
+            np.asarray(image, np.float32), int(size)
+        ).numpy()
+
+    def _batched(self, key, images, size_fn, batch_size, verbose):
+        """Runs function `key` over `images` in same-shape batches.
+
+        Yields `(start, list of outputs)` for consecutive chunks.
+        """
+        fn = self._function(key)
+        chunk = []
+        start = 0
+        for image in images:
+            chunk.append(image)
+            if len(chunk) == batch_size:
+                yield start, self._run_chunk(fn, chunk, size_fn)
+                start += len(chunk)
+                chunk = []
+        if chunk:
+            yield start, self._run_chunk(fn, chunk, size_fn)
+
+    def _run_chunk(self, fn, chunk, size_fn):
+        resized = [self._resize(im, size_fn(im)) for im in chunk]
+        out = [None] * len(resized)
+        groups = {}
+        for i, im in enumerate(resized):
+            groups.setdefault(im.shape, []).append(i)
+        for idx in groups.values():
+            batch = np.stack([resized[i] for i in idx])
+            values = fn(tf.constant(batch)).numpy()
+            for i, v in zip(idx, values):
+                out[i] = v
+        return out
+
+    def extract(
+        self,
+        images,
+        max_size=None,
+        scales=(1.0,),
+        batch_size=8,
+        num_workers=4,
+        verbose="auto",
+    ):
+        """Computes L2-normalised descriptors of images.
+
+        Each image is resized so that its longest side is `max_size * s`
+        (up or down, keeping the aspect ratio) for every scale `s`; with
+        several scales the L2-normalised descriptors are summed and
+        L2-normalised again (multi-resolution descriptor).
+
+        Args:
+            images: image paths (list of str / Path), a NumPy array `(N, H,
+                W, 3)` or `(H, W, 3)`, a list of `(H, W, 3)` arrays of
+                different sizes, or a `tf.data.Dataset` of `(H, W, 3)`
+                images or `(B, H, W, 3)` batches. RGB values in [0, 255].
+            max_size: int or None. Longest side at scale 1; None keeps each
+                image's own size. Defaults to `None`.
+            scales: sequence of float. Multi-resolution scales. Defaults to
+                `(1.0,)`.
+            batch_size: int. Images per forward pass (images of the same
+                resized shape are batched together). Defaults to `8`.
+            num_workers: int. Threads decoding image files. Defaults to `4`.
+            verbose: `"auto"`, 0 or 1. Progress bar. Defaults to `"auto"`
+                (shown for more than 100 images).
+
+        Returns:
+            float32 NumPy array `(N, D)`.
+
+        Raises:
+            keras_rmac.data.image_io.ImageError: an image file cannot be
+                read (the message names the file and the reason).
+        """
+        scales = _validate_scales(scales)
+        source, count = _image_source(images, num_workers)
+        total = np.zeros((count or 0, self.descriptor_dim), np.float64)
+        for scale in scales:
+            source, _ = _image_source(images, num_workers)
+            rows = []
+            progbar = _progbar(count, verbose)
+            size_fn = _size_fn(max_size, scale)
+            for start, out in self._batched(
+                "descriptor", source, size_fn, batch_size, verbose
+            ):
+                rows.extend(out)
+                if progbar is not None:
+                    progbar.update(start + len(out))
+            if not rows:
+                return np.zeros((0, self.descriptor_dim), np.float32)
+            stacked = np.stack(rows).astype(np.float64)
+            if total.shape[0] != stacked.shape[0]:
+                total = np.zeros_like(stacked)
+            total += stacked
+        if len(scales) > 1:
+            norms = np.linalg.norm(total, axis=1, keepdims=True)
+            total = total / np.maximum(norms, 1e-6)
+        return total.astype(np.float32)
+
+    def adapt_pca(
+        self,
+        images,
+        max_size=None,
+        power=None,
+        batch_size=8,
+        num_workers=4,
+        verbose="auto",
+    ):
+        """Learns shift + PCA-whitening from the region vectors of images.
+
+        Region vectors (after region max-pooling and L2) of every image are
+        collected and `ShiftPCA.adapt` sets the layer to shift +
+        PCA-whitening. Use images disjoint from the ones you evaluate on.
+
+        Args:
+            images: as in `extract`.
+            max_size: int or None. Longest side. Defaults to `None`.
+            power: float or None. Whitening power; None uses the model's
+                `whiten_power`. Defaults to `None`.
+            batch_size: int. Defaults to `8`.
+            num_workers: int. Defaults to `4`.
+            verbose: `"auto"`, 0 or 1. Defaults to `"auto"`.
+
+        Returns:
+            The number of region vectors used.
+        """
+        source, count = _image_source(images, num_workers)
+        progbar = _progbar(count, verbose)
+        size_fn = _size_fn(max_size, 1.0)
+        used = [0]
+
+        def blocks():
+            for start, out in self._batched(
+                "regions", source, size_fn, batch_size, verbose
+            ):
+                block = np.concatenate(out, axis=0)
+                used[0] += len(block)
+                if progbar is not None:
+                    progbar.update(start + len(out))
+                yield block
+
+        self.shift_pca.adapt(
+            blocks(), power=self.whiten_power if power is None else power
+        )
+        self._functions.clear()
+        return used[0]
+
+    def fingerprint(self):
+        """sha256 of the configuration-relevant weights (hex).
+
+        Two models give the same descriptors only if their fingerprints
+        match; search indexes store it to refuse mixing descriptors.
+        """
+        digest = hashlib.sha256()
+        digest.update(self.preprocessing.encode())
+        for weight in self.weights:
+            value = np.ascontiguousarray(ops.convert_to_numpy(weight))
+            digest.update(str(value.shape).encode())
+            digest.update(value.tobytes())
+        return digest.hexdigest()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "backbone": keras.saving.serialize_keras_object(
+                    self.backbone
+                ),
+                "weights": None,
+                "levels": self.levels,
+                "overlap": self.overlap,
+                "pooling": self.pooling,
+                "pca_dim": self.pca_dim,
+                "whiten_power": self.whiten_power,
+                "preprocessing": self.preprocessing,
+                "backbone_name": self.backbone_name,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        name = config.pop("backbone_name", None)
+        config["backbone"] = keras.saving.deserialize_keras_object(
+            config["backbone"]
+        )
+        model = cls(**config)
+        model.backbone_name = name
+        return model
+
+
+def _size_fn(max_size, scale):
+    def size(image):
+        return scale_sizes(max_size, (scale,), max(image.shape[:2]))[0]
+
+    return size
+
+
+def _progbar(count, verbose):
+    if verbose == "auto":
+        verbose = 1 if count and count > 100 else 0
+    if not verbose:
+        return None
+    return keras.utils.Progbar(count)
+
+
+def _image_source(images, num_workers):
+    """`(iterator over (H, W, 3) arrays, count or None)` for any input."""
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, tf.data.Dataset):
+        def from_dataset():
+            for item in images.as_numpy_iterator():
+                if isinstance(item, tuple):
+                    item = item[0]
+                if item.ndim == 4:
+                    yield from item
+                else:
+                    yield item
+        card = int(images.cardinality())
+        return from_dataset(), (card if card >= 0 else None)
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                "Image arrays must be (N, H, W, 3) or (H, W, 3) RGB, got "
+                f"shape {images.shape}."
+            )
+        return iter(images), len(images)
+    images = list(images)
+    if images and isinstance(images[0], (str, os.PathLike)):
+        def from_files():
+            for _, item in image_io.load_images(
+                images, num_workers=num_workers
+            ):
+                if isinstance(item, image_io.ImageError):
+                    raise item
+                yield item
+        return from_files(), len(images)
+    for i, image in enumerate(images):
+        shape = np.shape(image)
+        if len(shape) != 3 or shape[-1] != 3:
+            raise ValueError(
+                f"Image {i} must be (H, W, 3) RGB, got shape {shape}."
+            )
+    return iter(images), len(images)
