@@ -236,8 +236,9 @@ def build_backbone(backbone="mobilenet_v2", weights="imagenet"):
                     f"{path} holds {known.backbone!r} weights, not "
                     f"{backbone!r}: pass backbone={known.backbone!r}."
                 )
-            preprocessing, epsilon = known.preprocessing, (
-                known.batchnorm_epsilon
+            preprocessing, epsilon = (
+                known.preprocessing,
+                (known.batchnorm_epsilon),
             )
         model = _load_file(backbone, spec, path)
     if epsilon is not None:

@@ -18,7 +18,6 @@ Reference:
       Image Retrieval](https://arxiv.org/abs/1610.07940)
 """
 
-
 import numpy as np
 from keras import ops
 
@@ -64,8 +63,9 @@ def _offsets_numpy(n, size, side):
     return [int(p) - wl2 for p in pos]
 
 
-def rmac_regions_numpy(height, width, levels=3, overlap=0.4,
-                       include_global=True):
+def rmac_regions_numpy(
+    height, width, levels=3, overlap=0.4, include_global=True
+):
     """R-MAC regions of a `height` x `width` feature map, in NumPy.
 
     Args:
@@ -120,8 +120,10 @@ def _extra_regions(height, width, overlap):
     short = ops.minimum(height, width)
     long = ops.maximum(height, width)
     short_f = ops.cast(short, "float64")
-    b = _r32(ops.cast(long - short, "float64") * ops.convert_to_tensor(
-        _INV_STEPS, "float64"))
+    b = _r32(
+        ops.cast(long - short, "float64")
+        * ops.convert_to_tensor(_INV_STEPS, "float64")
+    )
     w2 = _r32(short_f * short_f)
     ov = _r32(w2 - _r32(short_f * b))
     ov = _r32(ov / w2)
@@ -200,14 +202,14 @@ def region_max_pool(x, regions):
     """
     if isinstance(regions, np.ndarray):
         pooled = [
-            ops.max(x[:, y:y + h, rx:rx + w, :], axis=(1, 2))
+            ops.max(x[:, y : y + h, rx : rx + w, :], axis=(1, 2))
             for rx, y, w, h in regions.tolist()
         ]
         return ops.stack(pooled, axis=1)
 
     def pool_one(region):
         rx, y, w, h = region[0], region[1], region[2], region[3]
-        return ops.max(x[:, y:y + h, rx:rx + w, :], axis=(1, 2))
+        return ops.max(x[:, y : y + h, rx : rx + w, :], axis=(1, 2))
 
     return ops.transpose(ops.map(pool_one, regions), (1, 0, 2))
 
@@ -228,8 +230,9 @@ def count_regions(height, width, levels=3, overlap=0.4, include_global=True):
     """Number of R-MAC regions for a static map size, or None if unknown."""
     if height is None or width is None:
         return None
-    return len(rmac_regions_numpy(height, width, levels, overlap,
-                                  include_global))
+    return len(
+        rmac_regions_numpy(height, width, levels, overlap, include_global)
+    )
 
 
 def static_regions(x, levels, overlap, include_global):
@@ -251,5 +254,3 @@ def regions_for(x, levels, overlap, include_global):
         return regions
     shape = ops.shape(x)
     return rmac_regions(shape[1], shape[2], levels, overlap, include_global)
-
-

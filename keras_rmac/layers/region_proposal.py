@@ -67,7 +67,10 @@ class RegionProposal(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         count = functional.count_regions(
-            input_shape[1], input_shape[2], self.levels, self.overlap,
+            input_shape[1],
+            input_shape[2],
+            self.levels,
+            self.overlap,
             self.include_global,
         )
         return (count, 4)

@@ -53,7 +53,10 @@ class RMACPooling(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         count = functional.count_regions(
-            input_shape[1], input_shape[2], self.levels, self.overlap,
+            input_shape[1],
+            input_shape[2],
+            self.levels,
+            self.overlap,
             self.include_global,
         )
         return (input_shape[0], count, input_shape[3])

@@ -347,9 +347,7 @@ class RMACModel(keras.Model):
         config = super().get_config()
         config.update(
             {
-                "backbone": keras.saving.serialize_keras_object(
-                    self.backbone
-                ),
+                "backbone": keras.saving.serialize_keras_object(self.backbone),
                 "weights": None,
                 "levels": self.levels,
                 "overlap": self.overlap,
@@ -394,6 +392,7 @@ def _image_source(images, num_workers):
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     if isinstance(images, tf.data.Dataset):
+
         def from_dataset():
             for item in images.as_numpy_iterator():
                 if isinstance(item, tuple):
@@ -402,6 +401,7 @@ def _image_source(images, num_workers):
                     yield from item
                 else:
                     yield item
+
         card = int(images.cardinality())
         return from_dataset(), (card if card >= 0 else None)
     if isinstance(images, np.ndarray):
@@ -415,6 +415,7 @@ def _image_source(images, num_workers):
         return iter(images), len(images)
     images = list(images)
     if images and isinstance(images[0], (str, os.PathLike)):
+
         def from_files():
             for _, item in image_io.load_images(
                 images, num_workers=num_workers
@@ -422,6 +423,7 @@ def _image_source(images, num_workers):
                 if isinstance(item, image_io.ImageError):
                     raise item
                 yield item
+
         return from_files(), len(images)
     for i, image in enumerate(images):
         shape = np.shape(image)

@@ -1,0 +1,305 @@
+"""Three-stream siamese training wrapper around an `RMACModel`."""
+
+import logging
+
+import keras
+from keras import ops
+
+from keras_rmac.losses import TripletMarginLoss
+
+logger = logging.getLogger(__name__)
+
+STREAMS = ("query", "positive", "negative")
+
+DEFAULT_LEARNING_RATE = 1e-5
+"""Adam learning rate `compile()` uses when no optimizer is given.
+
+Fine-tuning an ImageNet backbone with the triplet loss wants a small step:
+Radenovic et al. (2018) fine-tune with Adam at 1e-6 to 5e-6 for a full
+network; 1e-5 suits the shorter schedules and partly frozen backbones this
+library trains by default (see `benchmarks/train_coil100.py`).
+"""
+
+
+def _sublayers(layer):
+    """Every layer nested under `layer` (depth first), not `layer` itself."""
+    for child in getattr(layer, "layers", ()):
+        yield child
+        yield from _sublayers(child)
+
+
+def _first_trainable_index(layers, trainable_from):
+    """Index of the first backbone layer left trainable."""
+    if trainable_from is None:
+        return 0
+    if isinstance(trainable_from, str):
+        names = [layer.name for layer in layers]
+        if trainable_from not in names:
+            raise ValueError(
+                f"trainable_from={trainable_from!r} is not a layer of the "
+                f"backbone. Pass one of its layer names (e.g. "
+                f"{names[len(names) * 3 // 4]!r}) or a fraction in [0, 1]."
+            )
+        return names.index(trainable_from)
+    if isinstance(trainable_from, bool) or not 0.0 <= trainable_from <= 1.0:
+        raise ValueError(
+            "`trainable_from` must be a backbone layer name, a fraction in "
+            f"[0, 1] or None, got trainable_from={trainable_from!r}."
+        )
+    return int(round(float(trainable_from) * len(layers)))
+
+
+def set_trainable(backbone, trainable_from=None, freeze_batchnorm=True):
+    """Freezes the early layers and/or the BatchNorm layers of a backbone.
+
+    Layers before `trainable_from` get `trainable=False` (no gradient is
+    computed for them, which also makes each step cheaper: backpropagation
+    stops at the first trainable layer). With `freeze_batchnorm`, every
+    `BatchNormalization` layer gets `trainable=False`, which in Keras 3
+    also runs it in inference mode (moving statistics, not batch
+    statistics) and keeps its scale and offset fixed.
+
+    Args:
+        backbone: `keras.Model`. The convolutional backbone.
+        trainable_from: str, float or None. The first layer to train, by
+            name, or a fraction of the backbone's layers to freeze (0.0
+            trains all, 1.0 freezes the whole backbone). None trains all.
+            Defaults to `None`.
+        freeze_batchnorm: bool. Defaults to `True`.
+
+    Returns:
+        The number of backbone layers frozen by `trainable_from`.
+    """
+    layers = list(backbone.layers)
+    first = _first_trainable_index(layers, trainable_from)
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= first
+    if freeze_batchnorm:
+        for layer in _sublayers(backbone):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    return first
+
+
+@keras.saving.register_keras_serializable(package="keras_rmac")
+class TripletModel(keras.Model):
+    """Trains an `RMACModel` with the triplet ranking loss.
+
+    The three streams (query, positive, negative) share one set of weights:
+    they all go through the same `embedding` model. When the three inputs
+    have the same static image shape they are concatenated along the batch
+    axis and embedded in a single pass; otherwise (variable-size images,
+    batch of one triplet as in the paper) the embedding is applied three
+    times. The model returns the descriptors stacked on axis 1, `(B, 3,
+    D)`, which `TripletMarginLoss` consumes, so `model.fit()` on a dataset
+    of triplets trains with Keras's own training loop.
+
+    BatchNorm layers are frozen by default (inference mode and fixed
+    scale/offset), as is usual when fine-tuning with small batches of
+    triplets. Initialise shift + PCA before training with
+    `embedding.adapt_pca(training_images, max_size=...)`: the whitening
+    learned from region vectors is a much better starting point than the
+    identity (`keras_rmac.training.train` does it for you).
+
+    Args:
+        embedding: `RMACModel` (or any model mapping images `(B, H, W, 3)`
+            to descriptors `(B, D)` with a `backbone` attribute).
+        freeze_batchnorm: bool. Set every BatchNormalization layer of the
+            backbone to `trainable=False`. Defaults to `True`.
+        trainable_from: str, float or None. Freeze the backbone layers
+            before this one (a layer name, or a fraction of the layers);
+            see `set_trainable`. Defaults to `None` (train all).
+
+    Call arguments:
+        inputs: dict with keys `"query"`, `"positive"`, `"negative"` (or a
+            tuple of three), each a batch of RGB images `(B, H, W, 3)` with
+            values in [0, 255].
+        training: bool.
+
+    Returns:
+        Descriptors `(B, 3, D)`: query, positive and negative on axis 1.
+
+    Example:
+    >>> from keras_rmac.models import RMACModel  # doctest: +SKIP
+    >>> rmac = RMACModel("mobilenet_v2", weights="imagenet")  # doctest: +SKIP
+    >>> rmac.adapt_pca(train_paths, max_size=224)  # doctest: +SKIP
+    >>> model = TripletModel(rmac, trainable_from="block_13_expand")
+    ... # doctest: +SKIP
+    >>> model.compile()  # Adam(1e-5), triplet margin loss 0.1  # doctest: +SKIP
+    >>> model.fit(triplet_dataset, epochs=10)  # doctest: +SKIP
+    >>> model.embedding.save("rmac_finetuned.keras")  # doctest: +SKIP
+
+    Reference:
+        - [Gordo et al., 2017](https://arxiv.org/abs/1610.07940)
+    """
+
+    def __init__(
+        self,
+        embedding,
+        freeze_batchnorm=True,
+        trainable_from=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not hasattr(embedding, "backbone"):
+            raise ValueError(
+                "`embedding` must be an RMACModel (a model with a "
+                f"`backbone` attribute), got {type(embedding).__name__}."
+            )
+        self.embedding = embedding
+        self.freeze_batchnorm = bool(freeze_batchnorm)
+        self.trainable_from = trainable_from
+        frozen = set_trainable(
+            embedding.backbone, trainable_from, self.freeze_batchnorm
+        )
+        if frozen:
+            logger.info(
+                "TripletModel: %d of %d backbone layers frozen (training "
+                "from %r)",
+                frozen,
+                len(embedding.backbone.layers),
+                trainable_from,
+            )
+
+    def call(self, inputs, training=False):
+        query, positive, negative = _unpack_streams(inputs)
+        shapes = [tuple(x.shape[1:]) for x in (query, positive, negative)]
+        if None not in shapes[0] and shapes[0] == shapes[1] == shapes[2]:
+            # One pass over the concatenated batch: same weights, and BN is
+            # frozen by default so batch composition does not matter.
+            batch = ops.concatenate([query, positive, negative], axis=0)
+            descriptors = self.embedding(batch, training=training)
+            streams = ops.split(descriptors, 3, axis=0)
+        else:
+            streams = [
+                self.embedding(x, training=training)
+                for x in (query, positive, negative)
+            ]
+        return ops.stack(streams, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, dict):
+            input_shape = input_shape["query"]
+        elif isinstance(input_shape[0], (tuple, list)):
+            input_shape = input_shape[0]
+        dim = self.embedding.compute_output_shape(input_shape)[-1]
+        return (input_shape[0], 3, dim)
+
+    def compile(
+        self,
+        optimizer=None,
+        loss=None,
+        gradient_accumulation_steps=None,
+        **kwargs,
+    ):
+        """Configures training with working defaults.
+
+        Args:
+            optimizer: optimizer instance, name, or None for
+                `keras.optimizers.Adam(DEFAULT_LEARNING_RATE)`.
+                Defaults to `None`.
+            loss: loss or None for `TripletMarginLoss(margin=0.1)`.
+                Defaults to `None`.
+            gradient_accumulation_steps: int or None. Apply the averaged
+                gradients of this many batches at once (an effective batch
+                this many times larger; Keras 3 optimizers implement it).
+                Defaults to `None`.
+            **kwargs: passed to `keras.Model.compile` (`metrics`,
+                `jit_compile`, `steps_per_execution`, ...).
+        """
+        if gradient_accumulation_steps is not None and not (
+            int(gradient_accumulation_steps) >= 2
+        ):
+            raise ValueError(
+                "`gradient_accumulation_steps` must be an int >= 2 or None, "
+                f"got {gradient_accumulation_steps!r}."
+            )
+        if optimizer is None:
+            optimizer = keras.optimizers.Adam(
+                learning_rate=DEFAULT_LEARNING_RATE,
+                gradient_accumulation_steps=gradient_accumulation_steps,
+            )
+        elif isinstance(optimizer, str):
+            optimizer = keras.optimizers.get(optimizer)
+            if gradient_accumulation_steps:
+                optimizer.gradient_accumulation_steps = int(
+                    gradient_accumulation_steps
+                )
+        elif gradient_accumulation_steps:
+            current = optimizer.gradient_accumulation_steps
+            if current not in (None, gradient_accumulation_steps):
+                raise ValueError(
+                    "The optimizer already has gradient_accumulation_steps="
+                    f"{current}; got gradient_accumulation_steps="
+                    f"{gradient_accumulation_steps}. Pass one of them."
+                )
+            if optimizer.built and current is None:
+                raise ValueError(
+                    "Cannot add gradient accumulation to an optimizer that is "
+                    "already built; create it with "
+                    f"gradient_accumulation_steps={gradient_accumulation_steps}."
+                )
+            optimizer.gradient_accumulation_steps = int(
+                gradient_accumulation_steps
+            )
+        if loss is None:
+            loss = TripletMarginLoss(margin=0.1)
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        # Triplet datasets carry no targets: give the loss a dummy one.
+        if y is None:
+            y = ops.zeros(ops.shape(y_pred)[:1], dtype=y_pred.dtype)
+        return super().compute_loss(
+            x=x,
+            y=y,
+            y_pred=y_pred,
+            sample_weight=sample_weight,
+            training=training,
+        )
+
+    def compile_from_config(self, config):
+        # `compile()` is overridden, so Keras leaves this to us. The saved
+        # config holds the optimizer actually used (with its
+        # gradient_accumulation_steps), the loss and the other kwargs.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "embedding": keras.layers.serialize(self.embedding),
+                "freeze_batchnorm": self.freeze_batchnorm,
+                "trainable_from": self.trainable_from,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["embedding"] = keras.layers.deserialize(config["embedding"])
+        return cls(**config)
+
+
+def _unpack_streams(inputs):
+    if isinstance(inputs, dict):
+        missing = [k for k in STREAMS if k not in inputs]
+        if missing:
+            raise ValueError(
+                f"TripletModel inputs lack {missing}; expected a dict with "
+                f"keys {STREAMS}, got keys {sorted(inputs)}."
+            )
+        return tuple(inputs[k] for k in STREAMS)
+    if isinstance(inputs, (tuple, list)) and len(inputs) == 3:
+        return tuple(inputs)
+    raise ValueError(
+        "TripletModel expects a dict with keys "
+        f"{STREAMS} or a tuple of three image batches, got "
+        f"{type(inputs).__name__}."
+    )
