@@ -1,0 +1,112 @@
+"""`keras-rmac export` sub-command."""
+
+import argparse
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_rmac.cli import export
+
+WARMUP = "tf_serving_warmup_requests"
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="keras-rmac")
+    export.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["export"] + argv)
+
+
+def test_export_from_saved_keras_model(
+    tiny_model, image_files, tmp_path, capsys
+):
+    model_path = tmp_path / "rmac.keras"
+    tiny_model.save(model_path)
+    out = tmp_path / "serving"
+    args = _parse(
+        [
+            "--model",
+            str(model_path),
+            "--out",
+            str(out),
+            "--max-size",
+            "40",
+            "--scales",
+            "1,0.5",
+            "--warmup",
+            image_files[0],
+            image_files[4],
+        ]
+    )
+    assert args.run(args) == 0
+    version_dir = os.path.join(str(out), "1")
+    assert capsys.readouterr().out.strip() == version_dir
+    warmup = os.path.join(version_dir, "assets.extra", WARMUP)
+    assert sum(1 for _ in tf.data.TFRecordDataset(warmup)) == 2
+
+    loaded = tf.saved_model.load(version_dir)
+    data = [open(p, "rb").read() for p in image_files]
+    got = loaded.signatures["serving_default"](image_bytes=tf.constant(data))
+    expected = tiny_model.extract(image_files, max_size=40, scales=(1.0, 0.5))
+    np.testing.assert_allclose(got["descriptor"].numpy(), expected, atol=1e-5)
+
+    # Same command again: the next version; --no-warmup writes no file.
+    args = _parse(
+        ["--model", str(model_path), "--out", str(out), "--no-warmup"]
+    )
+    assert args.run(args) == 0
+    assert capsys.readouterr().out.strip() == os.path.join(str(out), "2")
+    assert not os.path.exists(out / "2" / "assets.extra" / WARMUP)
+
+
+def test_errors_return_1(tmp_path, tiny_model, caplog):
+    args = _parse(["--model", str(tmp_path / "nope.keras"), "--out", "x"])
+    assert args.run(args) == 1
+    assert "nope.keras" in caplog.text
+    args = _parse(
+        ["--backbone", "mobilenet_v2", "--weights", str(tmp_path / "w.h5")]
+        + ["--out", str(tmp_path / "o")]
+    )
+    assert args.run(args) == 1
+    assert "w.h5" in caplog.text
+    os.makedirs(tmp_path / "o" / "4")
+    model_path = tmp_path / "rmac.keras"
+    tiny_model.save(model_path)
+    args = _parse(
+        ["--model", str(model_path), "--out", str(tmp_path / "o")]
+        + ["--version", "4"]
+    )
+    assert args.run(args) == 1
+    assert "already exists" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--out", "x"],  # Neither --model nor --backbone.
+        ["--model", "m.keras", "--backbone", "vgg16", "--out", "x"],
+        ["--model", "m.keras"],  # No --out.
+        ["--model", "m.keras", "--out", "x", "--scales", "1,-2"],
+        ["--model", "m.keras", "--out", "x", "--scales", "big"],
+        ["--model", "m.keras", "--out", "x", "--max-size", "0"],
+        ["--model", "m.keras", "--out", "x", "--version", "-1"],
+        ["--model", "m.keras", "--out", "x", "--warmup", "a", "--no-warmup"],
+    ],
+)
+def test_bad_arguments_exit(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        _parse(argv)
+    assert info.value.code == 2
+
+
+def test_parsed_defaults():
+    args = _parse(["--backbone", "mobilenet_v2", "--out", "x"])
+    assert args.weights == "imagenet"
+    assert args.pooling == "rmac"
+    assert args.scales == (1.0,)
+    assert args.max_size is None
+    assert args.version is None
+    assert args.warmup is None and not args.no_warmup
+    args = _parse(["--model", "m.keras", "--out", "x", "--scales", "1 0.707"])
+    assert args.scales == (1.0, 0.707)
