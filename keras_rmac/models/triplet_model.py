@@ -260,6 +260,35 @@ class TripletModel(keras.Model):
             training=training,
         )
 
+    def train_step(self, data):
+        logs = super().train_step(data)
+        if _multi_worker(self.distribute_strategy):
+            # Keras 3 reduces each log with `strategy.reduce("MEAN", v,
+            # axis=0)` under MultiWorkerMirroredStrategy, which fails on
+            # scalars (tensorflow/tensorflow#72388). A leading axis of
+            # length 1 per replica reduces to the same scalar mean.
+            logs = {k: ops.reshape(v, (1,)) for k, v in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a distribution strategy Keras builds the model from the
+        # first batch reduced across replicas with `strategy.reduce`, which
+        # MultiWorkerMirroredStrategy cannot do on nested (dict) inputs
+        # (keras-team/keras#20329). Shapes are all the build needs, so take
+        # the first replica's part instead.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and data_batch is None and strategy:
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = keras.tree.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0], batch
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )
+
     def compile_from_config(self, config):
         # `compile()` is overridden, so Keras leaves this to us. The saved
         # config holds the optimizer actually used (with its
@@ -285,6 +314,15 @@ class TripletModel(keras.Model):
         config = dict(config)
         config["embedding"] = keras.layers.deserialize(config["embedding"])
         return cls(**config)
+
+
+def _multi_worker(strategy):
+    """Whether `strategy` is a MultiWorkerMirroredStrategy with >1 worker."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    return bool(strategy.extended._in_multi_worker_mode())
 
 
 def _unpack_streams(inputs):

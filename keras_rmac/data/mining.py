@@ -1,0 +1,463 @@
+"""Hard-negative mining for triplet training.
+
+Gordo et al. (2017), Sec. 3.3: triplets with random negatives are soon too
+easy to teach anything, so every few iterations the current network embeds
+a random pool of training images, and for each query the most similar
+images of *other* classes (at most one per class, so one confusable class
+does not fill every slot) become its negatives. Positives come from the
+query's class, at random or, optionally, the most similar one in the pool
+(Radenovic et al., 2018).
+
+`mine_hard_negatives` is the pure step on descriptors, searched with a
+`keras_rmac.search` index (exact, or ScaNN for large pools) or an internal
+NumPy exact search when that package is unavailable.
+`HardNegativeMiner` is the Keras callback that runs it during `fit` and
+writes the new triplets to the `TripletTable` the training dataset reads.
+
+Reference:
+    - [Gordo et al., 2017](https://arxiv.org/abs/1610.07940)
+    - [Radenovic et al., 2018](https://arxiv.org/abs/1711.02512)
+"""
+
+import logging
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_rmac.data.triplets import LabelledImages
+from keras_rmac.data.triplets import TripletTable
+from keras_rmac.data.triplets import check_trainable
+from keras_rmac.data.triplets import image_dataset
+from keras_rmac.data.triplets import random_triplets
+
+logger = logging.getLogger(__name__)
+
+POSITIVE_MODES = ("random", "most_similar")
+
+
+class NumpyIndex:
+    """Exact inner-product search in NumPy, in blocks of queries.
+
+    The fallback when `keras_rmac.search` is not available; same
+    interface: `add(descriptors, ids)`, `search(queries, k) -> (ids,
+    scores)`, best first, `-1` ids when fewer than `k` vectors exist.
+
+    Args:
+        dim: int. Descriptor dimension.
+        block: int. Queries scored per matrix product. Defaults to `1024`.
+    """
+
+    def __init__(self, dim: int, block: int = 1024):
+        self.dim = int(dim)
+        self.block = int(block)
+        self._data = np.zeros((0, self.dim), np.float32)
+        self._ids = np.zeros((0,), np.int64)
+
+    def add(self, descriptors, ids) -> None:
+        descriptors = np.asarray(descriptors, np.float32)
+        if descriptors.ndim != 2 or descriptors.shape[1] != self.dim:
+            raise ValueError(
+                f"Expected descriptors of shape (N, {self.dim}), got "
+                f"{descriptors.shape}."
+            )
+        self._data = np.concatenate([self._data, descriptors])
+        self._ids = np.concatenate([self._ids, np.asarray(ids, np.int64)])
+
+    def search(self, queries, k: int):
+        queries = np.asarray(queries, np.float32)
+        n = len(self._data)
+        kk = min(int(k), n)
+        ids = np.full((len(queries), int(k)), -1, np.int64)
+        scores = np.full((len(queries), int(k)), -np.inf, np.float32)
+        for start in range(0, len(queries), self.block):
+            sims = queries[start : start + self.block] @ self._data.T
+            if kk < n:
+                top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+            else:
+                top = np.broadcast_to(np.arange(n), (len(sims), n))
+            top_scores = np.take_along_axis(sims, top, axis=1)
+            # Stable order: score descending, then position ascending.
+            order = np.lexsort((top, -top_scores), axis=1)
+            top = np.take_along_axis(top, order, axis=1)
+            rows = slice(start, start + len(sims))
+            ids[rows, :kk] = self._ids[top]
+            scores[rows, :kk] = np.take_along_axis(sims, top, axis=1)
+        return ids, scores
+
+
+def make_index(kind, dim: int):
+    """A nearest-neighbour index with `add`/`search`.
+
+    Args:
+        kind: `"exact"` (`keras_rmac.search.ExactIndex`, or `NumpyIndex`
+            when that package is missing), `"scann"`
+            (`keras_rmac.search.ScannIndex`, approximate, for pools of
+            hundreds of thousands of images), `"numpy"`, or a callable
+            `dim -> index`.
+        dim: int. Descriptor dimension.
+    """
+    if callable(kind):
+        return kind(dim)
+    if kind == "numpy":
+        return NumpyIndex(dim)
+    if kind in ("exact", "scann"):
+        try:
+            from keras_rmac import search
+        except ImportError:  # pragma: no cover - package always present
+            search = None
+        name = "ExactIndex" if kind == "exact" else "ScannIndex"
+        cls = getattr(search, name, None)
+        if cls is None:
+            if kind == "scann":
+                raise ValueError(
+                    "index='scann' needs keras_rmac.search.ScannIndex, "
+                    "which is not available; use index='exact'."
+                )
+            logger.debug("keras_rmac.search.ExactIndex missing; using NumPy")
+            return NumpyIndex(dim)
+        if kind == "scann":
+            return cls(dim, mode="fast")
+        return cls(dim)
+    raise ValueError(
+        f"Unknown index={kind!r}; use 'exact', 'scann', 'numpy' or a "
+        "callable dim -> index."
+    )
+
+
+def mine_hard_negatives(
+    query_descriptors,
+    query_labels,
+    pool_descriptors,
+    pool_labels,
+    num_negatives: int = 1,
+    index="exact",
+) -> np.ndarray:
+    """The hardest negatives of each query, at most one per class.
+
+    For each query, pool images are visited from the most to the least
+    similar (inner product of L2-normalised descriptors, i.e. smallest
+    Euclidean distance first); images of the query's class are skipped, as
+    are images of a class that already gave a negative. The search asks the
+    index for a few times `num_negatives` neighbours and widens the search
+    for queries whose neighbourhood is filled by few classes.
+
+    Args:
+        query_descriptors: float array `(Q, D)`.
+        query_labels: int array `(Q,)`.
+        pool_descriptors: float array `(P, D)`.
+        pool_labels: int array `(P,)`.
+        num_negatives: int. Negatives per query. Defaults to `1`.
+        index: as `kind` in `make_index`. Defaults to `"exact"`.
+
+    Returns:
+        int64 array `(Q, num_negatives)` of pool positions, hardest first,
+        `-1` where fewer than `num_negatives` other classes exist.
+    """
+    queries = np.asarray(query_descriptors, np.float32)
+    pool = np.asarray(pool_descriptors, np.float32)
+    query_labels = np.asarray(query_labels, np.int64)
+    pool_labels = np.asarray(pool_labels, np.int64)
+    if num_negatives < 1:
+        raise ValueError(f"`num_negatives` must be >= 1, got {num_negatives}.")
+    if len(pool_labels) != len(pool) or len(query_labels) != len(queries):
+        raise ValueError(
+            "One label per descriptor: got "
+            f"{len(queries)} queries / {len(query_labels)} labels and "
+            f"{len(pool)} pool vectors / {len(pool_labels)} labels."
+        )
+    out = np.full((len(queries), num_negatives), -1, np.int64)
+    if not len(queries) or not len(pool):
+        return out
+    searcher = make_index(index, pool.shape[1])
+    searcher.add(pool, np.arange(len(pool), dtype=np.int64))
+    todo = np.arange(len(queries))
+    k = min(len(pool), 4 * num_negatives + 16)
+    while len(todo):
+        ids, _ = searcher.search(queries[todo], k)
+        ids = np.asarray(ids, np.int64)
+        unfinished = []
+        for row, q in zip(ids, todo):
+            used = {int(query_labels[q])}
+            found = []
+            for j in row:
+                if j < 0:
+                    continue
+                label = int(pool_labels[j])
+                if label in used:
+                    continue
+                used.add(label)
+                found.append(j)
+                if len(found) == num_negatives:
+                    break
+            out[q, : len(found)] = found
+            if len(found) < num_negatives and k < len(pool):
+                unfinished.append(q)
+        todo = np.array(unfinished, np.int64)
+        k = min(len(pool), 4 * k)
+    return out
+
+
+def select_positives(
+    queries,
+    labels,
+    mode: str = "random",
+    rng=None,
+    pool=None,
+    pool_descriptors=None,
+    query_descriptors=None,
+) -> np.ndarray:
+    """A positive image for each query, from the query's class.
+
+    Args:
+        queries: int array `(Q,)` of image indices.
+        labels: int array `(N,)`: class of every image.
+        mode: `"random"` (any other image of the class) or
+            `"most_similar"` (the most similar other image of the class in
+            `pool`; random when the pool holds none). Defaults to
+            `"random"`.
+        rng: `np.random.Generator` or None. Defaults to a fresh one.
+        pool: int array `(P,)` of image indices (for `"most_similar"`).
+        pool_descriptors: float array `(P, D)`.
+        query_descriptors: float array `(Q, D)`.
+
+    Returns:
+        int64 array `(Q,)` of image indices.
+    """
+    if mode not in POSITIVE_MODES:
+        raise ValueError(
+            f"Unknown positive mode {mode!r}; choose one of {POSITIVE_MODES}."
+        )
+    labels = np.asarray(labels, np.int64)
+    rng = rng or np.random.default_rng()
+    members = {}
+    out = np.empty(len(queries), np.int64)
+    for i, q in enumerate(np.asarray(queries, np.int64)):
+        c = labels[q]
+        if c not in members:
+            members[c] = np.flatnonzero(labels == c)
+        others = members[c][members[c] != q]
+        if not len(others):
+            raise ValueError(
+                f"Image {q} is the only one of its class; it cannot be a query."
+            )
+        out[i] = others[rng.integers(len(others))]
+        if mode == "most_similar":
+            pool = np.asarray(pool, np.int64)
+            same = np.flatnonzero((labels[pool] == c) & (pool != q))
+            if len(same):
+                sims = pool_descriptors[same] @ query_descriptors[i]
+                out[i] = pool[same[int(np.argmax(sims))]]
+    return out
+
+
+class HardNegativeMiner(keras.callbacks.Callback):
+    """Re-mines the triplet table with the current weights during `fit`.
+
+    At the start of every `every_n_epochs`-th epoch (and/or every
+    `every_n_steps` optimizer steps), a random pool of `pool_size` training
+    images is embedded with the model's current weights (inference mode,
+    resized as in training, no augmentation). Queries are drawn from the
+    pool; each gets `negatives_per_query` hardest negatives (at most one per
+    class, `mine_hard_negatives`) and a positive from its class
+    (`positive`). The table keeps its size (rows beyond the mined ones are
+    filled with random triplets), so epochs keep their length.
+
+    Mining at epoch starts is exactly reproducible: the pool and queries are
+    drawn from `(seed, epoch)`, and a run resumed from a checkpoint does not
+    mine again an epoch whose table it restored (see
+    `keras_rmac.training.ResumableBackupAndRestore`). With `every_n_steps`,
+    batches already prefetched still hold older triplets.
+
+    Args:
+        images: `LabelledImages`: the training images (table indices).
+        table: `TripletTable` read by the training dataset.
+        image_size: int or None. As in `triplet_dataset`. Defaults to 224.
+        resize: `"square"` or `"longest"`. Defaults to `"square"`.
+        pool_size: int. Images embedded per mining round. Defaults to
+            `2000`.
+        negatives_per_query: int. Defaults to `1`.
+        positive: `"random"` or `"most_similar"`. Defaults to `"random"`.
+        every_n_epochs: int or None. Defaults to `1`.
+        every_n_steps: int or None. Mine every this many batches.
+            Defaults to None.
+        index: as `kind` in `make_index`. Defaults to `"exact"`.
+        batch_size: int. Images per forward pass. Defaults to `32`.
+        seed: int. Defaults to `0`.
+        embedding: model or None: the descriptor model; None uses
+            `self.model.embedding` (the `TripletModel`'s). Defaults to None.
+        verbose: int. 1 logs each round at INFO. Defaults to `1`.
+    """
+
+    def __init__(
+        self,
+        images: LabelledImages,
+        table: TripletTable,
+        image_size: int | None = 224,
+        resize: str = "square",
+        pool_size: int = 2000,
+        negatives_per_query: int = 1,
+        positive: str = "random",
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        index: str | Callable = "exact",
+        batch_size: int = 32,
+        seed: int = 0,
+        embedding=None,
+        verbose: int = 1,
+    ):
+        super().__init__()
+        check_trainable(images.labels)
+        if positive not in POSITIVE_MODES:
+            raise ValueError(
+                f"Unknown positive={positive!r}; choose one of "
+                f"{POSITIVE_MODES}."
+            )
+        if not every_n_epochs and not every_n_steps:
+            raise ValueError(
+                "Set `every_n_epochs` and/or `every_n_steps`; got neither."
+            )
+        if pool_size < 2:
+            raise ValueError(f"`pool_size` must be >= 2, got {pool_size}.")
+        self.images = images
+        self.table = table
+        self.image_size = image_size
+        self.resize = resize
+        self.pool_size = int(pool_size)
+        self.negatives_per_query = int(negatives_per_query)
+        self.positive = positive
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.index = index
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.embedding = embedding
+        self.verbose = verbose
+        self.history = []
+        self._embed_fn = None
+        self._epoch = 0
+
+    def _embedding_model(self):
+        return self.embedding or self.model.embedding
+
+    def embed(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """Descriptors of images `indices` with the current weights.
+
+        Returns:
+            `(descriptors (M, D), kept indices (M,))`: unreadable images
+            are skipped.
+        """
+        model = self._embedding_model()
+        if self._embed_fn is None:
+            self._embed_fn = tf.function(
+                lambda x: model(x, training=False), reduce_retracing=True
+            )
+        ds = image_dataset(
+            self.images, indices, self.image_size, self.resize
+        ).batch(self.batch_size if self.resize == "square" else 1)
+        descriptors, kept = [], []
+        for batch, index in ds:
+            descriptors.append(np.asarray(self._embed_fn(batch)))
+            kept.append(index.numpy())
+        if not descriptors:
+            return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
+        return np.concatenate(descriptors), np.concatenate(kept)
+
+    def mine(self, epoch: int) -> np.ndarray:
+        """Runs one mining round and writes the table; returns it."""
+        start = time.perf_counter()
+        labels = self.images.labels
+        size = len(self.table)
+        rng = np.random.default_rng([self.seed, int(epoch), 7])
+        pool_size = min(self.pool_size, len(labels))
+        pool = np.sort(rng.choice(len(labels), pool_size, replace=False))
+        descriptors, pool = self.embed(pool)
+        counts = np.bincount(labels, minlength=len(self.images.class_names))
+        eligible = np.flatnonzero(counts[labels[pool]] >= 2)
+        num_queries = min(len(eligible), -(-size // self.negatives_per_query))
+        chosen = rng.choice(eligible, num_queries, replace=False)
+        queries = pool[chosen]
+        negatives = mine_hard_negatives(
+            descriptors[chosen],
+            labels[queries],
+            descriptors,
+            labels[pool],
+            self.negatives_per_query,
+            self.index,
+        )
+        positives = select_positives(
+            queries,
+            labels,
+            self.positive,
+            rng,
+            pool,
+            descriptors,
+            descriptors[chosen],
+        )
+        rows = []
+        for q, p, negs in zip(queries, positives, negatives):
+            rows.extend((q, p, pool[n]) for n in negs if n >= 0)
+        rows = np.array(rows, np.int64).reshape(-1, 3)[:size]
+        if len(rows) < size:
+            filler = random_triplets(
+                labels, size - len(rows), [self.seed, int(epoch), 11]
+            )
+            rows = np.concatenate([rows, filler])
+        self.table.set(rows, mined_epoch=epoch)
+        stats = self._stats(
+            descriptors, pool, rows, time.perf_counter() - start
+        )
+        stats["epoch"] = int(epoch)
+        self.history.append(stats)
+        if self.verbose:
+            logger.info(
+                "mined %d triplets from a pool of %d in %.1f s: mean "
+                "similarity query-positive %.3f, query-negative %.3f",
+                len(rows),
+                len(pool),
+                stats["seconds"],
+                stats["positive_similarity"],
+                stats["negative_similarity"],
+            )
+        return rows
+
+    def _stats(self, descriptors, pool, rows, seconds):
+        where = {int(i): k for k, i in enumerate(pool)}
+        neg = [
+            float(descriptors[where[q]] @ descriptors[where[n]])
+            for q, _, n in rows
+            if q in where and n in where
+        ]
+        pos = [
+            float(descriptors[where[q]] @ descriptors[where[p]])
+            for q, p, _ in rows
+            if q in where and p in where
+        ]
+        return {
+            "seconds": seconds,
+            "pool": len(pool),
+            "positive_similarity": float(np.mean(pos)) if pos else np.nan,
+            "negative_similarity": float(np.mean(neg)) if neg else np.nan,
+        }
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if not self.every_n_epochs or epoch % self.every_n_epochs:
+            return
+        if self.table.mined_epoch == epoch:
+            return  # Restored from a checkpoint taken in this epoch.
+        self.mine(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.every_n_steps:
+            return
+        # Batches seen (Keras's public `iterations` counts updates, which
+        # differs under gradient accumulation).
+        optimizer = self.model.optimizer
+        step = int(
+            np.asarray(getattr(optimizer, "_iterations", optimizer.iterations))
+        )
+        if step % self.every_n_steps == 0:
+            self.mine(self._epoch)
