@@ -1,0 +1,218 @@
+"""`keras-rmac index`: index a folder of photos, incrementally."""
+
+import argparse
+import json
+import logging
+import os
+
+from keras_rmac import indexing
+from keras_rmac.cli import _common
+
+logger = logging.getLogger(__name__)
+
+_EPILOG = """\
+examples:
+  keras-rmac index photos/ --index photos_index
+  keras-rmac index photos/ --index photos_index --mode compact \\
+      --bytes-per-vector 64 --max-size 512 --scales 1,0.707
+
+Run it again after adding, editing or deleting photos: only new or changed
+files are described, deleted ones are dropped. An interrupted run (even
+kill -9) resumes where it stopped when started again. Unreadable files are
+skipped and listed in INDEX_DIR/report.json.
+
+Search with: keras-rmac search --index photos_index query.jpg
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds the `index` sub-command to an argparse `subparsers` object.
+
+    Args:
+        subparsers: the object returned by `parser.add_subparsers()`.
+
+    Returns:
+        The sub-command's parser (its `run` default is `run`).
+    """
+    parser = subparsers.add_parser(
+        "index",
+        help="Index a folder of photos (incremental, resumable).",
+        description=(
+            "Describe every photo under PHOTOS_DIR (recursively) with an "
+            "R-MAC network and build a search index in INDEX_DIR."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("photos_dir", metavar="PHOTOS_DIR")
+    parser.add_argument(
+        "--index",
+        required=True,
+        metavar="INDEX_DIR",
+        dest="index_dir",
+        help="Index directory (created; reused by later runs).",
+    )
+    _common.add_model_arguments(parser)
+    group = parser.add_argument_group("search index")
+    group.add_argument(
+        "--mode",
+        choices=indexing.MODES,
+        default=None,
+        help="'fast': ScaNN with float re-ranking; 'compact': ScaNN codes "
+        "only (--bytes-per-vector bytes per photo); 'exact': brute force "
+        "(default: fast, or what the index was built with).",
+    )
+    group.add_argument(
+        "--bytes-per-vector",
+        type=int,
+        choices=indexing.BYTES_PER_VECTOR,
+        default=None,
+        help="Bytes per photo in compact mode (default: 64).",
+    )
+    group.add_argument(
+        "--keep-descriptors",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Keep the float descriptors in INDEX_DIR/.work (4*D bytes per "
+        "photo on disk) so later runs describe only new or changed photos "
+        "(default: keep).",
+    )
+    runtime = parser.add_argument_group("run")
+    runtime.add_argument(
+        "--hash",
+        action="store_true",
+        dest="hash_contents",
+        help="Detect changed files by sha256 of their contents instead of "
+        "modification time (reads every file on every run).",
+    )
+    runtime.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="Discard the existing index and start afresh (needed to change "
+        "the model, --max-size or --scales of an index).",
+    )
+    runtime.add_argument(
+        "--pca-images",
+        type=_common.positive_int,
+        default=1000,
+        help="With --pca-dim: photos (evenly spaced) to learn the "
+        "whitening from (default: 1000).",
+    )
+    runtime.add_argument(
+        "--shard-size",
+        type=_common.positive_int,
+        default=256,
+        help="Photos per committed shard of the work store (default: 256).",
+    )
+    runtime.add_argument(
+        "--batch-size",
+        type=_common.positive_int,
+        default=8,
+        help="Images per forward pass (default: 8).",
+    )
+    runtime.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="Image decoding threads (default: 4).",
+    )
+    runtime.add_argument(
+        "-q", "--quiet", action="store_true", help="No progress bar."
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _recorded_settings(index_dir: str) -> dict | None:
+    path = os.path.join(index_dir, indexing.SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _adapt_pca(model, photos_dir: str, count: int, max_size: int) -> None:
+    """Learns shift + PCA-whitening on up to `count` photos of the folder."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_rmac.data import image_io
+
+    paths = image_io.list_images(photos_dir)
+    if len(paths) > count:
+        picks = np.linspace(0, len(paths) - 1, count).round().astype(int)
+        paths = [paths[i] for i in sorted(set(picks))]
+    logger.info(
+        "Learning shift + PCA-whitening to %d dimensions on %d photos",
+        model.pca_dim,
+        len(paths),
+    )
+
+    def readable():
+        for _, image in image_io.load_images(paths):
+            if not isinstance(image, image_io.ImageError):
+                yield image
+
+    dataset = tf.data.Dataset.from_generator(
+        readable, output_signature=tf.TensorSpec((None, None, 3), tf.uint8)
+    )
+    model.adapt_pca(dataset, max_size=max_size)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs `keras-rmac index`; returns the exit status."""
+    index_dir = os.path.abspath(args.index_dir)
+    settings = None if args.rebuild else _recorded_settings(index_dir)
+    recorded_spec = (settings or {}).get("model_spec")
+    spec = _common.model_spec(args, recorded_spec)
+    reuse = (
+        settings is not None
+        and spec == recorded_spec
+        and args.model is None
+        and os.path.isfile(os.path.join(index_dir, indexing.MODEL_FILE))
+    )
+    model = None  # None: the index's own model.keras.
+    if not reuse:
+        try:
+            model = _common.build_model(spec)
+        except (FileNotFoundError, TypeError, ValueError) as exc:
+            logger.error("Cannot build the model: %s", exc)
+            return 1
+        if spec.get("pca_dim"):
+            _adapt_pca(
+                model,
+                args.photos_dir,
+                args.pca_images,
+                args.max_size
+                or (settings or {}).get("max_size")
+                or indexing.DEFAULT_MAX_SIZE,
+            )
+    try:
+        report = indexing.index_folder(
+            args.photos_dir,
+            index_dir,
+            model,
+            max_size=args.max_size,
+            scales=args.scales,
+            mode=args.mode,
+            bytes_per_vector=args.bytes_per_vector,
+            keep_descriptors=args.keep_descriptors,
+            hash_contents=args.hash_contents,
+            rebuild=args.rebuild,
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            model_spec=spec,
+            verbose=0 if args.quiet else 1,
+        )
+    except (
+        indexing.IndexMismatchError,
+        indexing.IndexBusyError,
+        FileNotFoundError,
+        NotADirectoryError,
+    ) as exc:
+        logger.error("%s", exc)
+        return 1
+    print(report.summary())
+    print(f"Report: {os.path.join(index_dir, indexing.REPORT_FILE)}")
+    return 0

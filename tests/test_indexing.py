@@ -1,0 +1,227 @@
+"""keras_rmac.indexing: descriptor store, incremental runs, settings."""
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from keras_rmac import indexing
+from keras_rmac.indexing import DescriptorStore
+from keras_rmac.indexing import _Record
+from tests.cli import photos
+
+
+@pytest.fixture(scope="module")
+def model():
+    return photos.tiny_model(seed=0)
+
+
+def _folder(root, count, start=0):
+    for i in range(start, start + count):
+        photos.save(root / f"p{i:02d}.png", photos.photo(i))
+    return root
+
+
+def _records(names):
+    return [_Record(n, 10 + i, 1000 + i) for i, n in enumerate(names)]
+
+
+# ---------------------------------------------------------------------------
+# DescriptorStore.
+
+
+def test_store_round_trip_and_latest_record_wins(tmp_path):
+    store = DescriptorStore(str(tmp_path), dim=3)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    first = _records(["x.png", "bad.png", "y.png"])
+    first[1].error = "empty file (0 bytes)"
+    store.commit(first, a)
+    b = np.full((1, 3), 7.0, np.float32)
+    store.commit([_Record("y.png", 99, 5)], b)  # y changed
+
+    reopened = DescriptorStore(str(tmp_path), dim=3)
+    assert reopened.shards == [1, 2]
+    recs = reopened.records
+    assert set(recs) == {"x.png", "bad.png", "y.png"}
+    assert recs["bad.png"].error == "empty file (0 bytes)"
+    assert not reopened.has_descriptor(recs["bad.png"])
+    assert (recs["y.png"].size, recs["y.png"].mtime_ns) == (99, 5)
+    got = reopened.descriptors([recs["y.png"], recs["x.png"]])
+    np.testing.assert_array_equal(got, np.stack([b[0], a[0]]))
+    # One live descriptor is stale: y's first version.
+    assert reopened.stale_rows({"x.png", "y.png", "bad.png"}) == 1
+
+
+def test_store_ignores_uncommitted_and_damaged_shards(tmp_path, caplog):
+    store = DescriptorStore(str(tmp_path), dim=2)
+    store.commit(_records(["a.png"]), np.ones((1, 2)))
+    shard_dir = tmp_path / "shards"
+    # A run killed while writing shard 2: descriptors, no records.
+    np.save(shard_dir / "000002.npy", np.zeros((4, 2), np.float32))
+    (shard_dir / ".tmp-xyz-000002.json").write_text("{")
+    # Shard 3: records whose descriptors have the wrong shape.
+    np.save(shard_dir / "000003.npy", np.zeros((5, 2), np.float32))
+    (shard_dir / "000003.json").write_text(
+        json.dumps({"records": [r.to_json() for r in _records(["b.png"])]})
+    )
+    with caplog.at_level(logging.WARNING):
+        reopened = DescriptorStore(str(tmp_path), dim=2)
+    assert set(reopened.records) == {"a.png"}
+    assert "000003.npy" in caplog.text
+    assert sorted(os.listdir(shard_dir)) == [
+        "000001.json",
+        "000001.npy",
+        "000003.json",
+        "000003.npy",
+    ]
+    assert reopened.next_number == 4
+
+
+def test_store_compaction_keeps_live_descriptors(tmp_path):
+    store = DescriptorStore(str(tmp_path), dim=2)
+    for i in range(3):
+        store.commit(_records([f"f{i}.png"]), np.full((1, 2), i, np.float32))
+    live = [store.records["f0.png"], store.records["f2.png"]]
+    store.compact(live)
+    reopened = DescriptorStore(str(tmp_path), dim=2)
+    assert set(reopened.records) == {"f0.png", "f2.png"}
+    assert len(os.listdir(tmp_path / "shards")) == 2
+    got = reopened.descriptors(
+        [reopened.records["f2.png"], reopened.records["f0.png"]]
+    )
+    np.testing.assert_array_equal(got, [[2, 2], [0, 0]])
+
+
+# ---------------------------------------------------------------------------
+# index_folder.
+
+
+def test_new_index_needs_a_model(tmp_path):
+    _folder(tmp_path / "photos", 1)
+    with pytest.raises(ValueError, match="pass `model=`"):
+        indexing.index_folder(tmp_path / "photos", tmp_path / "index")
+
+
+def test_settings_mismatch_refused(tmp_path, model):
+    root = _folder(tmp_path / "photos", 3)
+    index_dir = tmp_path / "index"
+    indexing.index_folder(root, index_dir, model, max_size=64, mode="exact")
+    with pytest.raises(indexing.IndexMismatchError, match="max_size=64"):
+        indexing.index_folder(root, index_dir, max_size=96)
+    with pytest.raises(indexing.IndexMismatchError, match="scales"):
+        indexing.index_folder(root, index_dir, scales=(1.0, 0.5))
+    # Left out, they are the index's own.
+    report = indexing.index_folder(root, index_dir, verbose=0)
+    assert (report.extracted, report.reused) == (0, 3)
+
+
+def test_mode_change_rebuilds_without_describing(tmp_path, model):
+    root = _folder(tmp_path / "photos", 4)
+    index_dir = tmp_path / "index"
+    indexing.index_folder(root, index_dir, model, max_size=64, mode="exact")
+    report = indexing.index_folder(root, index_dir, mode="fast", verbose=0)
+    assert (report.extracted, report.rebuilt, report.mode) == (0, True, "fast")
+    with open(index_dir / "index.json") as f:
+        assert json.load(f)["mode"] == "fast"
+
+
+def test_hash_contents(tmp_path, model):
+    root = tmp_path / "photos"
+    for i in range(3):  # BMP: same size for any pixels of the same shape.
+        photos.save(root / f"p{i}.bmp", photos.photo(i))
+    index_dir = tmp_path / "index"
+    kwargs = dict(max_size=64, mode="exact", verbose=0)
+    indexing.index_folder(root, index_dir, model, hash_contents=True, **kwargs)
+    # Touched: same bytes, new mtime. Not described again with hashing.
+    st0 = os.stat(root / "p0.bmp")
+    os.utime(root / "p0.bmp", ns=(st0.st_atime_ns, st0.st_mtime_ns + 10**9))
+    # Edited, size and mtime kept: only the hash sees it.
+    st1 = os.stat(root / "p1.bmp")
+    photos.save(root / "p1.bmp", photos.photo(50))
+    os.utime(root / "p1.bmp", ns=(st1.st_atime_ns, st1.st_mtime_ns))
+    assert os.stat(root / "p1.bmp").st_size == st1.st_size
+    report = indexing.index_folder(
+        root, index_dir, hash_contents=True, **kwargs
+    )
+    assert (report.extracted, report.reused) == (1, 2)
+    hits = indexing.PhotoIndex(index_dir).search(root / "p1.bmp", k=1)
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)  # new content
+    # Without hashing, touched files are described again: p2 now, and p0
+    # whose record kept the mtime it was described with.
+    st2 = os.stat(root / "p2.bmp")
+    os.utime(root / "p2.bmp", ns=(st2.st_atime_ns, st2.st_mtime_ns + 10**9))
+    report = indexing.index_folder(root, index_dir, **kwargs)
+    assert (report.extracted, report.reused) == (2, 1)
+
+
+def test_without_kept_descriptors(tmp_path, model, caplog):
+    root = _folder(tmp_path / "photos", 4)
+    index_dir = tmp_path / "index"
+    kwargs = dict(max_size=64, mode="exact", verbose=0)
+    first = indexing.index_folder(
+        root, index_dir, model, keep_descriptors=False, **kwargs
+    )
+    assert first.indexed == 4
+    shards = os.listdir(index_dir / ".work" / "shards")
+    assert not [n for n in shards if n.endswith(".npy")]
+    hits = indexing.PhotoIndex(index_dir).search(root / "p02.png", k=1)
+    assert hits[0].path == str(root / "p02.png")
+    # Query expansion takes the floats from the exact index itself.
+    hits = indexing.PhotoIndex(index_dir).search(root / "p02.png", k=1, qe=1)
+    assert hits[0].path == str(root / "p02.png")
+
+    # Nothing changed: nothing to describe.
+    again = indexing.index_folder(
+        root, index_dir, keep_descriptors=False, **kwargs
+    )
+    assert (again.extracted, again.reused, again.rebuilt) == (0, 4, False)
+    # A new photo: every photo has to be described again (documented).
+    _folder(root, 1, start=10)
+    with caplog.at_level(logging.WARNING):
+        grown = indexing.index_folder(
+            root, index_dir, keep_descriptors=False, **kwargs
+        )
+    assert "must be described again" in caplog.text
+    assert (grown.extracted, grown.indexed) == (5, 5)
+
+
+def test_report_file_and_summary(tmp_path, model):
+    root = _folder(tmp_path / "photos", 2)
+    (root / "zero.jpg").write_bytes(b"")
+    index_dir = tmp_path / "index"
+    report = indexing.index_folder(
+        root, index_dir, model, max_size=64, mode="exact", verbose=0
+    )
+    with open(index_dir / "report.json") as f:
+        saved = json.load(f)
+    assert saved == report.to_dict()
+    assert saved["failed"] == [
+        {"path": "zero.jpg", "reason": "empty file (0 bytes)"}
+    ]
+    text = report.summary()
+    assert "described 2" in text and "zero.jpg: empty file" in text
+
+
+def test_extract_matches_model_on_files(tmp_path, model):
+    """Stored descriptors are the model's descriptors of the files."""
+    root = _folder(tmp_path / "photos", 5)
+    index_dir = tmp_path / "index"
+    indexing.index_folder(
+        root,
+        index_dir,
+        model,
+        max_size=40,
+        scales=(1.0, 0.5),
+        mode="exact",
+        shard_size=2,
+        batch_size=3,
+        verbose=0,
+    )
+    index = indexing.PhotoIndex(index_dir)
+    stored = index.stored_descriptors(np.arange(5))
+    files = [str(root / p) for p in index.paths]
+    expected = model.extract(files, max_size=40, scales=(1.0, 0.5), verbose=0)
+    np.testing.assert_allclose(stored, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1, atol=1e-5)
