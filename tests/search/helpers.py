@@ -1,0 +1,32 @@
+"""Shared data and oracles for the search tests (independent of the code)."""
+
+import numpy as np
+
+
+def unit_rows(rng, n, d):
+    """n random unit vectors of dimension d, float32."""
+    x = rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(rng, n, d, n_centres, noise=0.7):
+    """Unit vectors around unit centres: L2norm(c + noise * e / sqrt(d))."""
+    centres = unit_rows(rng, n_centres, d).astype(np.float64)
+    labels = rng.integers(0, n_centres, n)
+    x = centres[labels] + noise * rng.standard_normal((n, d)) / np.sqrt(d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def oracle_top_k(database, queries, k):
+    """Full score matrix in float64, stable sort: ties go to the lower row."""
+    scores = queries.astype(np.float64) @ database.astype(np.float64).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+def recall_at_k(found, truth):
+    """Mean fraction of each row of `truth` present in the row of `found`."""
+    hits = [
+        len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth)
+    ]
+    return float(np.mean(hits) / truth.shape[1])
