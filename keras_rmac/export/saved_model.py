@@ -52,7 +52,7 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
+import uuid
 from collections.abc import Sequence
 
 import keras
@@ -435,7 +435,7 @@ def existing_versions(path) -> list[int]:
 
     Example:
 
-    >>> import tempfile
+    >>> import uuid
     >>> existing_versions(tempfile.mkdtemp())
     []
     """
@@ -587,7 +587,10 @@ def export_saved_model(
     root.model_variables = list(model.variables)
     os.makedirs(path, exist_ok=True)
     final = os.path.join(path, str(version))
-    tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=path)
+    # A fresh folder that honours the umask (mkdtemp's would be private,
+    # unreadable by a server running as another user).
+    tmp = os.path.join(path, f"{_TMP_PREFIX}{version}-{uuid.uuid4().hex}")
+    os.makedirs(tmp)
     try:
         tf.saved_model.save(root, tmp, signatures=signatures)
         extra = os.path.join(tmp, ASSETS_EXTRA)

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -77,9 +78,16 @@ def test_versions(exports, tiny_model):
     assert existing_versions(base) == [1, 2, 5]
     # Nothing else is left in the base path (no temporary folders).
     assert sorted(os.listdir(base)) == ["1", "2", "5", "latest"]
+    # Version folders get the umask's permissions, like any new folder
+    # (not a temporary folder's private ones): a server running as
+    # another user can read them.
+    probe = base.parent / "probe"
+    os.makedirs(probe)
+    mode = stat.S_IMODE(os.stat(probe).st_mode)
     for path in paths.values():
         assert os.path.isfile(os.path.join(path, "saved_model.pb"))
         assert os.path.isdir(os.path.join(path, "variables"))
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode
     # An existing version is never overwritten.
     with pytest.raises(FileExistsError, match="next free: 6"):
         export_saved_model(tiny_model, base, version=2)
