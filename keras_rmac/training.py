@@ -30,6 +30,7 @@ only the chief writes the final model.
 """
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ import tensorflow as tf
 from keras_rmac.data import mining
 from keras_rmac.data import triplets as triplet_data
 from keras_rmac.models.rmac_model import RMACModel
+from keras_rmac.models.triplet_model import FeatureEmbedding
 from keras_rmac.models.triplet_model import TripletModel
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,13 @@ class TrainConfig:
         resize: "square" or "longest" (batch_size 1). Defaults to
             "square".
         augment: light augmentation. Defaults to True.
+        cache_features: run the frozen part of the backbone (the layers
+            before `trainable_from`, which must be a layer name) once per
+            training image, keep its output in memory (and in
+            `output_dir`), and train only the rest on it. Steps then cost
+            the tail alone: on CPU, many times faster. Needs
+            `augment=False` (a cached image has one version). Defaults to
+            False.
 
     Optimisation:
         optimizer: "adam" or "sgd" (momentum 0.9). Defaults to "adam".
@@ -124,6 +133,7 @@ class TrainConfig:
     image_size: int | None = 224
     resize: str = "square"
     augment: bool = True
+    cache_features: bool = False
     optimizer: str = "adam"
     learning_rate: float = 1e-5
     lr_decay: float = 1.0
@@ -167,6 +177,15 @@ class TrainConfig:
         if not self.learning_rate > 0:
             raise ValueError(
                 f"learning_rate must be > 0, got {self.learning_rate}."
+            )
+        if self.cache_features and (
+            not isinstance(self.trainable_from, str) or self.augment
+        ):
+            raise ValueError(
+                "cache_features=True needs trainable_from=<backbone layer "
+                "name> (where the cached part ends) and augment=False; got "
+                f"trainable_from={self.trainable_from!r}, "
+                f"augment={self.augment}."
             )
         if self.checkpoint_every < 1:
             raise ValueError(
@@ -405,6 +424,109 @@ def _image_only(image, index):
     return image
 
 
+def _batches(features, batch_size=64):
+    for start in range(0, len(features), batch_size):
+        yield features[start : start + batch_size]
+
+
+def cached_features(
+    head: FeatureEmbedding, images, config: TrainConfig, work_dir: str
+) -> np.ndarray:
+    """Backbone-prefix features of every training image, computed once.
+
+    Images are resized as in training (`image_dataset`, no augmentation).
+    The array is stored in `<work_dir>/features-<key>.npy`, where the key
+    hashes the prefix weights, the cut layer, the image list and the size,
+    so a later run (or a resumed one) reuses it only when all match.
+
+    Returns:
+        float32 array `(N, h, w, c)`, row i for image i.
+    """
+    digest = hashlib.sha256()
+    for weight in head.prefix.weights:
+        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    digest.update(
+        json.dumps(
+            [head.feature_layer, config.image_size, config.resize, images.paths]
+        ).encode()
+    )
+    path = os.path.join(work_dir, f"features-{digest.hexdigest()[:16]}.npy")
+    if os.path.exists(path):
+        features = np.load(path, mmap_mode="r")
+        if len(features) == len(images):
+            logger.info("using cached features %s", path)
+            return np.asarray(features)
+    prefix = tf.function(
+        lambda x: head.prefix(x, training=False), reduce_retracing=True
+    )
+    ds = triplet_data.image_dataset(
+        images, None, config.image_size, config.resize
+    ).batch(32 if config.resize == "square" else 1)
+    start = time.perf_counter()
+    blocks, kept = [], []
+    progbar = keras.utils.Progbar(len(images)) if config.verbose else None
+    for batch, index in ds:
+        blocks.append(np.asarray(prefix(batch)))
+        kept.append(index.numpy())
+        if progbar is not None:
+            progbar.add(len(index))
+    kept = np.concatenate(kept)
+    if len(kept) != len(images):
+        raise ValueError(
+            f"{len(images) - len(kept)} images could not be read while "
+            "caching features; run validate_images first."
+        )
+    features = np.concatenate(blocks).astype(np.float32)
+    logger.info(
+        "cached %s features of %d images in %.1f s (%.0f MB)",
+        features.shape[1:],
+        len(features),
+        time.perf_counter() - start,
+        features.nbytes / 2**20,
+    )
+    tmp = path + ".tmp.npy"
+    np.save(tmp, features)
+    os.replace(tmp, path)
+    return features
+
+
+def adapt_pca_from_features(head, features, config: TrainConfig) -> int:
+    """`adapt_pca` on cached features (same seeded image subset)."""
+    if not config.pca_images:
+        return 0
+    rng = np.random.default_rng([config.seed, 3])
+    count = min(config.pca_images, len(features))
+    chosen = np.sort(rng.choice(len(features), count, replace=False))
+    regions = tf.function(
+        lambda x: head.region_vectors(x, training=False),
+        reduce_retracing=True,
+    )
+    used = [0]
+
+    def blocks():
+        for block in _batches(features[chosen]):
+            out = np.asarray(regions(block))
+            out = out.reshape(-1, out.shape[-1])
+            used[0] += len(out)
+            yield out
+
+    head.rmac.shift_pca.adapt(blocks(), power=head.rmac.whiten_power)
+    return used[0]
+
+
+def _feature_embed_fn(head, features):
+    embed = tf.function(
+        lambda x: head(x, training=False), reduce_retracing=True
+    )
+
+    def embed_fn(indices):
+        indices = np.asarray(indices, np.int64)
+        out = [np.asarray(embed(b)) for b in _batches(features[indices])]
+        return np.concatenate(out), indices
+
+    return embed_fn
+
+
 def _worker_info(strategy):
     """`(is_chief, task id string)` under any strategy."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -432,6 +554,8 @@ class TrainResult:
         bad_files: list of `(path, reason)` skipped.
         seconds: wall time of `fit`.
         restored: dict or None: where a resumed run restarted.
+        timings: dict of wall times in seconds (`cache_seconds` with
+            cached features, `pca_seconds`, `fit_seconds`).
     """
 
     embedding: object
@@ -441,6 +565,7 @@ class TrainResult:
     bad_files: list
     seconds: float
     restored: dict | None = None
+    timings: dict = dataclasses.field(default_factory=dict)
 
 
 def train(
@@ -482,7 +607,7 @@ def train(
         images = load_training_images(config)
     report = os.path.join(work, "bad_files.txt")
     images, errors = triplet_data.validate_images(
-        images, config.num_workers, report
+        images, config.num_workers, report, verbose=config.verbose
     )
     # Files that go bad later are appended to the same report.
     bad_files = triplet_data.BadFiles(report, known=errors)
@@ -502,25 +627,43 @@ def train(
         ),
         seed=config.seed,
     )
+    features = None
+    timings = {}
     with strategy.scope():
         embedding = (embedding_fn or _default_embedding)(config)
-        regions = adapt_pca(embedding, images, config)
+        net = embedding
+        tick = time.perf_counter()
+        if config.cache_features:
+            net = FeatureEmbedding(embedding, config.trainable_from)
+            features = cached_features(net, images, config, work)
+            timings["cache_seconds"] = time.perf_counter() - tick
+            tick = time.perf_counter()
+            regions = adapt_pca_from_features(net, features, config)
+        else:
+            regions = adapt_pca(embedding, images, config)
+        timings["pca_seconds"] = time.perf_counter() - tick
         if regions:
             logger.info(
                 "shift + PCA-whitening learned from %d regions", regions
             )
         model = TripletModel(
-            embedding,
+            net,
             freeze_batchnorm=config.freeze_batchnorm,
-            trainable_from=config.trainable_from,
+            trainable_from=None
+            if features is not None
+            else (config.trainable_from),
         )
         model.compile(
             optimizer=build_optimizer(config),
             loss=_loss(config),
         )
         # Create every variable (BackupAndRestore restores into them).
-        side = config.image_size or 64
-        model({k: tf.zeros((1, side, side, 3)) for k in triplet_data.STREAMS})
+        if features is not None:
+            shape = (1,) + features.shape[1:]
+        else:
+            side = config.image_size or 64
+            shape = (1, side, side, 3)
+        model({k: tf.zeros(shape) for k in triplet_data.STREAMS})
         model.optimizer.build(model.trainable_variables)
 
     batches_per_epoch = len(table) // config.batch_size
@@ -545,6 +688,9 @@ def train(
                 every_n_epochs=config.mine_every_n_epochs,
                 index=config.index,
                 seed=config.seed,
+                embed_fn=None
+                if features is None
+                else _feature_embed_fn(net, features),
                 verbose=config.verbose,
             )
         )
@@ -556,6 +702,10 @@ def train(
     all_callbacks.extend(callbacks)
 
     def data(start=0):
+        if features is not None:
+            return triplet_data.feature_triplet_dataset(
+                features, table, config.batch_size, start=start
+            )
         return triplet_data.triplet_dataset(
             images,
             table,
@@ -599,6 +749,7 @@ def train(
     else:
         backup.on_train_end()
     seconds = time.perf_counter() - start
+    timings["fit_seconds"] = seconds
 
     model_path = None
     if chief:
@@ -613,6 +764,7 @@ def train(
         sorted(bad_files.errors.items()),
         seconds,
         restored,
+        timings,
     )
 
 

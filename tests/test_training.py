@@ -123,6 +123,39 @@ def test_train_runs_mines_logs_and_saves(tmp_path):
     )
 
 
+def test_cached_features_mode_trains_the_tail_only(tmp_path):
+    from keras_rmac.training import train
+
+    data = make_images(str(tmp_path / "data"))
+    config = toy_config(
+        data,
+        str(tmp_path / "run"),
+        trainable_from="conv2",
+        cache_features=True,
+        augment=False,
+    )
+    start = tiny_embedding(config)
+    result = train(config, embedding_fn=tiny_embedding)
+    backbone = result.embedding.backbone
+    np.testing.assert_array_equal(
+        backbone.get_layer("conv1").kernel,
+        start.backbone.get_layer("conv1").kernel,
+    )
+    assert not np.allclose(
+        backbone.get_layer("conv2").kernel,
+        start.backbone.get_layer("conv2").kernel,
+    )
+    assert set(result.timings) == {
+        "cache_seconds",
+        "pca_seconds",
+        "fit_seconds",
+    }
+    cached = [f for f in os.listdir(tmp_path / "run") if f.startswith("feat")]
+    assert len(cached) == 1
+    with pytest.raises(ValueError, match="cache_features"):
+        toy_config(data, "x", cache_features=True).validate()
+
+
 def test_config_validation(tmp_path):
     from keras_rmac.training import TrainConfig
 
@@ -132,6 +165,86 @@ def test_config_validation(tmp_path):
         TrainConfig(train_dir="x", optimizer="rmsprop").validate()
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(train_dir="x", batch_size=0).validate()
+
+
+def test_cli_arguments_map_to_config(tmp_path):
+    import argparse
+
+    from keras_rmac.cli import train as cli_train
+
+    parser = argparse.ArgumentParser()
+    cli_train.add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "train",
+            "--train-dir",
+            "photos",
+            "--out",
+            str(tmp_path),
+            "--weights",
+            "none",
+            "--trainable-from",
+            "0.75",
+            "--batch-size",
+            "3",
+            "--accumulate",
+            "2",
+            "--learning-rate",
+            "0.001",
+            "--no-augment",
+            "--no-mining",
+        ]
+    )
+    config = cli_train.config_from_args(args)
+    assert config.train_dir == "photos" and config.weights is None
+    assert config.trainable_from == 0.75 and config.batch_size == 3
+    assert config.gradient_accumulation_steps == 2
+    assert config.learning_rate == 0.001
+    assert not config.augment and not config.mining
+    assert config.epochs == 10  # untouched default
+    bad = parser.parse_args(
+        ["train", "--coil100", "x", "--out", "y", "--cache-features"]
+    )
+    assert cli_train.run(bad) == 1  # needs --trainable-from and no augment
+
+
+@pytest.mark.slow
+def test_cli_trains_a_real_backbone_end_to_end(tmp_path):
+    from keras_rmac.cli.main import main
+
+    data = make_images(str(tmp_path / "data"))
+    out = tmp_path / "run"
+    status = main(
+        [
+            "train",
+            "--train-dir",
+            data,
+            "--out",
+            str(out),
+            "--backbone",
+            "mobilenet_v2",
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--batch-size",
+            "2",
+            "--pool-size",
+            "8",
+            "--pca-images",
+            "8",
+            "--trainable-from",
+            "block_16_expand",
+            "--cache-features",
+            "--no-augment",
+        ]
+    )
+    assert status == 0
+    assert (out / "model.keras").exists() and (out / "log.csv").exists()
 
 
 # ---------------------------------------------------------------------------
@@ -173,9 +286,14 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     the remaining batches had the same triplets, order and augmentation.
     """
     data = make_images(str(tmp_path / "data"))
-    ref = _run_worker(["run", data, str(tmp_path / "ref")])
-    assert ref.returncode == 0, ref.stderr[-3000:]
-
+    # The uninterrupted reference runs alongside the one we kill.
+    ref = subprocess.Popen(
+        [sys.executable, __file__, "run", data, str(tmp_path / "ref")],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run = str(tmp_path / "run")
     marker = str(tmp_path / "paused")
     # Pauses (sleeps) in epoch 2 after its 1st batch, i.e. after a
@@ -204,6 +322,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert meta["iterations"] == 4
     assert not os.path.exists(os.path.join(run, "model.keras"))
 
+    _, ref_err = ref.communicate(timeout=240)
+    assert ref.returncode == 0, ref_err[-3000:]
     resumed = _run_worker(["run", data, run])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     info = json.loads(resumed.stdout.strip().splitlines()[-1])

@@ -288,6 +288,9 @@ class HardNegativeMiner(keras.callbacks.Callback):
         seed: int. Defaults to `0`.
         embedding: model or None: the descriptor model; None uses
             `self.model.embedding` (the `TripletModel`'s). Defaults to None.
+        embed_fn: callable or None: `indices -> (descriptors, kept
+            indices)`, replacing the image pipeline (e.g. descriptors from
+            cached features). Defaults to None.
         verbose: int. 1 logs each round at INFO. Defaults to `1`.
     """
 
@@ -306,6 +309,7 @@ class HardNegativeMiner(keras.callbacks.Callback):
         batch_size: int = 32,
         seed: int = 0,
         embedding=None,
+        embed_fn: Callable | None = None,
         verbose: int = 1,
     ):
         super().__init__()
@@ -334,6 +338,7 @@ class HardNegativeMiner(keras.callbacks.Callback):
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.embedding = embedding
+        self.embed_fn = embed_fn
         self.verbose = verbose
         self.history = []
         self._embed_fn = None
@@ -349,6 +354,8 @@ class HardNegativeMiner(keras.callbacks.Callback):
             `(descriptors (M, D), kept indices (M,))`: unreadable images
             are skipped.
         """
+        if self.embed_fn is not None:
+            return self.embed_fn(indices)
         model = self._embedding_model()
         if self._embed_fn is None:
             self._embed_fn = tf.function(

@@ -872,6 +872,65 @@ def triplet_dataset(
     return ds.with_options(options).prefetch(prefetch)
 
 
+def feature_triplet_dataset(
+    features: np.ndarray,
+    table: TripletTable,
+    batch_size: int = 8,
+    start: int = 0,
+) -> tf.data.Dataset:
+    """Triplets of cached backbone features, in the table's epoch order.
+
+    The counterpart of `triplet_dataset` when the frozen part of the
+    backbone was run once per image (see
+    `keras_rmac.models.triplet_model.FeatureEmbedding`): the same rows,
+    order and batching, gathered from an in-memory array instead of
+    decoded (so without augmentation).
+
+    Args:
+        features: array `(N, h, w, c)`: the cached features of every image
+            the table indexes.
+        table: `TripletTable`.
+        batch_size: int. Defaults to `8`.
+        start: int. First position of the epoch. Defaults to `0`.
+
+    Returns:
+        A `tf.data.Dataset` of `(inputs, targets, sample_weight)` as
+        `triplet_dataset` gives, with feature maps instead of images.
+    """
+    if not 0 <= start <= len(table):
+        raise ValueError(
+            f"`start` must be in [0, {len(table)}] (the table size), got "
+            f"start={start}."
+        )
+    features = np.asarray(features)
+    spec = tf.TensorSpec(features.shape[1:], tf.as_dtype(features.dtype))
+
+    def gather(positions):
+        rows = np.stack([table.lookup(p)[0] for p in positions])
+        return tuple(features[rows[:, s]] for s in range(len(STREAMS)))
+
+    def load(positions):
+        streams = tf.numpy_function(
+            gather, [positions], [spec.dtype] * len(STREAMS), stateful=False
+        )
+        out = {}
+        for name, value in zip(STREAMS, streams):
+            value.set_shape([batch_size, *spec.shape])
+            out[name] = value
+        ones = tf.ones([batch_size], tf.float32)
+        return out, tf.zeros([batch_size], tf.float32), ones
+
+    ds = tf.data.Dataset.range(start, len(table)).batch(
+        batch_size, drop_remainder=True
+    )
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
 def image_dataset(
     images: LabelledImages,
     indices=None,

@@ -81,6 +81,126 @@ def set_trainable(backbone, trainable_from=None, freeze_batchnorm=True):
     return first
 
 
+def split_backbone(backbone, layer_name):
+    """Splits a functional backbone before layer `layer_name`.
+
+    Returns `(prefix, tail)`, two functional models built on the backbone's
+    own layers (weights are shared, not copied) with
+    `tail(prefix(x)) == backbone(x)`. The cut must not cross a skip
+    connection (for MobileNetV2: cut at a `block_<n>_expand` or `Conv_1`).
+
+    Args:
+        backbone: functional `keras.Model`.
+        layer_name: str. The first layer of the tail.
+
+    Returns:
+        `(prefix, tail)` `keras.Model`s.
+
+    Raises:
+        ValueError: unknown layer, or a skip connection crosses the cut.
+    """
+    try:
+        layer = backbone.get_layer(layer_name)
+    except ValueError:
+        raise ValueError(
+            f"{layer_name!r} is not a layer of backbone {backbone.name!r}."
+        ) from None
+    cut = layer.input
+    if isinstance(cut, (list, tuple)):
+        raise ValueError(
+            f"Cannot cut before {layer_name!r}: it has several inputs (a skip "
+            "connection joins there). Cut at the next block's first layer."
+        )
+    prefix = keras.Model(backbone.input, cut, name=f"{backbone.name}_prefix")
+    try:
+        tail = keras.Model(cut, backbone.output, name=f"{backbone.name}_tail")
+    except ValueError as error:
+        raise ValueError(
+            f"Cannot cut the backbone before {layer_name!r}: a skip "
+            "connection crosses that point. Cut at the first layer of a block "
+            f"instead ({error})."
+        ) from None
+    return prefix, tail
+
+
+@keras.saving.register_keras_serializable(package="keras_rmac")
+class FeatureEmbedding(keras.Model):
+    """The R-MAC descriptor computed from cached backbone features.
+
+    When the early part of the backbone is frozen (and BatchNorm too), its
+    output is a fixed function of the image: it can be computed once per
+    training image and cached, and training then runs only the tail. This
+    model maps those cached features to descriptors with the layers of
+    `rmac` (shared, so training it trains `rmac`): tail of the backbone ->
+    regions -> region max-pool -> L2 -> shift + PCA -> L2 -> sum -> L2.
+    `prefix(images)` gives the features to cache; images must be resized
+    as the caller will resize them at inference. The prefix layers (which
+    are `rmac`'s) are set to `trainable=False`.
+
+    Args:
+        rmac: `RMACModel`.
+        feature_layer: str. First backbone layer of the tail (see
+            `split_backbone`).
+
+    Call arguments:
+        features: `(B, h, w, c)` outputs of `prefix`.
+
+    Returns:
+        Descriptors `(B, D)`, equal to `rmac(images)`.
+    """
+
+    def __init__(self, rmac, feature_layer, **kwargs):
+        super().__init__(**kwargs)
+        self.rmac = rmac
+        self.feature_layer = feature_layer
+        self.prefix, self.backbone = split_backbone(
+            rmac.backbone, feature_layer
+        )
+        # The prefix is cached, hence frozen (its layers are rmac's).
+        for layer in self.prefix.layers:
+            layer.trainable = False
+
+    def build(self, input_shape=None):
+        # Everything else is built with the backbone; shift + PCA is built
+        # on first use, so build it here for weights loading.
+        if not self.rmac.shift_pca.built:
+            channels = self.backbone.output.shape[-1]
+            self.rmac.shift_pca.build((None, None, channels))
+        self.built = True
+
+    def region_vectors(self, features, training=False):
+        """L2-normalised region vectors `(B, R, C)` before shift + PCA."""
+        rmac = self.rmac
+        maps = self.backbone(features, training=training)
+        return rmac.region_l2(rmac.pool(maps))
+
+    def call(self, features, training=False):
+        # Same steps as RMACModel.call after the backbone.
+        rmac = self.rmac
+        regions = self.region_vectors(features, training=training)
+        regions = rmac.pca_l2(rmac.shift_pca(regions))
+        return rmac.descriptor_l2(ops.sum(regions, axis=1))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.rmac.descriptor_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "rmac": keras.layers.serialize(self.rmac),
+                "feature_layer": self.feature_layer,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["rmac"] = keras.layers.deserialize(config["rmac"])
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="keras_rmac")
 class TripletModel(keras.Model):
     """Trains an `RMACModel` with the triplet ranking loss.

@@ -7,8 +7,10 @@ import tensorflow as tf
 
 from keras_rmac.losses import TripletMarginLoss
 from keras_rmac.models.rmac_model import RMACModel
+from keras_rmac.models.triplet_model import FeatureEmbedding
 from keras_rmac.models.triplet_model import TripletModel
 from keras_rmac.models.triplet_model import set_trainable
+from keras_rmac.models.triplet_model import split_backbone
 
 STREAMS = ("query", "positive", "negative")
 
@@ -232,3 +234,50 @@ def test_save_and_load_keras_file(tmp_path):
     np.testing.assert_allclose(
         rmac(x["query"]), embedding(x["query"]), atol=1e-6
     )
+
+
+def test_split_backbone_and_feature_embedding(tmp_path):
+    rmac = tiny_rmac()
+    rmac.shift_pca.adapt(np.random.default_rng(1).normal(size=(40, 8)))
+    x = triplets(3)["query"]
+    prefix, tail = split_backbone(rmac.backbone, "conv2")
+    np.testing.assert_allclose(tail(prefix(x)), rmac.backbone(x), atol=1e-6)
+    assert tail.get_layer("conv2") is rmac.backbone.get_layer("conv2")
+    head = FeatureEmbedding(rmac, "conv2")
+    features = head.prefix(x)
+    np.testing.assert_allclose(head(features), rmac(x), atol=1e-6)
+    # The cached part is frozen; training the head trains rmac's tail.
+    assert not rmac.backbone.get_layer("conv1").trainable
+    model = TripletModel(head)
+    model.compile(optimizer=keras.optimizers.SGD(1.0))
+    data = {k: head.prefix(v) for k, v in triplets(4, seed=3).items()}
+    before = np.array(rmac.backbone.get_layer("conv2").kernel)
+    conv1 = np.array(rmac.backbone.get_layer("conv1").kernel)
+    model.fit(tf.data.Dataset.from_tensor_slices(data).batch(4), verbose=0)
+    assert not np.allclose(before, rmac.backbone.get_layer("conv2").kernel)
+    np.testing.assert_array_equal(
+        conv1, rmac.backbone.get_layer("conv1").kernel
+    )
+    np.testing.assert_allclose(head(head.prefix(x)), rmac(x), atol=1e-6)
+    path = str(tmp_path / "head.keras")
+    head.save(path)
+    restored = keras.models.load_model(path)
+    np.testing.assert_allclose(restored(features), head(features), atol=1e-6)
+    with pytest.raises(ValueError, match="not a layer"):
+        split_backbone(rmac.backbone, "nope")
+
+
+def test_split_refuses_a_cut_across_a_skip_connection():
+    inputs = keras.Input((None, None, 3))
+    a = keras.layers.Conv2D(4, 1, name="a")(inputs)
+    b = keras.layers.Conv2D(4, 1, name="b")(a)
+    c = keras.layers.Conv2D(4, 1, name="c")(b)
+    out = keras.layers.Add(name="add")([a, c])
+    model = keras.Model(inputs, out)
+    with pytest.raises(ValueError, match="several inputs"):
+        split_backbone(model, "add")
+    with pytest.raises(ValueError, match="skip"):
+        split_backbone(model, "c")  # `a` skips over the cut
+    prefix, tail = split_backbone(model, "b")  # the skip starts at the cut
+    x = np.random.default_rng(0).normal(size=(1, 2, 2, 3)).astype("float32")
+    np.testing.assert_allclose(tail(prefix(x)), model(x), atol=1e-6)

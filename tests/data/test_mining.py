@@ -1,0 +1,159 @@
+"""Hard-negative mining on hand-built embeddings, and the mining callback."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_rmac.data import mining
+from keras_rmac.data import triplets as T
+
+
+def _unit(v):
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _angles(degrees):
+    rad = np.deg2rad(np.asarray(degrees, np.float64))
+    return _unit(np.stack([np.cos(rad), np.sin(rad)], axis=1))
+
+
+def test_numpy_index_matches_brute_force():
+    rng = np.random.default_rng(0)
+    data = _unit(rng.normal(size=(50, 6)))
+    queries = _unit(rng.normal(size=(7, 6)))
+    index = mining.NumpyIndex(6, block=3)
+    index.add(data[:20], np.arange(100, 120))
+    index.add(data[20:], np.arange(120, 150))
+    ids, scores = index.search(queries, 5)
+    sims = queries @ data.T
+    want = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(ids, want + 100)
+    np.testing.assert_allclose(
+        scores, np.take_along_axis(sims, want, 1), rtol=1e-6
+    )
+    ids, scores = index.search(queries, 60)  # more than stored: -1 padded
+    assert (ids[:, 50:] == -1).all() and np.isneginf(scores[:, 50:]).all()
+
+
+def test_hardest_negative_of_another_class_at_most_one_per_class():
+    # Query at 0 deg, class 0. Pool (angle: label): the nearest images are
+    # the query's own class, then two images of class 1, then class 2 ...
+    pool_deg = [0, 5, 10, 12, 20, 30, 40, 90]
+    pool_lab = [0, 0, 1, 1, 2, 2, 3, 4]
+    queries = _angles([0, 31])
+    pool = _angles(pool_deg)
+    got = mining.mine_hard_negatives(
+        queries, [0, 2], pool, pool_lab, num_negatives=3, index="numpy"
+    )
+    # Query 0: class 1 at 10 deg (hardest), class 2 at 20 (12 deg is class 1
+    # again: skipped), class 3 at 40.
+    assert got[0].tolist() == [2, 4, 6]
+    # Query 1 (31 deg, class 2): class 3 at 40, class 1 at 12, then class 0
+    # at 5.
+    assert got[1].tolist() == [6, 3, 1]
+    # Only 4 other classes exist for query 0: padded with -1.
+    got = mining.mine_hard_negatives(
+        queries[:1], [0], pool, pool_lab, num_negatives=6, index="numpy"
+    )
+    assert got[0].tolist() == [2, 4, 6, 7, -1, -1]
+
+
+def test_search_widens_when_one_class_fills_the_neighbourhood():
+    # 40 near-duplicates of class 1 around the query, one class-2 image far.
+    pool = _angles(np.concatenate([np.linspace(1, 10, 40), [170.0]]))
+    labels = np.array([1] * 40 + [2])
+    got = mining.mine_hard_negatives(
+        _angles([0]), [0], pool, labels, num_negatives=2, index="numpy"
+    )
+    assert got[0].tolist() == [0, 40]
+
+
+def test_exact_index_from_search_package_agrees():
+    rng = np.random.default_rng(3)
+    pool = _unit(rng.normal(size=(60, 8)))
+    labels = rng.integers(0, 6, 60)
+    queries = _unit(rng.normal(size=(9, 8)))
+    qlabels = rng.integers(0, 6, 9)
+    want = mining.mine_hard_negatives(queries, qlabels, pool, labels, 3, "numpy")
+    got = mining.mine_hard_negatives(queries, qlabels, pool, labels, 3, "exact")
+    np.testing.assert_array_equal(got, want)
+    # Brute-force oracle for the first negative of every query.
+    sims = queries @ pool.T
+    sims[labels[None, :] == qlabels[:, None]] = -np.inf
+    np.testing.assert_array_equal(want[:, 0], np.argmax(sims, axis=1))
+
+
+def test_select_positives():
+    labels = np.array([0, 0, 0, 1, 1])
+    rng = np.random.default_rng(0)
+    pos = mining.select_positives([0, 0, 0, 0, 3], labels, "random", rng)
+    assert set(pos[:4]) <= {1, 2} and pos[4] == 4
+    desc = _angles([0, 50, 10, 0, 0])
+    pos = mining.select_positives(
+        [0], labels, "most_similar", rng, np.arange(5), desc, desc[[0]]
+    )
+    assert pos.tolist() == [2]
+    with pytest.raises(ValueError, match="only one"):
+        mining.select_positives([0], np.array([0, 1]), "random", rng)
+
+
+class ColourEmbedding(keras.Model):
+    """Descriptor = L2-normalised mean colour (no weights)."""
+
+    def call(self, images, training=False):
+        mean = keras.ops.mean(images, axis=(1, 2))
+        return mean / keras.ops.norm(mean, axis=1, keepdims=True)
+
+
+def test_miner_callback_rewrites_table(tmp_path):
+    # Class c: reddish images; class 1 is the closest colour to class 0.
+    colours = {0: (200, 40, 40), 1: (190, 60, 40), 2: (40, 40, 200)}
+    paths, labels = [], []
+    for c, colour in colours.items():
+        for i in range(4):
+            path = str(tmp_path / f"{c}_{i}.png")
+            image = np.zeros((8, 8, 3), np.uint8)
+            image[:] = np.array(colour) + i
+            Image.fromarray(image).save(path)
+            paths.append(path)
+            labels.append(c)
+    images = T.LabelledImages.from_labels(paths, labels)
+    table = T.TripletTable(T.random_triplets(images.labels, 12, 0))
+    miner = mining.HardNegativeMiner(
+        images,
+        table,
+        image_size=8,
+        pool_size=12,
+        embedding=ColourEmbedding(),
+        index="numpy",
+        verbose=0,
+    )
+    miner.on_epoch_begin(0)
+    rows = table.snapshot()
+    assert rows.shape == (12, 3) and table.mined_epoch == 0
+    q, p, n = rows.T
+    lab = images.labels
+    assert np.all(lab[q] == lab[p]) and np.all(q != p)
+    # Oracle: each negative is the most similar image (cosine of the solid
+    # colours) among all other-class images (the pool holds all 12).
+    rgb = _unit([np.array(colours[c]) + i for c in colours for i in range(4)])
+    for qi, ni in zip(q, n):
+        assert lab[ni] != lab[qi]
+        others = np.flatnonzero(lab != lab[qi])
+        best = np.max(rgb[others] @ rgb[qi])
+        np.testing.assert_allclose(rgb[ni] @ rgb[qi], best, rtol=1e-6)
+    # Classes 0 and 1 (reddish) are each other's hardest negatives.
+    assert all(lab[ni] == 1 - lab[qi] for qi, ni in zip(q, n) if lab[qi] < 2)
+    # Restored table for this epoch: no second mining.
+    version = table.version
+    miner.on_epoch_begin(0)
+    assert table.version == version
+    miner.on_epoch_begin(1)
+    assert table.version == version + 1 and table.mined_epoch == 1
+    os.remove(paths[0])  # unreadable image: skipped, mining still works
+    miner.on_epoch_begin(2)
+    assert 0 not in table.snapshot()[:, 0]

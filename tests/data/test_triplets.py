@@ -1,0 +1,243 @@
+"""Labelled lists, the triplet table and the tf.data triplet pipeline."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_rmac.data import triplets as T
+
+
+def _write(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.asarray(array, np.uint8)).save(path)
+    return path
+
+
+def _solid(colour, size=(12, 16)):
+    image = np.zeros(size + (3,), np.uint8)
+    image[:] = colour
+    return image
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """3 classes x 3 solid-colour images; class c has value 40 * (c + 1)."""
+    root = tmp_path / "train"
+    for c in range(3):
+        for i in range(3):
+            _write(str(root / f"c{c}" / f"{i}.png"), _solid(40 * (c + 1) + i))
+    return str(root)
+
+
+# ---------------------------------------------------------------------------
+# Lists.
+
+
+def test_read_image_list_layouts(tmp_path):
+    plain = tmp_path / "plain.csv"
+    plain.write_text("a.jpg,7\nsub/b.jpg,3\n/abs/c.jpg,7\n")
+    images = T.read_image_list(plain)
+    assert images.paths == [
+        str(tmp_path / "a.jpg"),
+        str(tmp_path / "sub" / "b.jpg"),
+        "/abs/c.jpg",
+    ]
+    assert images.class_names == ["3", "7"]
+    assert images.labels.tolist() == [1, 0, 1]
+    assert images.boxes is None
+
+    clean = tmp_path / "clean.csv"
+    clean.write_text("path,label,x0,y0,x1,y1\na.jpg,x,1,2,30,40\nb.jpg,y,,,,\n")
+    images = T.read_image_list(clean, root="/data")
+    assert images.paths == ["/data/a.jpg", "/data/b.jpg"]
+    np.testing.assert_array_equal(images.boxes[0], [1, 2, 30, 40])
+    assert np.isnan(images.boxes[1]).all()
+
+    gld = tmp_path / "train.csv"
+    gld.write_text("id,url,landmark_id\nabcdef,http://x,12\n0123ff,None,5\n")
+    images = T.read_image_list(gld, root="/gld/train")
+    assert images.paths == [
+        "/gld/train/a/b/c/abcdef.jpg",
+        "/gld/train/0/1/2/0123ff.jpg",
+    ]
+    assert [images.class_names[i] for i in images.labels] == ["12", "5"]
+
+    gld_clean = tmp_path / "train_clean.csv"
+    gld_clean.write_text("landmark_id,images\n9,aaa111 bbb222\n4,ccc333\n")
+    images = T.read_image_list(gld_clean, root="/r")
+    assert images.paths == [
+        "/r/a/a/a/aaa111.jpg",
+        "/r/b/b/b/bbb222.jpg",
+        "/r/c/c/c/ccc333.jpg",
+    ]
+    assert [images.class_names[i] for i in images.labels] == ["9", "9", "4"]
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a.jpg,1\nonly_a_path\n")
+    with pytest.raises(ValueError, match="bad.csv:2"):
+        T.read_image_list(bad)
+
+
+def test_folder_per_class_and_validation(folder, tmp_path):
+    images = T.folder_per_class(folder)
+    assert len(images) == 9
+    assert images.class_names == ["c0", "c1", "c2"]
+    assert images.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    broken = os.path.join(folder, "c1", "zz.png")
+    with open(broken, "wb") as f:
+        f.write(b"<html>not found</html>")
+    images = T.folder_per_class(folder)
+    report = tmp_path / "bad.txt"
+    good, errors = T.validate_images(images, num_workers=2, report_path=report)
+    assert len(good) == 9 and [e.path for e in errors] == [broken]
+    assert broken not in good.paths
+    lines = report.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(broken + "\t")
+    with pytest.raises(FileNotFoundError):
+        T.folder_per_class(tmp_path / "missing")
+
+
+def test_random_triplets_are_valid():
+    labels = np.array([0, 0, 0, 1, 1, 2])  # class 2 has a single image
+    rows = T.random_triplets(labels, 200, seed=1)
+    assert rows.shape == (200, 3)
+    q, p, n = rows.T
+    assert np.all(labels[q] == labels[p]) and np.all(q != p)
+    assert np.all(labels[q] != labels[n])
+    assert not np.any(q == 5)  # no positive exists for it
+    assert 5 in n  # but it is a valid negative
+    np.testing.assert_array_equal(rows, T.random_triplets(labels, 200, seed=1))
+    with pytest.raises(ValueError, match="two classes"):
+        T.random_triplets(np.array([0, 0, 0]), 5)
+
+
+def test_triplet_table(tmp_path):
+    table = T.TripletTable(np.arange(30).reshape(10, 3), seed=4)
+    order0 = table.order(0)
+    assert sorted(order0) == list(range(10))
+    np.testing.assert_array_equal(order0, table.order(0))
+    assert not np.array_equal(order0, table.order(1))
+    table.set_epoch(1)
+    row, epoch = table.lookup(0)
+    assert epoch == 1
+    np.testing.assert_array_equal(row, np.arange(30).reshape(10, 3)[table.order(1)[0]])
+    with pytest.raises(ValueError, match="10 rows"):
+        table.set(np.zeros((4, 3)))
+    table.set(np.ones((10, 3)), mined_epoch=1)
+    assert table.mined_epoch == 1 and table.version == 1
+    path = str(tmp_path / "t.npz")
+    table.save(path)
+    other = T.TripletTable(np.zeros((10, 3)), seed=4)
+    other.load(path)
+    np.testing.assert_array_equal(other.snapshot(), np.ones((10, 3)))
+    assert other.mined_epoch == 1
+    with pytest.raises(ValueError, match=r"\(T, 3\)"):
+        T.TripletTable(np.zeros((3, 2)))
+
+
+# ---------------------------------------------------------------------------
+# Pipeline.
+
+
+def _collect(ds):
+    batches = list(ds.as_numpy_iterator())
+    x = {k: np.concatenate([b[0][k] for b in batches]) for k in T.STREAMS}
+    w = np.concatenate([b[2] for b in batches])
+    return x, w
+
+
+def test_pipeline_shapes_order_and_resume(folder):
+    images = T.folder_per_class(folder)
+    rows = T.random_triplets(images.labels, 10, seed=0)
+    table = T.TripletTable(rows, seed=2)
+    ds = T.triplet_dataset(images, table, image_size=8, batch_size=4)
+    assert int(ds.cardinality()) == 2  # 10 // 4, remainder dropped
+    x, w = _collect(ds)
+    assert x["query"].shape == (8, 8, 8, 3) and x["query"].dtype == np.float32
+    assert np.all(w == 1.0)
+    # Without augmentation each image is a solid colour whose value names
+    # the file: check the rows follow the epoch's permutation.
+    plain = T.triplet_dataset(images, table, 8, 4, augment=False)
+    x, _ = _collect(plain)
+    values = np.array([int(images.paths[i][-5]) for i in range(9)])
+    values += 40 * (images.labels + 1)
+    want = rows[table.order(0)[:8]]
+    for s, name in enumerate(T.STREAMS):
+        np.testing.assert_allclose(
+            x[name][:, 0, 0, 0], values[want[:, s]], atol=0.01
+        )
+    # Same epoch -> same batches (augmentation included); new epoch ->
+    # another order; a resumed epoch (start=4) continues identically.
+    a, _ = _collect(ds)
+    b, _ = _collect(ds)
+    np.testing.assert_array_equal(a["query"], b["query"])
+    table.set_epoch(1)
+    c, _ = _collect(ds)
+    assert not np.array_equal(a["query"], c["query"])
+    table.set_epoch(0)
+    resumed = T.triplet_dataset(images, table, 8, 4, start=4)
+    assert int(resumed.cardinality()) == 1
+    r, _ = _collect(resumed)
+    np.testing.assert_array_equal(r["positive"], a["positive"][4:8])
+
+
+def test_bad_file_in_pipeline_gets_zero_weight(folder, tmp_path):
+    images = T.folder_per_class(folder)
+    table = T.TripletTable(np.array([[0, 1, 3], [4, 5, 6]]), seed=0)
+    with open(images.paths[5], "wb") as f:  # breaks after validation
+        f.write(b"\x89PNG\r\n\x1a\ntruncated")
+    report = str(tmp_path / "bad.txt")
+    bad = T.BadFiles(report)
+    ds = T.triplet_dataset(
+        images, table, 8, 1, augment=False, bad_files=bad
+    )
+    weights = {}
+    for x, y, w in ds.as_numpy_iterator():
+        weights[int(x["query"][0, 0, 0, 0])] = float(w[0])
+    assert weights == {40: 1.0, 81: 0.0}  # image 0 ok; row with image 5 not
+    assert list(bad.errors) == [images.paths[5]]
+    with open(report) as f:
+        assert f.read().startswith(images.paths[5] + "\t")
+
+
+def test_longest_mode_and_boxes(tmp_path):
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, :20] = 50
+    image[:, 20:] = 200
+    paths = [
+        _write(str(tmp_path / f"{i}.png"), image if i % 2 else image[:, ::-1])
+        for i in range(4)
+    ]
+    boxes = np.array([[20, 0, 40, 20]] * 4, np.float32)  # right half
+    boxes[1] = np.nan
+    images = T.LabelledImages.from_labels(paths, [0, 0, 1, 1], boxes)
+    table = T.TripletTable(np.array([[1, 3, 0], [2, 0, 1]]))
+    ds = T.triplet_dataset(images, table, 10, 1, resize="longest", augment=False)
+    (x, _, _), (x2, _, _) = list(ds.as_numpy_iterator())
+    assert x["query"].shape == (1, 5, 10, 3)  # image 1: no box, 20x40
+    assert x["positive"].shape == (1, 10, 10, 3)  # image 3: box 20x20
+    np.testing.assert_allclose(x["positive"], 200.0, atol=0.01)
+    np.testing.assert_allclose(x2["query"], 50.0, atol=0.01)  # flipped img
+    with pytest.raises(ValueError, match="batch_size=1"):
+        T.triplet_dataset(images, table, 10, 2, resize="longest")
+
+
+def test_augmentation_changes_images_within_bounds(folder):
+    images = T.folder_per_class(folder)
+    table = T.TripletTable(T.random_triplets(images.labels, 4, 0), seed=1)
+    aug = T.Augmentation(crop_area=(0.5, 0.6), brightness=0.3)
+    x, _ = _collect(T.triplet_dataset(images, table, 8, 4, augment=aug))
+    plain, _ = _collect(T.triplet_dataset(images, table, 8, 4, augment=False))
+    assert not np.allclose(x["query"], plain["query"])
+    assert x["query"].min() >= 0.0 and x["query"].max() <= 255.0
+
+
+def test_image_dataset_skips_bad_files(folder):
+    images = T.folder_per_class(folder)
+    with open(images.paths[2], "wb") as f:
+        f.write(b"")
+    ds = T.image_dataset(images, [0, 2, 4], image_size=6)
+    got = [(img.shape, int(i)) for img, i in ds.as_numpy_iterator()]
+    assert got == [((6, 6, 3), 0), ((6, 6, 3), 4)]
