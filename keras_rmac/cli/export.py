@@ -168,6 +168,11 @@ def _load_model(args: argparse.Namespace):
                 f"--model file not found: {args.model!r}. Pass a model saved "
                 "with RMACModel.save('model.keras')."
             )
+        if args.weights != "imagenet" or args.pooling != "rmac":
+            logger.warning(
+                "--weights/--pooling are ignored with --model: the saved "
+                "model has its own."
+            )
         model = keras.saving.load_model(args.model)
         if not isinstance(model, keras.Model):
             raise TypeError(
