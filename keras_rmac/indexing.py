@@ -191,17 +191,31 @@ class DescriptorStore:
     Args:
         directory: str. The store folder (`INDEX_DIR/.work`).
         dim: int. Descriptor dimension.
+        writable: bool. Open for writing (only under the index lock): the
+            folder is created and leftovers of interrupted writes (temporary
+            files, descriptors without records, damaged shards) are
+            deleted. A read-only store touches nothing. Defaults to True.
     """
 
-    def __init__(self, directory: str, dim: int):
+    def __init__(self, directory: str, dim: int, writable: bool = True):
         self.directory = directory
         self.shard_dir = os.path.join(directory, "shards")
         self.dim = int(dim)
-        os.makedirs(self.shard_dir, exist_ok=True)
+        self.writable = bool(writable)
+        if self.writable:
+            os.makedirs(self.shard_dir, exist_ok=True)
         self.records: dict[str, _Record] = {}
         self.shards: list[int] = []
+        self.shard_sizes: dict[int, int] = {}  # records per shard
         self._arrays: dict[int, np.ndarray] = {}
-        self._load()
+        if os.path.isdir(self.shard_dir):
+            self._load()
+
+    def _remove(self, name: str) -> None:
+        if self.writable:
+            path = os.path.join(self.shard_dir, name)
+            if os.path.exists(path):
+                os.remove(path)
 
     def _name(self, number: int, ext: str) -> str:
         return os.path.join(self.shard_dir, f"{number:06d}.{ext}")
@@ -210,7 +224,7 @@ class DescriptorStore:
         names = os.listdir(self.shard_dir)
         for name in names:  # Leftovers of writes cut short.
             if name.startswith(".tmp-"):
-                os.remove(os.path.join(self.shard_dir, name))
+                self._remove(name)
         committed = sorted(
             int(n[:-5])
             for n in names
@@ -227,15 +241,20 @@ class DescriptorStore:
                     self._name(number, "json"),
                     exc,
                 )
+                self._remove(f"{number:06d}.json")
                 continue
             rows = sum(r.error is None for r in records)
             if meta.get("descriptors", True) and rows:
                 if not self._check_npy(number, rows):
+                    self._remove(f"{number:06d}.json")
                     continue
             if meta.get("base"):
                 # A compacted shard replaces everything before it.
                 self.records.clear()
                 self.shards.clear()
+            for path in meta.get("removed", ()):
+                self.records.pop(path, None)
+            self.shard_sizes[number] = len(records)
             row = 0
             for record in records:
                 if record.error is None and meta.get("descriptors", True):
@@ -243,12 +262,11 @@ class DescriptorStore:
                     row += 1
                 self.records[record.path] = record
             self.shards.append(number)
-        known = set(self.shards)
         for name in os.listdir(self.shard_dir):  # Uncommitted descriptors.
             stem, ext = os.path.splitext(name)
-            if ext == ".npy" and stem.isdigit() and int(stem) not in known:
+            if ext == ".npy" and stem.isdigit():
                 if not os.path.exists(self._name(int(stem), "json")):
-                    os.remove(os.path.join(self.shard_dir, name))
+                    self._remove(name)
 
     def _check_npy(self, number, rows) -> bool:
         path = self._name(number, "npy")
@@ -312,7 +330,31 @@ class DescriptorStore:
                 row += 1
             self.records[record.path] = record
         self.shards.append(number)
+        self.shard_sizes[number] = len(records)
         return number
+
+    def forget(self, paths: Sequence[str]) -> None:
+        """Drops the records of `paths` (files gone from the folder).
+
+        Writes a shard of records only; the descriptors stay in their
+        shards until the next compaction.
+        """
+        if not paths:
+            return
+        number = self.next_number
+        _atomic_write_json(
+            self._name(number, "json"),
+            {
+                "format": FORMAT_VERSION,
+                "base": False,
+                "records": [],
+                "removed": sorted(paths),
+            },
+        )
+        for path in paths:
+            self.records.pop(path, None)
+        self.shards.append(number)
+        self.shard_sizes[number] = 0
 
     def _array(self, number) -> np.ndarray:
         if number not in self._arrays:
@@ -864,7 +906,9 @@ def _index_locked(
         else:
             todo.append(rel)
     listed = set(rel_paths) - set(vanished)
-    report.removed = sum(1 for p in store.records if p not in listed)
+    gone = [p for p in store.records if p not in listed]
+    report.removed = len(gone)
+    store.forget(gone)
     todo_set = set(todo)
     missing_floats = [
         rel
@@ -877,10 +921,7 @@ def _index_locked(
         # searchable index need not be rebuilt.
         unchanged = [store.records[rel] for rel in sorted(listed)]
         digest = _content_digest(
-            [r for r in unchanged if r.error is None],
-            fingerprint,
-            mode,
-            bytes_per_vector,
+            [r for r in unchanged if r.error is None], settings
         )
         searchable = os.path.join(index_dir, SEARCHABLE_DIR)
         if digest == settings["built_digest"] and os.path.isdir(searchable):
@@ -920,7 +961,7 @@ def _index_locked(
     ]
     ok = [r for r in live if r.error is None]
     report.indexed = len(ok)
-    digest = _content_digest(ok, fingerprint, mode, bytes_per_vector)
+    digest = _content_digest(ok, settings)
     searchable = os.path.join(index_dir, SEARCHABLE_DIR)
     if digest != settings.get("built_digest") or not os.path.isdir(searchable):
         if ok and not all(store.has_descriptor(r) for r in ok):
@@ -947,8 +988,14 @@ def _index_locked(
         if any(store.has_descriptor(r) for r in store.records.values()):
             store.drop_descriptors(live)
     else:
+        # Compact once a quarter of the stored rows are stale, or once
+        # incremental runs have left many small shards (the full shards
+        # of a first run are left alone: rewriting them gains nothing).
         stale = store.stale_rows(listed)
-        if len(store.shards) > 32 or stale > 0.25 * max(1, len(ok)):
+        small = sum(
+            store.shard_sizes.get(n, 0) < shard_size // 2 for n in store.shards
+        )
+        if stale > 0.25 * max(1, len(ok)) or small > 64:
             store.compact(live)
 
     report.seconds = time.perf_counter() - started
@@ -956,13 +1003,18 @@ def _index_locked(
     return report
 
 
-def _content_digest(records, fingerprint, mode, bytes_per_vector) -> str:
+def _content_digest(records, settings) -> str:
+    """Identifies what a searchable index is built from and how."""
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            [FORMAT_VERSION, fingerprint, mode, bytes_per_vector]
-        ).encode()
-    )
+    mode = settings["mode"]
+    head = [
+        FORMAT_VERSION,
+        settings["fingerprint"],
+        settings["photos_dir"],
+        mode,
+        settings["bytes_per_vector"] if mode == "compact" else None,
+    ]
+    digest.update(json.dumps(head).encode())
     for r in records:
         digest.update(
             json.dumps([r.path, r.size, r.mtime_ns, r.sha256]).encode()
@@ -1186,6 +1238,7 @@ class PhotoIndex:
             self._store = DescriptorStore(
                 os.path.join(self.index_dir, WORK_DIR),
                 self.index.metadata["descriptor_dim"],
+                writable=False,
             )
         records = [self._store.records.get(self.paths[i]) for i in ids]
         if any(r is None or r.shard is None for r in records):

@@ -66,17 +66,18 @@ def test_store_ignores_uncommitted_and_damaged_shards(tmp_path, caplog):
     (shard_dir / "000003.json").write_text(
         json.dumps({"records": [r.to_json() for r in _records(["b.png"])]})
     )
+    before = sorted(os.listdir(shard_dir))
+    # Read-only (a search running beside an indexer): nothing is touched.
     with caplog.at_level(logging.WARNING):
-        reopened = DescriptorStore(str(tmp_path), dim=2)
-    assert set(reopened.records) == {"a.png"}
+        reader = DescriptorStore(str(tmp_path), dim=2, writable=False)
+    assert set(reader.records) == {"a.png"}
     assert "000003.npy" in caplog.text
-    assert sorted(os.listdir(shard_dir)) == [
-        "000001.json",
-        "000001.npy",
-        "000003.json",
-        "000003.npy",
-    ]
-    assert reopened.next_number == 4
+    assert sorted(os.listdir(shard_dir)) == before
+    # The writer (under the index lock) cleans up.
+    reopened = DescriptorStore(str(tmp_path), dim=2)
+    assert set(reopened.records) == {"a.png"}
+    assert sorted(os.listdir(shard_dir)) == ["000001.json", "000001.npy"]
+    assert reopened.next_number == 2
 
 
 def test_store_compaction_keeps_live_descriptors(tmp_path):
@@ -225,3 +226,45 @@ def test_extract_matches_model_on_files(tmp_path, model):
     expected = model.extract(files, max_size=40, scales=(1.0, 0.5), verbose=0)
     np.testing.assert_allclose(stored, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1, atol=1e-5)
+
+
+def test_removed_files_are_forgotten_once(tmp_path, model):
+    root = _folder(tmp_path / "photos", 4)
+    index_dir = tmp_path / "index"
+    kwargs = dict(max_size=64, mode="exact", verbose=0)
+    indexing.index_folder(root, index_dir, model, **kwargs)
+    os.remove(root / "p01.png")
+    report = indexing.index_folder(root, index_dir, **kwargs)
+    assert (report.removed, report.indexed, report.rebuilt) == (1, 3, True)
+    report = indexing.index_folder(root, index_dir, **kwargs)
+    assert (report.removed, report.extracted, report.rebuilt) == (0, 0, False)
+    store = DescriptorStore(str(index_dir / ".work"), 16, writable=False)
+    assert sorted(store.records) == ["p00.png", "p02.png", "p03.png"]
+    # The file comes back: described again.
+    _folder(root, 1, start=1)
+    report = indexing.index_folder(root, index_dir, **kwargs)
+    assert (report.extracted, report.indexed) == (1, 4)
+
+
+def test_moved_folder(tmp_path, model):
+    root = _folder(tmp_path / "photos", 3)
+    index_dir = tmp_path / "index"
+    kwargs = dict(max_size=64, mode="exact", verbose=0)
+    indexing.index_folder(root, index_dir, model, **kwargs)
+    moved = tmp_path / "moved"
+    os.rename(root, moved)  # Keeps sizes and modification times.
+    report = indexing.index_folder(moved, index_dir, **kwargs)
+    assert (report.extracted, report.reused, report.rebuilt) == (0, 3, True)
+    hits = indexing.PhotoIndex(index_dir).search(moved / "p02.png", k=1)
+    assert hits[0].path == str(moved / "p02.png")
+
+
+def test_second_indexer_is_refused(tmp_path, model):
+    root = _folder(tmp_path / "photos", 1)
+    index_dir = tmp_path / "index"
+    index_dir.mkdir()
+    with indexing._Lock(str(index_dir)):
+        with pytest.raises(indexing.IndexBusyError, match="Another process"):
+            indexing.index_folder(root, index_dir, model, verbose=0)
+    # Released: a run now goes through.
+    indexing.index_folder(root, index_dir, model, max_size=64, verbose=0)

@@ -26,16 +26,22 @@ def cli(argv) -> int:
     return int(args.run(args))
 
 
-def tiny_model(seed: int = 0) -> RMACModel:
-    """An RMACModel over a two-layer random conv net (16-D descriptors),
-    with shift + PCA-whitening learned on other generated photos."""
+def tiny_backbone(seed: int = 0) -> keras.Model:
+    """Two random 3x3 convolutions, stride 4 in all, 16 channels."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(inputs)
     x = keras.layers.ReLU()(x)
     x = keras.layers.Conv2D(16, 3, strides=2, padding="same")(x)
-    backbone = keras.Model(inputs, x)
-    model = RMACModel(backbone=backbone, weights=None, preprocessing="tf")
+    return keras.Model(inputs, x)
+
+
+def tiny_model(seed: int = 0) -> RMACModel:
+    """An RMACModel over a two-layer random conv net (16-D descriptors),
+    with shift + PCA-whitening learned on other generated photos."""
+    model = RMACModel(
+        backbone=tiny_backbone(seed), weights=None, preprocessing="tf"
+    )
     # Whitening spreads the descriptors of random features apart, so that
     # even a coarse compact code tells the test photos apart.
     model.adapt_pca([photo(1000 + i) for i in range(40)], verbose=0)
