@@ -3,6 +3,7 @@
 import argparse
 import logging
 
+from keras_rmac.cli import _common
 from keras_rmac.data import cleaning
 
 logger = logging.getLogger(__name__)
@@ -11,6 +12,10 @@ _EPILOG = """\
 Example:
 
   keras-rmac clean landmarks.csv --out landmarks-clean.csv --workers 8
+
+  # Large classes: verify only each image's 20 nearest neighbours (R-MAC).
+  keras-rmac clean landmarks.csv --out landmarks-clean.csv --workers 8 \\
+      --shortlist-k 20 --backbone mobilenet_v2
 
 LIST.csv has one `path,label` row per image (an optional `path,label`
 header; relative paths are relative to the CSV's folder unless --root is
@@ -30,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         subparsers: the object returned by `parser.add_subparsers()`.
 
     Returns:
-        The sub-command's parser (its `func` default is `run`).
+        The sub-command's parser (its `run` default is `run`).
     """
     defaults = cleaning.CleaningConfig()
     parser = subparsers.add_parser(
@@ -136,9 +141,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=defaults.seed, help="RANSAC seed."
     )
+    parser.add_argument(
+        "--shortlist-k",
+        type=int,
+        default=0,
+        metavar="K",
+        help="Verify only each image's K nearest neighbours within its "
+        "class by R-MAC descriptor (see the descriptor network options), "
+        "instead of all pairs: linear instead of quadratic cost on large "
+        "classes (default: 0, all pairs).",
+    )
+    _common.add_model_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
-    parser.set_defaults(func=run)
+    parser.set_defaults(run=run)
     return parser
+
+
+def _embedder(args: argparse.Namespace):
+    """`paths -> (N, D)` descriptors from the chosen R-MAC network."""
+    spec = _common.model_spec(args)
+    model = _common.build_model(spec)
+    max_size = args.max_size or _common.DEFAULT_MAX_SIZE
+    scales = args.scales or (1.0,)
+    logger.info("Shortlisting pairs with %s", spec)
+
+    def embed(paths):
+        return model.extract(
+            list(paths), max_size=max_size, scales=scales, verbose=0
+        )
+
+    return embed
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,10 +196,13 @@ def run(args: argparse.Namespace) -> int:
             box_method=args.box,
             box_percentile=args.box_percentile,
             seed=args.seed,
+            shortlist_k=args.shortlist_k or None,
         )
         kwargs = {}
         if args.root is not None:
             kwargs["root"] = args.root
+        if args.shortlist_k:
+            kwargs["embed"] = _embedder(args)
         report = cleaning.clean_list(
             args.list,
             args.out,

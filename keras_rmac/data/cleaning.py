@@ -49,6 +49,7 @@ Reference:
 """
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -112,8 +113,10 @@ class CleaningConfig:
             at most this. Defaults to 1024.
         max_keypoints: int. Strongest SIFT keypoints kept per image.
             Defaults to 1000.
-        contrast_threshold: float. SIFT contrast threshold. Defaults to
-            0.02.
+        contrast_threshold: float. SIFT contrast threshold; low, so that
+            weakly textured objects get keypoints too (the strongest
+            `max_keypoints` are kept). Defaults to 0.005 (OpenCV's
+            default is 0.04).
         min_class_size: int >= 2. Classes whose largest component is
             smaller are dropped. Defaults to 5.
         box_method: str. "union" or "percentile" (see the module
@@ -136,7 +139,7 @@ class CleaningConfig:
     min_side: int = 256
     max_side: int = 1024
     max_keypoints: int = 1000
-    contrast_threshold: float = 0.02
+    contrast_threshold: float = 0.005
     min_class_size: int = 5
     box_method: str = "union"
     box_percentile: float = 5.0
@@ -557,8 +560,8 @@ def verify_pair(
     matches = local_features.match_descriptors(
         features_a.descriptors, features_b.descriptors, config.ratio
     )
-    if len(matches) < 3:
-        return 0, empty, empty
+    if len(matches) < max(3, config.min_inliers):
+        return 0, empty, empty  # Too few matches to ever verify.
     src = features_a.keypoints[matches[:, 0]]
     dst = features_b.keypoints[matches[:, 1]]
     result = local_features.ransac_affine(
@@ -724,6 +727,25 @@ def _init_worker() -> None:
         cv2.setNumThreads(1)
     except ImportError:
         pass
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """Spawned workers start with one BLAS/OpenMP thread each.
+
+    With several worker processes, multi-threaded BLAS in each only
+    oversubscribes the cores (and is much slower when they are busy).
+    Variables the user set are left alone.
+    """
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    added = [n for n in names if n not in os.environ]
+    for name in added:
+        os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _embed_class(embed: Embed, label: str, paths: Sequence[str]) -> np.ndarray:
@@ -954,7 +976,10 @@ def clean_dataset(
                 failures[task["label"]] = repr(error)
     else:
         context = multiprocessing.get_context("spawn")
-        with context.Pool(num_workers, initializer=_init_worker) as pool:
+        with (
+            _one_blas_thread(),
+            context.Pool(num_workers, initializer=_init_worker) as pool,
+        ):
             pending = {
                 task["label"]: pool.apply_async(_run_class_task, (task,))
                 for task in tasks
@@ -1022,7 +1047,7 @@ def clean_dataset(
         output_path + ".report.json", json.dumps(report.to_dict(), indent=1)
     )
     _atomic_write_text(output_path + ".report.txt", report.summary())
-    logger.info("%s", report.summary())
+    logger.info("%s", report.summary(max_listed=0))
     return report
 
 

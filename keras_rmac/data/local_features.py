@@ -137,7 +137,7 @@ def extract_sift(
     min_side: int = 256,
     max_side: int = 1024,
     max_keypoints: int = 1000,
-    contrast_threshold: float = 0.02,
+    contrast_threshold: float = 0.005,
 ) -> LocalFeatures:
     """Detects SIFT keypoints and RootSIFT descriptors on one image.
 
@@ -150,7 +150,7 @@ def extract_sift(
         max_keypoints: int. Keep at most this many (strongest) keypoints.
             Defaults to 1000.
         contrast_threshold: float. SIFT's contrast threshold; lower finds
-            more keypoints on weakly textured objects. Defaults to 0.02
+            more keypoints on weakly textured objects. Defaults to 0.005
             (OpenCV's default is 0.04).
 
     Returns:
@@ -244,16 +244,16 @@ def match_descriptors(
     b = np.asarray(descriptors_b, np.float32)
     if len(a) == 0 or len(b) < 2:
         return np.zeros((0, 2), np.int64)
-    # Unit vectors: |a - b|^2 = 2 - 2 a.b.
-    squared = np.maximum(2.0 - 2.0 * (a @ b.T), 0.0)
-    two = np.argpartition(squared, 1, axis=1)[:, :2]
+    # Unit vectors: |a - b|^2 = 2 - 2 a.b, so the nearest neighbours are
+    # the largest dot products.
+    sims = a @ b.T
     rows = np.arange(len(a))
-    d_first = squared[rows, two[:, 0]]
-    d_second = squared[rows, two[:, 1]]
-    swap = d_second < d_first
-    nearest = np.where(swap, two[:, 1], two[:, 0])
-    d1 = np.sqrt(np.minimum(d_first, d_second))
-    d2 = np.sqrt(np.maximum(d_first, d_second))
+    nearest = np.argmax(sims, axis=1)
+    s_first = sims[rows, nearest]
+    sims[rows, nearest] = -np.inf
+    s_second = sims.max(axis=1)
+    d1 = np.sqrt(np.maximum(2.0 - 2.0 * s_first, 0.0))
+    d2 = np.sqrt(np.maximum(2.0 - 2.0 * s_second, 0.0))
     keep = d1 < ratio * d2
     index_a = rows[keep]
     index_b = nearest[keep]
@@ -342,7 +342,11 @@ def _unique_count(points: np.ndarray) -> int:
     """Number of distinct positions, to the nearest pixel."""
     if len(points) == 0:
         return 0
-    return len(np.unique(np.round(points).astype(np.int64), axis=0))
+    cells = np.round(points).astype(np.int64)
+    cells -= cells.min(axis=0)
+    return len(
+        np.unique(cells[:, 0] * (int(cells[:, 1].max()) + 1) + cells[:, 1])
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,8 +444,10 @@ def ransac_affine(
         if not ok.any():
             continue
         affine = affine[ok]
-        predicted = np.einsum("nk,bjk->bnj", src_h, affine)
-        err2 = np.sum((predicted - dst[None]) ** 2, axis=-1)  # (B, N)
+        predicted = affine @ src_h.T  # (B, 2, N)
+        err2 = (predicted[:, 0] - dst[:, 0]) ** 2 + (
+            predicted[:, 1] - dst[:, 1]
+        ) ** 2  # (B, N)
         inlier = err2 <= thr2
         counts = inlier.sum(axis=1)
         cost = np.where(inlier, err2, thr2).sum(axis=1)

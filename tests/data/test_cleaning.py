@@ -555,7 +555,7 @@ def test_parallel_matches_serial_and_shortlist(tiny_dataset):
     assert alpha["num_pairs"] < 15
 
 
-def test_cli_run(tiny_dataset, capsys):
+def test_cli_run(tiny_dataset, capsys, monkeypatch):
     from keras_rmac.cli import clean as clean_cli
 
     parser = argparse.ArgumentParser(prog="keras-rmac")
@@ -575,7 +575,7 @@ def test_cli_run(tiny_dataset, capsys):
             "percentile",
         ]
     )
-    assert args.func is clean_cli.run
+    assert args.run is clean_cli.run
     assert clean_cli.run(args) == 0
     assert len(cleaning.read_clean_list(out)) == 10
     assert "Images: 13 in, 10 kept" in capsys.readouterr().out
@@ -589,6 +589,26 @@ def test_cli_run(tiny_dataset, capsys):
         ["clean", str(tiny_dataset / "missing.csv"), "--out", str(out)]
     )
     assert clean_cli.run(args) == 1
+    # --shortlist-k embeds each class with the chosen R-MAC network.
+    seen = []
+
+    class FakeModel:
+        def extract(self, paths, **kwargs):
+            seen.append(len(paths))
+            return np.eye(len(paths))
+
+    monkeypatch.setattr(clean_cli._common, "build_model", lambda s: FakeModel())
+    out = tiny_dataset / "cli" / "short.csv"
+    args = parser.parse_args(
+        ["clean", str(tiny_dataset / "noisy.csv"), "--out", str(out)]
+        + ["--shortlist-k", "3", "--quiet", "--weights", "none"]
+    )
+    assert clean_cli.run(args) == 0
+    assert sorted(seen) == [6, 7]  # one call per class
+    saved = json.loads(
+        (tiny_dataset / "cli" / "short.csv.report.json").read_text()
+    )
+    assert saved["config"]["shortlist_k"] == 3
     # --help has an example.
     help_text = sub.choices["clean"].format_help()
     assert "keras-rmac clean landmarks.csv --out" in help_text
