@@ -36,6 +36,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "ruff"],
+        # Local features + RANSAC for `keras-rmac clean`.
+        "clean": ["opencv-python-headless>=4.8,<6"],
     },
     entry_points={
         "console_scripts": ["keras-rmac=keras_rmac.cli.main:main"],

@@ -1,0 +1,42 @@
+# One-command set-up and jobs. Everything installs into ./.venv from the
+# package index; nothing needs to be installed by hand.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA   ?= $(abspath ../shared/data)
+PHOTOS ?= $(DATA)/coil100
+INDEX  ?= out/index
+QUERY  ?= $(PHOTOS)/obj42__0.png
+
+.PHONY: setup demo test lint bench clean
+
+$(BIN)/keras-rmac: setup.py pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,clean]"
+	touch $@
+
+setup: $(BIN)/keras-rmac
+
+# The main job: index a folder of photos (incremental, resumable) and
+# search it with one photo; writes out/results.png and out/results.html.
+demo: setup
+	$(BIN)/keras-rmac index $(PHOTOS) --index $(INDEX) --max-size 224
+	$(BIN)/keras-rmac search --index $(INDEX) $(QUERY) -k 10 \
+	    --sheet out/results.png --html out/results.html
+
+test: setup
+	KERAS_RMAC_DATA=$(DATA) TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check keras_rmac tests benchmarks examples
+	$(BIN)/ruff format --check keras_rmac tests benchmarks examples
+
+bench: setup
+	$(BIN)/python -m benchmarks.coil100
+	$(BIN)/python -m benchmarks.search
+	$(BIN)/python -m benchmarks.train_coil100
+	$(BIN)/python -m benchmarks.cleaning
+
+clean:
+	rm -rf $(VENV) out *.egg-info

@@ -1,0 +1,55 @@
+"""Writes one benchmark's section of benchmarks/RESULTS.md.
+
+Each benchmark owns the text between `<!-- NAME:begin -->` and
+`<!-- NAME:end -->` and replaces only that, so benchmarks run separately
+keep each other's figures. The file is replaced atomically.
+"""
+
+import os
+import pathlib
+import platform
+import tempfile
+import time
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = (
+    "# Benchmark results\n\n"
+    "Written by the scripts in `benchmarks/`; each section says the command "
+    "that produced it. Absolute times drift on shared machines: compare "
+    "ratios measured within one run.\n"
+)
+
+
+def machine() -> str:
+    """A one-line description of where the numbers were measured."""
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+
+
+def markdown_table(header, rows) -> str:
+    """A GitHub markdown table from a header list and rows of cells."""
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str, path=RESULTS) -> None:
+    """Replaces (or appends) section `name` of RESULTS.md with `body`."""
+    path = pathlib.Path(path)
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else HEADER
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
