@@ -139,15 +139,19 @@ class ScannIndex(Index):
     manifest):
 
     - `num_leaves`: about sqrt(N) (no tree below `MIN_TREE_SIZE`);
-    - `num_leaves_to_search`: 5% of the leaves, at least 8 (fast mode);
-      10%, at least 8, in compact mode;
+    - `num_leaves_to_search`: 5% of the leaves, at least 8;
     - `dimensions_per_block`: 2 in fast mode; in compact mode the smallest
       block size giving at most `bytes_per_vector` bytes of 4-bit codes,
       i.e. `ceil(D / (2 * bytes_per_vector))`;
-    - `reorder_num_neighbors` (fast mode): 250 candidates re-scored
+    - `reorder_num_neighbors` (fast mode): 200 candidates re-scored
       exactly;
-    - `training_sample_size`: min(N, 50,000) vectors for the tree and for
-      the codebooks.
+    - `training_sample_size`: min(N, max(50,000, 200 * num_leaves))
+      vectors for the tree and for the codebooks (k-means leaves trained on
+      fewer than ~200 points each split the natural clusters and lose
+      recall);
+    - `anisotropic_quantization_threshold`: 0.2 in compact mode (PQ scores
+      are the final ranking), off in fast mode (re-ordering makes it moot
+      and it doubles the encoding time).
 
     `num_leaves_to_search` and `reorder_num_neighbors` only affect search
     and can be changed on a built or loaded index.
@@ -170,10 +174,14 @@ class ScannIndex(Index):
             `"float32"`.
         training_sample_size: int or None. Vectors used to train the tree
             and the codebooks.
-        anisotropic_quantization_threshold: float. ScaNN's anisotropic
-            (score-aware) quantisation threshold `T` for the PQ codes, or
-            NaN for plain reconstruction loss. Defaults to 0.2, as ScaNN
-            recommends for normalised data.
+        spherical_tree: bool. Spherical k-means for the tree (centres of
+            unit norm, fit for L2-normalised descriptors and inner
+            product). Defaults to True.
+        anisotropic_quantization_threshold: float or None. ScaNN's
+            anisotropic (score-aware) quantisation threshold `T` for the PQ
+            codes (ScaNN recommends 0.2 for normalised data), NaN for plain
+            reconstruction loss, None for the mode's default (see above).
+            Defaults to None.
         num_threads: int. Threads for training (0: all cores). Batched
             searches of at least 64 queries use ScaNN's thread pool.
             Defaults to 0.
@@ -206,7 +214,8 @@ class ScannIndex(Index):
         reorder_num_neighbors: int | None = None,
         reorder_dtype: str = "float32",
         training_sample_size: int | None = None,
-        anisotropic_quantization_threshold: float = 0.2,
+        spherical_tree: bool = True,
+        anisotropic_quantization_threshold: float | None = None,
         num_threads: int = 0,
         metadata: Mapping[str, Any] | None = None,
     ):
@@ -268,8 +277,11 @@ class ScannIndex(Index):
         self.training_sample_size = _positive_int(
             "training_sample_size", training_sample_size
         )
-        self.anisotropic_quantization_threshold = float(
-            anisotropic_quantization_threshold
+        self.spherical_tree = bool(spherical_tree)
+        self.anisotropic_quantization_threshold = (
+            None
+            if anisotropic_quantization_threshold is None
+            else float(anisotropic_quantization_threshold)
         )
         if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
             raise ValueError(
@@ -344,7 +356,7 @@ class ScannIndex(Index):
         if leaves:
             to_search = self.num_leaves_to_search
             if to_search is None:
-                share = 0.05 if self.mode == "fast" else 0.1
+                share = 0.05
                 to_search = max(8, int(math.ceil(share * leaves)))
             to_search = min(to_search, leaves)
         else:
@@ -361,7 +373,10 @@ class ScannIndex(Index):
                 dpb = max(1, math.ceil(d / (2 * self.bytes_per_vector)))
         dpb = min(dpb, d)
         num_blocks = math.ceil(d / dpb)
-        sample = self.training_sample_size or 50_000
+        sample = self.training_sample_size or max(50_000, 200 * leaves)
+        aniso = self.anisotropic_quantization_threshold
+        if aniso is None:
+            aniso = 0.2 if self.mode == "compact" else math.nan
         params = {
             "mode": self.mode,
             "scoring": scoring,
@@ -373,16 +388,15 @@ class ScannIndex(Index):
                 math.ceil(num_blocks / 2) if scoring == "ah" else None
             ),
             "training_sample_size": int(min(n, sample)),
+            "spherical_tree": self.spherical_tree if leaves else None,
             "anisotropic_quantization_threshold": (
-                None
-                if math.isnan(self.anisotropic_quantization_threshold)
-                else self.anisotropic_quantization_threshold
+                None if math.isnan(aniso) or scoring != "ah" else aniso
             ),
             "reorder_num_neighbors": None,
             "reorder_dtype": None,
         }
         if self.mode == "fast" and scoring == "ah":
-            params["reorder_num_neighbors"] = self.reorder_num_neighbors or 250
+            params["reorder_num_neighbors"] = self.reorder_num_neighbors or 200
             params["reorder_dtype"] = self.reorder_dtype
         return params
 
@@ -416,14 +430,17 @@ class ScannIndex(Index):
                 num_leaves=params["num_leaves"],
                 num_leaves_to_search=params["num_leaves_to_search"],
                 training_sample_size=params["training_sample_size"],
+                spherical=self.spherical_tree,
             )
         if params["scoring"] == "brute_force":
             builder = builder.score_brute_force()
         else:
-            aniso = self.anisotropic_quantization_threshold
+            aniso = params["anisotropic_quantization_threshold"]
             builder = builder.score_ah(
                 params["dimensions_per_block"],
-                anisotropic_quantization_threshold=aniso,
+                anisotropic_quantization_threshold=(
+                    math.nan if aniso is None else aniso
+                ),
                 training_sample_size=params["training_sample_size"],
             )
             if params["reorder_num_neighbors"]:
@@ -500,6 +517,7 @@ class ScannIndex(Index):
 
     def _write_payload(self, directory):
         files: dict[str, Any] = {}
+        aniso_user = self.anisotropic_quantization_threshold
         params = {
             "mode": self.mode,
             "bytes_per_vector": self.bytes_per_vector,
@@ -509,10 +527,12 @@ class ScannIndex(Index):
             "reorder_num_neighbors": self.reorder_num_neighbors,
             "reorder_dtype": self.reorder_dtype,
             "training_sample_size": self.training_sample_size,
+            "spherical_tree": self.spherical_tree,
+            # JSON has no NaN: an explicit "off" is stored as "nan".
             "anisotropic_quantization_threshold": (
-                None
-                if math.isnan(self.anisotropic_quantization_threshold)
-                else self.anisotropic_quantization_threshold
+                "nan"
+                if aniso_user is not None and math.isnan(aniso_user)
+                else aniso_user
             ),
             "num_threads": self.num_threads,
             "built": self.built_params,
@@ -574,7 +594,7 @@ class ScannIndex(Index):
             manifest["dimension"],
             params.pop("mode"),
             anisotropic_quantization_threshold=(
-                float("nan") if aniso is None else aniso
+                None if aniso is None else float(aniso)
             ),
             **params,
         )

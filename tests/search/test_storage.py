@@ -247,3 +247,29 @@ def test_fingerprint_arrays():
     assert fingerprint_arrays(a) != fingerprint_arrays(reshaped)
     changed = [a[0] + 1e-7, a[1]]
     assert fingerprint_arrays(a) != fingerprint_arrays(changed)
+
+
+def test_scann_settings_survive_save_and_load(data, tmp_path):
+    db, _ = data
+    index = ScannIndex(
+        D,
+        mode="compact",
+        dimensions_per_block=4,
+        num_leaves=25,
+        num_leaves_to_search=5,
+        spherical_tree=False,
+        anisotropic_quantization_threshold=float("nan"),
+        training_sample_size=2000,
+    )
+    index.add(db)
+    index.save(tmp_path / "s")
+    loaded = load_index(tmp_path / "s")
+    assert np.isnan(loaded.anisotropic_quantization_threshold)
+    assert loaded.spherical_tree is False
+    assert loaded.bytes_per_vector is None
+    assert loaded.dimensions_per_block == 4
+    assert loaded.num_leaves_to_search == 5
+    assert loaded.built_params == index.built_params
+    assert loaded.built_params["code_bytes_per_vector"] == 4
+    assert loaded.built_params["training_sample_size"] == 2000
+    assert loaded.built_params["anisotropic_quantization_threshold"] is None
