@@ -91,7 +91,8 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -103,7 +104,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-positive_int = _positive_int
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 0, received {text!r}"
+        )
+    return value
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,7 +155,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--pca-dim",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="D",
         help="Learn shift + PCA-whitening to D dimensions on the indexed "
@@ -152,17 +163,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="PIXELS",
-        help=f"Longest image side at scale 1 (default: {DEFAULT_MAX_SIZE}).",
+        help=f"Longest image side at scale 1 (default: {DEFAULT_MAX_SIZE}, "
+        "or what an existing index was built with).",
     )
     group.add_argument(
         "--scales",
         type=parse_scales,
         default=None,
         metavar="S[,S...]",
-        help="Multi-resolution scales, e.g. '1,0.707' (default: 1).",
+        help="Multi-resolution scales, e.g. '1,0.707' (default: 1, or what "
+        "an existing index was built with).",
     )
 
 

@@ -112,9 +112,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     runtime.add_argument(
         "--workers",
-        type=int,
+        type=_common.non_negative_int,
         default=4,
-        help="Image decoding threads (default: 4).",
+        help="Image decoding threads; 0 decodes in the main thread "
+        "(default: 4).",
     )
     runtime.add_argument(
         "-q", "--quiet", action="store_true", help="No progress bar."

@@ -59,11 +59,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--qe",
-        type=int,
+        type=_common.non_negative_int,
         default=0,
         metavar="K",
         help="Average query expansion with the top K results (default: 0, "
-        "off). Needs the descriptors kept by `index` (the default).",
+        "off). A compact index needs the descriptors kept by `index` "
+        "(its default).",
     )
     parser.add_argument(
         "--qe-alpha",
@@ -105,9 +106,6 @@ def format_table(results) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Runs `keras-rmac search`; returns the exit status."""
-    if args.qe < 0:
-        logger.error("--qe must be >= 0, received %d", args.qe)
-        return 2
     try:
         index = indexing.PhotoIndex(args.index_dir)
     except (FileNotFoundError, indexing.IndexMismatchError) as exc:
