@@ -137,18 +137,34 @@ class RMACModel(keras.Model):
         self.pca_l2 = L2Normalize(name="pca_l2")
         self.descriptor_l2 = L2Normalize(name="descriptor_l2")
         self._functions = {}
+        # Create every weight now (ShiftPCA's are lazy), so the fingerprint
+        # is stable and a model adapted but never called saves its PCA.
+        self.build((None, None, None, 3))
+
+    def build(self, input_shape=None):
+        features = tuple(self.backbone.output.shape)
+        for layer in (self.preprocess, self.pool):
+            if not layer.built:
+                layer.build(features)
+        if not self.shift_pca.built:
+            self.shift_pca.build(self.pool.compute_output_shape(features))
+        self.built = True
 
     def region_vectors(self, images, training=False):
         """L2-normalised region vectors `(B, R, C)` before shift + PCA."""
         x = self.preprocess(images)
         features = self.backbone(x, training=training)
-        # Max-pool every region of the grid.
-        regions = self.pool(features)
-        # L2-normalise each region vector.
-        return self.region_l2(regions)
+        # Max-pool every region of the grid, then L2-normalise each.
+        return self.region_l2(self.pool(features))
 
     def call(self, images, training=False):
-        regions = self.region_vectors(images, training=training)
+        x = self.preprocess(images)
+        return self.head(self.backbone(x, training=training))
+
+    def head(self, features):
+        """The R-MAC head on backbone features `(B, H, W, C)` -> `(B, D)`."""
+        # Max-pool every region of the grid, then L2-normalise each.
+        regions = self.region_l2(self.pool(features))
         # Shift + PCA (fully connected with bias) on every region.
         regions = self.shift_pca(regions)
         # L2-normalise again.

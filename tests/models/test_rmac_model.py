@@ -283,3 +283,21 @@ def test_local_weight_files_load_into_variable_size_backbone(
         5,
         3,
     )
+
+
+def test_weights_exist_before_first_call_so_fingerprint_and_save_are_stable(
+    tmp_path,
+):
+    model = tiny_model()
+    before = model.fingerprint()
+    model(random_images(1, 16, 16))
+    assert model.fingerprint() == before
+    # Adapted but never called: the PCA weights are saved.
+    fresh = tiny_model()
+    fresh.adapt_pca(random_images(6, 24, 24, seed=8), verbose=0)
+    fresh.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(
+        reloaded.shift_pca.kernel.numpy(), fresh.shift_pca.kernel.numpy()
+    )
+    assert reloaded.fingerprint() == fresh.fingerprint()
