@@ -601,9 +601,17 @@ def clean_class(
         A `ClassResult`.
     """
     config = config or CleaningConfig()
+    image_error = _image_error()  # imports image_io: not timed
     start = time.perf_counter()
-    image_error = _image_error()
     n = len(paths)
+    if pairs is None:
+        pairs = all_pairs(n)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if len(pairs) and (pairs.min() < 0 or pairs.max() >= n):
+        raise ValueError(
+            f"Class {label!r}: pairs must index its {n} images, got values "
+            f"in [{pairs.min()}, {pairs.max()}]"
+        )
     features = [None] * n
     details = {}
     for i, path in enumerate(paths):
@@ -614,11 +622,10 @@ def clean_class(
             logger.info("Class %r: dropping unreadable %s", label, error)
             continue
         features[i] = _extract(image, config)
-    pairs = all_pairs(n) if pairs is None else np.asarray(pairs, np.int64)
     edges = []
     inliers = collections.defaultdict(list)
     num_pairs = 0
-    for i, j in pairs.reshape(-1, 2).tolist():
+    for i, j in pairs.tolist():
         if i == j or features[i] is None or features[j] is None:
             continue
         i, j = min(i, j), max(i, j)
@@ -721,12 +728,14 @@ def _run_class_task(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _init_worker() -> None:
+    """Worker set-up: one OpenCV thread, image decoding imported once."""
     try:
         import cv2
 
         cv2.setNumThreads(1)
     except ImportError:
         pass
+    _image_error()
 
 
 @contextlib.contextmanager

@@ -341,6 +341,22 @@ def test_csv_round_trip(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
 
 
+def test_missing_opencv_says_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 fails
+    with pytest.raises(ImportError, match=r"pip install keras-rmac\[clean\]"):
+        lf.require_cv2()
+    with pytest.raises(ImportError, match="keras-rmac"):
+        cleaning.clean_dataset([("a.png", "x")], tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_clean_class_rejects_pairs_out_of_range():
+    with pytest.raises(ValueError, match="pairs must index its 2 images"):
+        cleaning.clean_class("x", ["a.png", "b.png"], pairs=[[0, 5]])
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="min_class_size"):
         cleaning.CleaningConfig(min_class_size=1)
@@ -483,9 +499,11 @@ def test_resume_skips_finished_classes(tiny_dataset, monkeypatch):
     assert len(work) == 2 and all(w.endswith(".json") for w in work)
     expected = _clean_rows(out)
 
-    # Delete the result of "beta" only: a rerun recomputes just that one.
+    # Spoil the result of "beta" only (as if it had never been written):
+    # a rerun recomputes just that one.
     beta = cleaning._work_file(str(out) + ".work", "beta")
-    os.remove(beta)
+    with open(beta, "w") as f:
+        f.write('{"fingerprint": ')
     calls = []
     real = cleaning.clean_class
 
