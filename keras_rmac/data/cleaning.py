@@ -26,16 +26,17 @@ Per class:
    with no verified pair, or in another component, are dropped.
 6. A class whose kept component has fewer than `min_class_size` images is
    dropped whole.
-7. Box of a kept image: its inlier keypoints are accumulated over all its
-   verified pairs (each pair contributes its inliers in this image, in
-   original pixel coordinates). `box_method="union"` takes the box of all
-   of them, i.e. the union of the per-pair inlier boxes, as the paper's
-   initial estimate does; `box_method="percentile"` takes, per axis, the
-   `box_percentile`-th and (100 - `box_percentile`)-th percentiles, which
-   ignores a few stray inliers. Both are integer pixel bounds clipped to
-   the image, such that `image[y0:y1, x0:x1]` covers the points. (The
-   paper further refines boxes by diffusing them through the pairs'
-   affine maps; that step is not implemented.)
+7. Box of a kept image: each verified pair gives the box of its inlier
+   keypoints in that image (the paper's per-pair estimate); the inliers
+   are accumulated over all the image's verified pairs, in original pixel
+   coordinates. `box_method="union"` takes the box of all of them, i.e.
+   the union of the per-pair boxes; `box_method="percentile"` takes, per
+   axis, the `box_percentile`-th and (100 - `box_percentile`)-th
+   percentiles, which ignores a few stray inliers (a keypoint verified in
+   several pairs counts once per pair). Both give integer pixel bounds
+   clipped to the image, such that `image[y0:y1, x0:x1]` holds the pixels
+   of the points. (The paper merges the per-pair boxes by propagating them
+   through the pairs' affine maps; that refinement is not implemented.)
 
 `clean_dataset` runs classes in parallel worker processes, writes each
 finished class atomically to a work directory (`<output>.work/`) so that a
