@@ -34,9 +34,9 @@ import collections
 import dataclasses
 import os
 import pathlib
-import platform
 import re
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any
@@ -49,10 +49,14 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFilter
 
-from keras_rmac.data import cleaning
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.results import RESULTS  # noqa: E402
+from benchmarks.results import machine  # noqa: E402
+from benchmarks.results import write_section  # noqa: E402
+from keras_rmac.data import cleaning  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- cleaning:begin -->", "<!-- cleaning:end -->"
 _NAME = re.compile(r"obj(\d+)__(\d+)\.png$")
 
 FLAGS = flags.FLAGS
@@ -241,19 +245,6 @@ def config_from_flags() -> cleaning.CleaningConfig:
         if getattr(FLAGS, name) is not None
     }
     return cleaning.CleaningConfig(**overrides)
-
-
-def write_results(section: str) -> None:
-    path = REPO / "benchmarks" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def run_mode(
@@ -501,8 +492,8 @@ def main(argv):
         ),
         "",
         f"Config: `{dataclasses.asdict(runs[0]['config'])}` (shortlist_k "
-        f"per column). Machine: {platform.machine()}, {os.cpu_count()} "
-        "CPUs shared with other jobs, so times are upper bounds.",
+        f"per column). Machine: {machine()}, shared with other jobs, so "
+        "times are upper bounds.",
     ]
     if FLAGS.upsampling_study:
         lines += upsampling_study(views)
@@ -514,8 +505,8 @@ def main(argv):
     table = "\n".join(lines)
     print(table)
     if FLAGS.results:
-        write_results(table)
-        logging.info("Wrote %s", REPO / "benchmarks" / "RESULTS.md")
+        write_section("cleaning", table)
+        logging.info("Wrote the cleaning section of %s", RESULTS)
 
 
 if __name__ == "__main__":
