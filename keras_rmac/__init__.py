@@ -12,6 +12,7 @@ from keras_rmac.layers import RMACPooling
 from keras_rmac.layers import ShiftPCA
 from keras_rmac.layers import SPoCPooling
 from keras_rmac.models import RMACModel
+from keras_rmac.models import TripletModel
 from keras_rmac.version import __version__
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "RegionProposal",
     "SPoCPooling",
     "ShiftPCA",
+    "TripletModel",
     "__version__",
 ]
