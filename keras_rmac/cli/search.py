@@ -136,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
     if args.sheet or args.html:
         from keras_rmac import visualize
 
+        for out in (args.sheet, args.html):
+            # Create the output folder, as users expect of an output path.
+            if out and os.path.dirname(out):
+                os.makedirs(os.path.dirname(out), exist_ok=True)
         if args.sheet:
             visualize.contact_sheet(args.query, results, args.sheet)
             print(f"Contact sheet: {os.path.abspath(args.sheet)}")

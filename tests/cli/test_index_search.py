@@ -232,8 +232,9 @@ def test_other_model_refused_unless_rebuild(mixed, tmp_path, caplog):
 def test_search_prints_table_sheet_and_html(mixed, tmp_path, capsys):
     photos_dir, index_dir, good, _ = mixed
     query = photos_dir / "good1.png"
-    sheet = tmp_path / "sheet.png"
-    page = tmp_path / "page.html"
+    # Output folders that do not exist yet are created.
+    sheet = tmp_path / "new" / "sheet.png"
+    page = tmp_path / "other" / "page.html"
     capsys.readouterr()
     code = cli(
         [
