@@ -74,6 +74,8 @@ REORDER_DTYPES = ("float32", "int8")
 # scoring every PQ code costs well under a millisecond per query, and a
 # tree on little (or weakly clustered) data loses recall.
 MIN_TREE_SIZE = 20_000
+# Default share of the leaves searched per query.
+LEAVES_SEARCHED = 0.05
 # Below this many vectors fast mode scores every float vector exactly.
 MAX_BRUTE_FORCE_SIZE = 2000
 # ScaNN needs at least 16 training points for its 16-centre PQ codebooks
@@ -117,8 +119,8 @@ def unpack_nibbles(packed: np.ndarray, num_codes: int) -> np.ndarray:
     return np.ascontiguousarray(codes[:, :num_codes])
 
 
-def _positive_int(name: str, value: Any, allow_none: bool = True):
-    if value is None and allow_none:
+def _positive_int(name: str, value: Any):
+    if value is None:
         return None
     if (
         isinstance(value, bool)
@@ -356,8 +358,7 @@ class ScannIndex(Index):
         if leaves:
             to_search = self.num_leaves_to_search
             if to_search is None:
-                share = 0.05
-                to_search = max(8, int(math.ceil(share * leaves)))
+                to_search = max(8, math.ceil(LEAVES_SEARCHED * leaves))
             to_search = min(to_search, leaves)
         else:
             to_search = 0

@@ -1,0 +1,551 @@
+"""Search benchmark: ExactIndex vs ScannIndex (fast / compact) on synthetic
+clustered descriptors, plus COIL-100 mAP with R-MAC descriptors.
+
+Synthetic data (the exact recipe, so numbers can be reproduced):
+
+- 20,000 cluster centres `c_j = g_j / |g_j|`, `g_j ~ N(0, I_D)`, drawn
+  with `numpy.random.default_rng(seed)`;
+- each database vector `x = L2norm(c_a + 0.7 * e / sqrt(D))`, with `a`
+  uniform over the centres and `e ~ N(0, I_D)` (so the noise has norm
+  about 0.7 and cos(x, c_a) is about 0.82), drawn with
+  `default_rng(seed + 1)` in chunks of 65,536 rows, float32;
+- queries: the same recipe with `default_rng(seed + 2)` (not database
+  members).
+
+For each collection it measures: build time; bytes per vector on disk
+(the saved index directory, ids included) and in memory (RSS increase of a
+fresh Python process loading the saved index and running one query,
+after importing the library); queries per second for 1000 queries in one
+batched call and for single-query calls; recall@10 against `ExactIndex`
+(NumPy matrix product + argpartition), whose own QPS is the baseline.
+
+Usage:
+
+    python -m benchmarks.search            # full run, writes RESULTS.md
+    python -m benchmarks.search --quick    # small sizes, a few minutes
+
+It prints a table and replaces its section of `benchmarks/RESULTS.md`
+(between `<!-- search:begin -->` and `<!-- search:end -->`).
+"""
+
+import gc
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from keras_rmac.search import ExactIndex
+from keras_rmac.search import ScannIndex
+from keras_rmac.search import database_side_augmentation
+from keras_rmac.search import search_with_query_expansion
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool(
+    "quick", False, "Small sizes (10k, 50k x 512; 20k x 2048) for a smoke run."
+)
+flags.DEFINE_list(
+    "collections",
+    ["10000x512", "100000x512", "1000000x512", "100000x2048"],
+    "Collections to benchmark, as NxD.",
+)
+flags.DEFINE_list(
+    "modes", ["fast", "compact64", "compact128"], "ScannIndex operating points."
+)
+flags.DEFINE_integer("num_queries", 1000, "Queries in the batched call.")
+flags.DEFINE_integer("single_queries", 200, "Queries timed one by one.")
+flags.DEFINE_integer("centres", 20000, "Synthetic cluster centres.")
+flags.DEFINE_float("noise", 0.7, "Synthetic noise scale.")
+flags.DEFINE_integer("seed", 0, "Synthetic data seed.")
+flags.DEFINE_bool("coil", True, "Run the COIL-100 mAP part if data exists.")
+flags.DEFINE_string(
+    "data_dir",
+    os.environ.get(
+        "KERAS_RMAC_DATA",
+        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
+    ),
+    "Shared data folder (coil100/, weights/).",
+)
+flags.DEFINE_string(
+    "coil_cache",
+    os.path.join(tempfile.gettempdir(), "keras_rmac_coil_mnv2_224.npz"),
+    "Where to cache the COIL-100 R-MAC descriptors ('' to disable).",
+)
+flags.DEFINE_bool("write_results", True, "Update benchmarks/RESULTS.md.")
+
+SECTION = "search"
+K = 10
+
+
+def synthetic(n, d, num_queries, centres=20000, noise=0.7, seed=0):
+    """Clustered unit vectors; see the module docstring for the recipe."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d), dtype=np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+
+    def draw(count, stream):
+        out = np.empty((count, d), np.float32)
+        for start in range(0, count, 65536):
+            m = min(65536, count - start)
+            x = c[stream.integers(0, centres, m)]
+            x += (noise / np.sqrt(d)) * stream.standard_normal(
+                (m, d), dtype=np.float32
+            )
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            out[start : start + m] = x
+        return out
+
+    database = draw(n, np.random.default_rng(seed + 1))
+    queries = draw(num_queries, np.random.default_rng(seed + 2))
+    return database, queries
+
+
+def recall_at_k(found, truth):
+    """Mean over queries of |found_i ∩ truth_i| / |truth_i|."""
+    hits = [
+        np.intersect1d(f[f >= 0], t, assume_unique=True).size
+        for f, t in zip(found, truth)
+    ]
+    return float(np.mean(hits)) / truth.shape[1]
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def _single_qps(index, queries, count):
+    count = min(count, len(queries))
+    start = time.perf_counter()
+    for i in range(count):
+        index.search(queries[i : i + 1], K)
+    return count / (time.perf_counter() - start), count
+
+
+def _dir_bytes(path):
+    return sum(
+        os.path.getsize(os.path.join(root, f))
+        for root, _, files in os.walk(path)
+        for f in files
+    )
+
+
+_RSS_PROBE = r"""
+import json, sys, time
+import numpy as np
+import keras_rmac.search as s
+from keras_rmac.search.scann_index import _scann_pybind
+_scann_pybind()  # load the ScaNN library before measuring
+def rss():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096
+q = np.load(sys.argv[2])
+s.ExactIndex(q.shape[1]).search(q, 1)  # warm NumPy / BLAS
+before = rss()
+t = time.perf_counter()
+index = s.load_index(sys.argv[1])
+seconds = time.perf_counter() - t
+index.search(q, 10)
+print(json.dumps({"rss": rss() - before, "load_s": seconds}))
+"""
+
+
+def _loaded_rss(directory, query):
+    """RSS increase of a fresh process loading `directory` (+ one query)."""
+    qfile = os.path.join(directory + ".q.npy")
+    np.save(qfile, query[None])
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_PROBE, directory, qfile],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.remove(qfile)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _make_index(mode, d):
+    if mode == "fast":
+        return ScannIndex(d, mode="fast")
+    if mode.startswith("compact"):
+        return ScannIndex(
+            d, mode="compact", bytes_per_vector=int(mode[len("compact") :])
+        )
+    raise ValueError(f"Unknown mode {mode!r}; use fast, compact64 ...")
+
+
+def bench_collection(n, d, modes, num_queries, single_queries, workdir):
+    """All measurements for one synthetic collection; returns table rows."""
+    logging.info("Generating %d x %d (+ %d queries)", n, d, num_queries)
+    (db, queries), gen_s = _timed(
+        lambda: synthetic(
+            n, d, num_queries, FLAGS.centres, FLAGS.noise, FLAGS.seed
+        )
+    )
+    logging.info("generated in %.1f s", gen_s)
+    rows = []
+    exact = ExactIndex(d)
+    exact.add(db)
+    start = time.perf_counter()
+    truth, _ = exact.search(queries, K)
+    exact_s = time.perf_counter() - start
+    exact_qps = len(queries) / exact_s
+    # One exact query reads the whole database: time fewer of them.
+    exact_single, counted = _single_qps(
+        exact, queries, max(5, min(single_queries, 2_000_000 // n * 10))
+    )
+    rows.append(
+        dict(
+            collection=f"{n:,} x {d}",
+            mode="exact",
+            build_s=0.0,
+            disk=4 * d + 8,
+            rss=None,
+            qps=exact_qps,
+            qps1=exact_single,
+            qps1_count=counted,
+            recall=1.0,
+            speedup=1.0,
+            params="NumPy matmul + argpartition, 64 MiB score blocks",
+        )
+    )
+    logging.info(
+        "exact: %.1f QPS batched, %.1f single", exact_qps, exact_single
+    )
+    del exact
+    for mode in modes:
+        index = _make_index(mode, d)
+        index.add(db)
+        _, build_s = _timed(index.build)
+        index.search(queries[:8], K)  # warm-up
+        start = time.perf_counter()
+        found, _ = index.search(queries, K)
+        search_s = time.perf_counter() - start
+        qps = len(queries) / search_s
+        qps1, counted = _single_qps(index, queries, single_queries)
+        recall = recall_at_k(found, truth)
+        path = os.path.join(workdir, f"{n}x{d}_{mode}")
+        index.save(path)
+        params = index.built_params
+        del index
+        gc.collect()
+        probe = _loaded_rss(path, queries[0])
+        row = dict(
+            collection=f"{n:,} x {d}",
+            mode=mode,
+            build_s=build_s,
+            disk=_dir_bytes(path) / n,
+            rss=probe["rss"] / n,
+            rss_mb=probe["rss"] / 2**20,
+            qps=qps,
+            qps1=qps1,
+            qps1_count=counted,
+            recall=recall,
+            speedup=qps / exact_qps,
+            params=_describe(params),
+        )
+        shutil.rmtree(path)
+        logging.info("%s", row)
+        rows.append(row)
+    return rows
+
+
+def _describe(p):
+    parts = []
+    if p["num_leaves"]:
+        parts.append(f"{p['num_leaves_to_search']}/{p['num_leaves']} leaves")
+    else:
+        parts.append("no tree")
+    if p["scoring"] == "ah":
+        parts.append(
+            f"PQ {p['code_bytes_per_vector']} B ({p['dimensions_per_block']}"
+            " dims/4-bit code)"
+        )
+    else:
+        parts.append("brute force")
+    if p["reorder_num_neighbors"]:
+        parts.append(
+            f"re-order {p['reorder_num_neighbors']} {p['reorder_dtype']}"
+        )
+    return ", ".join(parts)
+
+
+def synthetic_table(rows, num_queries):
+    header = [
+        "collection",
+        "index",
+        "build s",
+        "disk B/vec",
+        "RAM B/vec (total)",
+        f"QPS ({num_queries} batched)",
+        "QPS (single)",
+        "recall@10",
+        "x exact QPS",
+        "parameters",
+    ]
+    body = []
+    for r in rows:
+        body.append(
+            [
+                r["collection"],
+                r["mode"],
+                f"{r['build_s']:.1f}" if r["mode"] != "exact" else "-",
+                f"{r['disk']:.0f}",
+                "-"
+                if r["rss"] is None
+                else f"{r['rss']:.0f} ({r['rss_mb']:.0f} MB)",
+                f"{r['qps']:.0f}",
+                f"{r['qps1']:.0f} (n={r['qps1_count']})",
+                f"{r['recall']:.3f}",
+                f"{r['speedup']:.1f}",
+                r["params"],
+            ]
+        )
+    return header, body
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def check_target(rows):
+    """The issue's target: fast mode, 1M x 512, recall >= 0.95, >= 10x."""
+    for r in rows:
+        if r["collection"] == "1,000,000 x 512" and r["mode"] == "fast":
+            met = r["recall"] >= 0.95 and r["speedup"] >= 10
+            return (
+                f"**Target** (fast mode, 1M x 512: recall@10 >= 0.95 at >= "
+                f"10x the batched QPS of the exact search): "
+                f"{'MET' if met else 'NOT MET'} — recall@10 "
+                f"{r['recall']:.3f}, {r['speedup']:.1f}x ({r['qps']:.0f} vs "
+                f"{r['qps'] / r['speedup']:.0f} QPS)."
+            )
+    return "Target (1M x 512, fast) not measured in this run."
+
+
+# ---------------------------------------------------------------------------
+# COIL-100 (R-MAC descriptors).
+
+
+def _local_map(ranks, gnd):
+    """Plain AP (junk removed), used if keras_rmac.evaluation is absent."""
+    aps = []
+    for i, g in enumerate(gnd):
+        ok = set(np.asarray(g["ok"]).tolist())
+        junk = set(np.asarray(g.get("junk", [])).tolist())
+        ranked = [r for r in ranks[:, i].tolist() if r not in junk]
+        hits, precisions = 0, []
+        for position, r in enumerate(ranked, 1):
+            if r in ok:
+                hits += 1
+                precisions.append(hits / position)
+        aps.append(sum(precisions) / len(ok) if ok else np.nan)
+    return float(np.nanmean(aps))
+
+
+def _compute_map(ranks, gnd):
+    try:
+        from keras_rmac.evaluation import compute_map
+    except ImportError:
+        return _local_map(ranks, gnd), "local AP"
+    return float(compute_map(ranks, gnd)[0]), "keras_rmac.evaluation"
+
+
+def coil100_map(db, queries, gnd, qe_k=10, dba_k=10, alpha=3.0):
+    """mAP of ExactIndex vs compact ScannIndex, with/without QE and DBA.
+
+    Args:
+        db: float32 `(N, D)` L2-normalised database descriptors.
+        queries: float32 `(Q, D)` query descriptors.
+        gnd: list of Q dicts with `"ok"` (and `"junk"`) database indices.
+        qe_k: int. Neighbours of alpha-QE. Defaults to 10.
+        dba_k: int. Neighbours of DBA. Defaults to 10.
+        alpha: float. Exponent of alpha-QE and DBA weights. Defaults to 3.
+
+    Returns:
+        (header, rows, note) for a markdown table of mAP values.
+    """
+    n = len(db)
+    db_dba = database_side_augmentation(db, k=dba_k, alpha=alpha)
+    makers = {
+        "exact": lambda: ExactIndex(db.shape[1]),
+        "compact 64 B": lambda: ScannIndex(
+            db.shape[1], mode="compact", bytes_per_vector=64
+        ),
+        "compact 128 B": lambda: ScannIndex(
+            db.shape[1], mode="compact", bytes_per_vector=128
+        ),
+    }
+    rows, source = [], ""
+    for name, make in makers.items():
+        cells = [name]
+        for vectors in (db, db_dba):
+            index = make()
+            index.add(vectors)
+            for qe in (False, True):
+                if qe:
+                    ids, _ = search_with_query_expansion(
+                        index, queries, n, qe_k, alpha, database=vectors
+                    )
+                else:
+                    ids, _ = index.search(queries, n)
+                mean_ap, source = _compute_map(ids.T, gnd)
+                cells.append(f"{mean_ap:.3f}")
+        rows.append(cells)
+    header = ["index", "plain", "+ αQE", "DBA", "DBA + αQE"]
+    note = (
+        f"αQE: k={qe_k}, α={alpha}; DBA: k={dba_k}, α={alpha} (computed "
+        "exactly on the float descriptors, then indexed); QE on a compact "
+        "index reads the neighbours' float descriptors from the caller. "
+        f"mAP from {source}."
+    )
+    return header, rows, note
+
+
+def coil100_descriptors(data_dir, cache):
+    """R-MAC (MobileNetV2, 224 px) descriptors of the COIL-100 test split."""
+    from keras_rmac.data.datasets import load_coil100
+
+    dataset = load_coil100(os.path.join(data_dir, "coil100"))
+    weights = os.path.join(
+        data_dir,
+        "weights",
+        "mobilenet_v2_1.0_224_torchvision_imagenet.weights.h5",
+    )
+    if cache and os.path.exists(cache):
+        stored = np.load(cache, allow_pickle=False)
+        if list(stored["paths"]) == [
+            os.path.basename(p) for p in dataset.db_paths
+        ]:
+            db = stored["db"]
+            return db, db[dataset.query_db_indices], dataset.gnd
+    from keras_rmac.models import RMACModel
+
+    model = RMACModel(backbone="mobilenet_v2", weights=weights)
+    db = model.extract(dataset.db_paths, max_size=224, verbose=0)
+    db = np.ascontiguousarray(db, np.float32)
+    if cache:
+        np.savez(
+            cache,
+            db=db,
+            paths=np.array([os.path.basename(p) for p in dataset.db_paths]),
+        )
+    return db, db[dataset.query_db_indices], dataset.gnd
+
+
+# ---------------------------------------------------------------------------
+
+
+def _write_section(body):
+    try:
+        from benchmarks.results import write_section
+    except ImportError:
+        write_section = None
+    if write_section is not None:
+        write_section(SECTION, body)
+        return
+    path = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"
+    )
+    begin, end = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
+    text = (
+        open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    )
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv):
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    collections = FLAGS.collections
+    num_queries, single = FLAGS.num_queries, FLAGS.single_queries
+    if FLAGS.quick:
+        collections = ["10000x512", "50000x512", "20000x2048"]
+        num_queries, single = min(num_queries, 500), min(single, 50)
+    started = time.perf_counter()
+    rows = []
+    workdir = tempfile.mkdtemp(prefix="keras_rmac_bench_")
+    try:
+        for spec in collections:
+            n, d = (int(v) for v in spec.lower().split("x"))
+            rows += bench_collection(
+                n, d, FLAGS.modes, num_queries, single, workdir
+            )
+            gc.collect()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    header, body = synthetic_table(rows, num_queries)
+    table = markdown_table(header, body)
+    target = check_target(rows)
+    print(table)
+    print(target)
+
+    coil_text = "COIL-100 part not run (no data or --nocoil)."
+    coil_dir = os.path.join(FLAGS.data_dir, "coil100")
+    if FLAGS.coil and os.path.isdir(coil_dir):
+        db, queries, gnd = coil100_descriptors(FLAGS.data_dir, FLAGS.coil_cache)
+        c_header, c_rows, note = coil100_map(db, queries, gnd)
+        coil_table = markdown_table(c_header, c_rows)
+        print(coil_table)
+        coil_text = (
+            f"COIL-100 test split ({len(db)} database images, {len(queries)} "
+            "queries), R-MAC MobileNetV2 (torchvision weights), 224 px, "
+            f"{db.shape[1]}-d, no PCA. mAP:\n\n{coil_table}\n\n{note}"
+        )
+    elapsed = time.perf_counter() - started
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    command = " ".join(["python -m benchmarks.search"] + sys.argv[1:])
+    section = f"""## Search indexes (`benchmarks/search.py`)
+
+Command: `{command}` — {os.cpu_count()} CPU cores, total {elapsed / 60:.1f}
+min, load average {load:.1f} at the end (the machine is shared: absolute
+times and QPS move with the load; compare ratios within the table).
+
+Data: unit vectors around {FLAGS.centres:,} Gaussian cluster centres
+(`L2norm(c + {FLAGS.noise} * e / sqrt(D))`, `c` a random unit centre, `e ~
+N(0, I)`, seed {FLAGS.seed}; queries drawn the same way, not in the
+database). Recall@10 is measured against `ExactIndex` on the same
+{num_queries} queries. Disk: the saved index directory (ids included) per
+vector. RAM: RSS increase of a fresh process loading the saved index and
+running one query (fast mode's float descriptors are memory-mapped and not
+touched by search, so not counted). QPS single: one query per call, over n
+queries.
+
+{table}
+
+{target}
+
+{coil_text}
+"""
+    if FLAGS.write_results:
+        _write_section(section)
+    logging.info("Done in %.1f min", elapsed / 60)
+
+
+if __name__ == "__main__":
+    app.run(main)
