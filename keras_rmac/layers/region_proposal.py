@@ -17,8 +17,46 @@ def validate_grid_args(levels, overlap):
         )
 
 
+class RegionGridLayer(keras.layers.Layer):
+    """Base of the layers parameterised by the R-MAC grid arguments."""
+
+    def __init__(self, levels=3, overlap=0.4, include_global=True, **kwargs):
+        super().__init__(**kwargs)
+        validate_grid_args(levels, overlap)
+        self.levels = levels
+        self.overlap = float(overlap)
+        self.include_global = bool(include_global)
+
+    def regions(self, inputs):
+        """Static NumPy regions of `inputs` when known, else traced."""
+        return functional.regions_for(
+            inputs, self.levels, self.overlap, self.include_global
+        )
+
+    def region_count(self, input_shape):
+        """Number of regions for a static input shape, else None."""
+        return functional.count_regions(
+            input_shape[1],
+            input_shape[2],
+            self.levels,
+            self.overlap,
+            self.include_global,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "levels": self.levels,
+                "overlap": self.overlap,
+                "include_global": self.include_global,
+            }
+        )
+        return config
+
+
 @keras.saving.register_keras_serializable(package="keras_rmac")
-class RegionProposal(keras.layers.Layer):
+class RegionProposal(RegionGridLayer):
     """Rigid multi-scale R-MAC grid of regions on a feature map.
 
     For levels l = 1..L, square regions of side `floor(2 * min(H, W) /
@@ -52,40 +90,12 @@ class RegionProposal(keras.layers.Layer):
         - [Tolias et al., 2016](https://arxiv.org/abs/1511.05879)
     """
 
-    def __init__(self, levels=3, overlap=0.4, include_global=True, **kwargs):
-        super().__init__(**kwargs)
-        validate_grid_args(levels, overlap)
-        self.levels = levels
-        self.overlap = float(overlap)
-        self.include_global = bool(include_global)
-
     def call(self, inputs):
-        regions = functional.regions_for(
-            inputs, self.levels, self.overlap, self.include_global
-        )
-        return keras.ops.convert_to_tensor(regions, "int32")
+        return keras.ops.convert_to_tensor(self.regions(inputs), "int32")
 
     def compute_output_shape(self, input_shape):
-        count = functional.count_regions(
-            input_shape[1],
-            input_shape[2],
-            self.levels,
-            self.overlap,
-            self.include_global,
-        )
-        return (count, 4)
+        return (self.region_count(input_shape), 4)
 
     def compute_output_spec(self, inputs):
         shape = self.compute_output_shape(inputs.shape)
         return keras.KerasTensor(shape, dtype="int32")
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "levels": self.levels,
-                "overlap": self.overlap,
-                "include_global": self.include_global,
-            }
-        )
-        return config

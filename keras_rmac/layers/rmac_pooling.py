@@ -3,11 +3,11 @@
 import keras
 
 from keras_rmac.layers import functional
-from keras_rmac.layers.region_proposal import validate_grid_args
+from keras_rmac.layers.region_proposal import RegionGridLayer
 
 
 @keras.saving.register_keras_serializable(package="keras_rmac")
-class RMACPooling(keras.layers.Layer):
+class RMACPooling(RegionGridLayer):
     """Max-pools each region of the R-MAC grid.
 
     Produces one C-dimensional vector per region of `RegionProposal`, in the
@@ -38,36 +38,9 @@ class RMACPooling(keras.layers.Layer):
         - [Tolias et al., 2016](https://arxiv.org/abs/1511.05879)
     """
 
-    def __init__(self, levels=3, overlap=0.4, include_global=True, **kwargs):
-        super().__init__(**kwargs)
-        validate_grid_args(levels, overlap)
-        self.levels = levels
-        self.overlap = float(overlap)
-        self.include_global = bool(include_global)
-
     def call(self, inputs):
-        regions = functional.regions_for(
-            inputs, self.levels, self.overlap, self.include_global
-        )
-        return functional.region_max_pool(inputs, regions)
+        return functional.region_max_pool(inputs, self.regions(inputs))
 
     def compute_output_shape(self, input_shape):
-        count = functional.count_regions(
-            input_shape[1],
-            input_shape[2],
-            self.levels,
-            self.overlap,
-            self.include_global,
-        )
+        count = self.region_count(input_shape)
         return (input_shape[0], count, input_shape[3])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "levels": self.levels,
-                "overlap": self.overlap,
-                "include_global": self.include_global,
-            }
-        )
-        return config
