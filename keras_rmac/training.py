@@ -447,7 +447,13 @@ def cached_features(
         digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
     digest.update(
         json.dumps(
-            [head.feature_layer, config.image_size, config.resize, images.paths]
+            [
+                head.rmac.preprocessing,
+                head.feature_layer,
+                config.image_size,
+                config.resize,
+                images.paths,
+            ]
         ).encode()
     )
     path = os.path.join(work_dir, f"features-{digest.hexdigest()[:16]}.npy")
@@ -457,7 +463,9 @@ def cached_features(
             logger.info("using cached features %s", path)
             return np.asarray(features)
     prefix = tf.function(
-        lambda x: head.prefix(x, training=False), reduce_retracing=True
+        lambda x: head.prefix(x, training=False),
+        reduce_retracing=True,
+        autograph=False,
     )
     ds = triplet_data.image_dataset(
         images, None, config.image_size, config.resize
@@ -500,6 +508,7 @@ def adapt_pca_from_features(head, features, config: TrainConfig) -> int:
     regions = tf.function(
         lambda x: head.region_vectors(x, training=False),
         reduce_retracing=True,
+        autograph=False,
     )
     used = [0]
 
@@ -516,7 +525,9 @@ def adapt_pca_from_features(head, features, config: TrainConfig) -> int:
 
 def _feature_embed_fn(head, features):
     embed = tf.function(
-        lambda x: head(x, training=False), reduce_retracing=True
+        lambda x: head(x, training=False),
+        reduce_retracing=True,
+        autograph=False,
     )
 
     def embed_fn(indices):
@@ -646,12 +657,12 @@ def train(
             logger.info(
                 "shift + PCA-whitening learned from %d regions", regions
             )
+        # With cached features `net` holds only the trainable tail.
+        tail_from = None if features is not None else config.trainable_from
         model = TripletModel(
             net,
             freeze_batchnorm=config.freeze_batchnorm,
-            trainable_from=None
-            if features is not None
-            else (config.trainable_from),
+            trainable_from=tail_from,
         )
         model.compile(
             optimizer=build_optimizer(config),

@@ -359,7 +359,9 @@ class HardNegativeMiner(keras.callbacks.Callback):
         model = self._embedding_model()
         if self._embed_fn is None:
             self._embed_fn = tf.function(
-                lambda x: model(x, training=False), reduce_retracing=True
+                lambda x: model(x, training=False),
+                reduce_retracing=True,
+                autograph=False,
             )
         ds = image_dataset(
             self.images, indices, self.image_size, self.resize

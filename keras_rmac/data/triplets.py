@@ -17,10 +17,12 @@ Design decisions:
   over `3 * batch_size` images; `resize="longest"` keeps the aspect ratio
   with the longest side `S`, as the paper trains (one triplet per batch,
   each stream its own pass), and requires `batch_size=1`. COIL-100 is
-  square, so both give the same images there; use "longest" for landmark
-  photos when the distortion matters more than the throughput (on two CPU
-  cores, "square" batches of 8 triplets ran about 1.5x faster per triplet
-  than batches of one in `benchmarks/train_coil100.py`).
+  square, so both give the same images there. Batching buys less than
+  one might expect on CPU: on the 2 cores of `benchmarks/train_coil100.py`,
+  8 triplets per step trained only about 1.1x as many triplets per second
+  as one triplet per step (see benchmarks/RESULTS.md); so prefer
+  "longest" for landmark photos whose aspect ratio varies, and "square"
+  when the images are (nearly) square or the accelerator needs batches.
 - Decoding uses `keras_rmac.data.image_io.load_image` (EXIF orientation,
   transparency on white, the same colour rules as inference) inside
   `tf.numpy_function`, which returns a success flag. A file that fails is

@@ -133,9 +133,10 @@ class FeatureEmbedding(keras.Model):
     model maps those cached features to descriptors with the layers of
     `rmac` (shared, so training it trains `rmac`): tail of the backbone ->
     regions -> region max-pool -> L2 -> shift + PCA -> L2 -> sum -> L2.
-    `prefix(images)` gives the features to cache; images must be resized
-    as the caller will resize them at inference. The prefix layers (which
-    are `rmac`'s) are set to `trainable=False`.
+    `prefix(images)` (RGB in [0, 255], preprocessing included) gives the
+    features to cache; images must be resized as the caller will resize
+    them at inference. The prefix layers (which are `rmac`'s) are set to
+    `trainable=False`.
 
     Args:
         rmac: `RMACModel`.
@@ -153,12 +154,15 @@ class FeatureEmbedding(keras.Model):
         super().__init__(**kwargs)
         self.rmac = rmac
         self.feature_layer = feature_layer
-        self.prefix, self.backbone = split_backbone(
-            rmac.backbone, feature_layer
-        )
+        prefix, self.backbone = split_backbone(rmac.backbone, feature_layer)
         # The prefix is cached, hence frozen (its layers are rmac's).
-        for layer in self.prefix.layers:
+        for layer in prefix.layers:
             layer.trainable = False
+        # Images -> preprocessing -> backbone up to the cut.
+        images = keras.Input((None, None, 3), name="images")
+        self.prefix = keras.Model(
+            images, prefix(rmac.preprocess(images)), name="feature_prefix"
+        )
 
     def build(self, input_shape=None):
         # Everything else is built with the backbone; shift + PCA is built

@@ -241,3 +241,23 @@ def test_image_dataset_skips_bad_files(folder):
     ds = T.image_dataset(images, [0, 2, 4], image_size=6)
     got = [(img.shape, int(i)) for img, i in ds.as_numpy_iterator()]
     assert got == [((6, 6, 3), 0), ((6, 6, 3), 4)]
+
+
+def test_feature_triplet_dataset_follows_the_table():
+    features = np.arange(7, dtype=np.float32)[:, None, None, None] * np.ones(
+        (7, 2, 3, 4), np.float32
+    )
+    rows = np.array([[0, 1, 2], [3, 4, 5], [6, 0, 1], [2, 3, 4], [5, 6, 0]])
+    table = T.TripletTable(rows, seed=9)
+    table.set_epoch(2)
+    ds = T.feature_triplet_dataset(features, table, batch_size=2)
+    assert int(ds.cardinality()) == 2
+    x, w = _collect(ds)
+    assert x["query"].shape == (4, 2, 3, 4) and np.all(w == 1.0)
+    want = rows[table.order(2)[:4]]
+    for s, name in enumerate(T.STREAMS):
+        np.testing.assert_array_equal(x[name][:, 0, 0, 0], want[:, s])
+    r, _ = _collect(T.feature_triplet_dataset(features, table, 2, start=2))
+    np.testing.assert_array_equal(r["negative"], x["negative"][2:4])
+    with pytest.raises(ValueError, match="start"):
+        T.feature_triplet_dataset(features, table, 2, start=6)
