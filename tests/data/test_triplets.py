@@ -122,7 +122,9 @@ def test_triplet_table(tmp_path):
     table.set_epoch(1)
     row, epoch = table.lookup(0)
     assert epoch == 1
-    np.testing.assert_array_equal(row, np.arange(30).reshape(10, 3)[table.order(1)[0]])
+    np.testing.assert_array_equal(
+        row, np.arange(30).reshape(10, 3)[table.order(1)[0]]
+    )
     with pytest.raises(ValueError, match="10 rows"):
         table.set(np.zeros((4, 3)))
     table.set(np.ones((10, 3)), mined_epoch=1)
@@ -190,9 +192,7 @@ def test_bad_file_in_pipeline_gets_zero_weight(folder, tmp_path):
         f.write(b"\x89PNG\r\n\x1a\ntruncated")
     report = str(tmp_path / "bad.txt")
     bad = T.BadFiles(report)
-    ds = T.triplet_dataset(
-        images, table, 8, 1, augment=False, bad_files=bad
-    )
+    ds = T.triplet_dataset(images, table, 8, 1, augment=False, bad_files=bad)
     weights = {}
     for x, y, w in ds.as_numpy_iterator():
         weights[int(x["query"][0, 0, 0, 0])] = float(w[0])
@@ -214,7 +214,9 @@ def test_longest_mode_and_boxes(tmp_path):
     boxes[1] = np.nan
     images = T.LabelledImages.from_labels(paths, [0, 0, 1, 1], boxes)
     table = T.TripletTable(np.array([[1, 3, 0], [2, 0, 1]]))
-    ds = T.triplet_dataset(images, table, 10, 1, resize="longest", augment=False)
+    ds = T.triplet_dataset(
+        images, table, 10, 1, resize="longest", augment=False
+    )
     (x, _, _), (x2, _, _) = list(ds.as_numpy_iterator())
     assert x["query"].shape == (1, 5, 10, 3)  # image 1: no box, 20x40
     assert x["positive"].shape == (1, 10, 10, 3)  # image 3: box 20x20
