@@ -78,7 +78,9 @@ def test_exact_index_from_search_package_agrees():
     labels = rng.integers(0, 6, 60)
     queries = _unit(rng.normal(size=(9, 8)))
     qlabels = rng.integers(0, 6, 9)
-    want = mining.mine_hard_negatives(queries, qlabels, pool, labels, 3, "numpy")
+    want = mining.mine_hard_negatives(
+        queries, qlabels, pool, labels, 3, "numpy"
+    )
     got = mining.mine_hard_negatives(queries, qlabels, pool, labels, 3, "exact")
     np.testing.assert_array_equal(got, want)
     # Brute-force oracle for the first negative of every query.
