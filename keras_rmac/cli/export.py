@@ -5,6 +5,7 @@ import logging
 import os
 
 from keras_rmac.backbones import BACKBONES
+from keras_rmac.cli import _common
 from keras_rmac.data.image_io import DEFAULT_MAX_PIXELS
 from keras_rmac.models.rmac_model import POOLINGS
 
@@ -29,34 +30,6 @@ Serve it:
   docker run -p 8501:8501 -v "$PWD/models/rmac:/models/rmac" \\
       -e MODEL_NAME=rmac tensorflow/serving
 """
-
-
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(p) for p in text.replace(",", " ").split())
-    except ValueError:
-        scales = ()
-    if not scales or any(not s > 0 for s in scales):
-        raise argparse.ArgumentTypeError(
-            "--scales takes positive numbers separated by commas or spaces, "
-            f"e.g. '1,0.707'. Received: {text!r}"
-        )
-    return scales
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer >= {minimum}, received {text!r}"
-            )
-        return value
-
-    return parse
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -110,7 +83,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--version",
-        type=_int_at_least(0),
+        type=_common.non_negative_int,
         default=None,
         metavar="N",
         help="Version directory (default: the next free integer, 1 for a "
@@ -118,7 +91,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-size",
-        type=_int_at_least(1),
+        type=_common.positive_int,
         default=None,
         metavar="PIXELS",
         help="Longest image side at scale 1 (default: each image's own "
@@ -126,7 +99,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--scales",
-        type=_scales,
+        type=_common.parse_scales,
         default=(1.0,),
         metavar="S[,S...]",
         help="Multi-resolution scales, e.g. '1,0.707' (default: 1).",
@@ -147,7 +120,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-pixels",
-        type=_int_at_least(1),
+        type=_common.positive_int,
         default=DEFAULT_MAX_PIXELS,
         metavar="N",
         help="Largest accepted width x height of a request image "
