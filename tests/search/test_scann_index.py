@@ -210,32 +210,3 @@ def test_nibble_packing_round_trip():
             codes[0, 1] if width > 1 else 0
         )
         np.testing.assert_array_equal(unpack_nibbles(packed, width), codes)
-
-
-@pytest.mark.skipif(
-    not os.path.exists("/proc/self/statm"), reason="needs Linux /proc"
-)
-def test_compact_build_releases_the_floats_from_memory():
-    import gc
-
-    def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    from keras_rmac.search.scann_index import _scann_pybind
-
-    _scann_pybind()  # library loaded before measuring
-    gc.collect()
-    before = rss()
-    x = unit_rows(np.random.default_rng(0), 60_000, 256)
-    float_bytes = x.nbytes
-    index = ScannIndex(256, mode="compact", bytes_per_vector=32, num_leaves=0)
-    index.add(x)
-    index.build()
-    index.search(x[:10], 5)
-    del x
-    gc.collect()
-    grown = rss() - before
-    # Neither ScaNN nor the index keeps a float copy (60 MB): what is left
-    # is the 32-byte codes, the ids and ScaNN's own structures.
-    assert grown < 0.6 * float_bytes, grown
