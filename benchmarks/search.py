@@ -32,6 +32,7 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -415,35 +416,99 @@ def coil100_map(db, queries, gnd, qe_k=10, dba_k=10, alpha=3.0):
     return header, rows, note
 
 
-def coil100_descriptors(data_dir, cache):
-    """R-MAC (MobileNetV2, 224 px) descriptors of the COIL-100 test split."""
+COIL_WEIGHTS = "mobilenet_v2_1.0_224_torchvision_imagenet.weights.h5"
+_COIL_NAME = re.compile(r"^obj(\d+)__(\d+)\.png$")
+
+
+def coil100_splits(data_dir):
+    """The COIL-100 test split and a validation split laid out like it.
+
+    Test: `keras_rmac.data.datasets.load_coil100` (objects 51-100, views
+    at multiples of 15 degrees as database, the 0-degree view as query,
+    itself junk). Validation: the same layout on the train objects 1-50.
+    PCA images: the other train views (not multiples of 15 degrees), so
+    a whitening learned on them never saw a validation or test image.
+
+    Returns:
+        `(splits, pca_paths)`; `splits` maps `"val"` and `"test"` to
+        `(db_paths, query_db_indices, gnd)`.
+    """
     from keras_rmac.data.datasets import load_coil100
 
     dataset = load_coil100(os.path.join(data_dir, "coil100"))
-    weights = os.path.join(
-        data_dir,
-        "weights",
-        "mobilenet_v2_1.0_224_torchvision_imagenet.weights.h5",
-    )
-    if cache and os.path.exists(cache):
-        stored = np.load(cache, allow_pickle=False)
-        if list(stored["paths"]) == [
-            os.path.basename(p) for p in dataset.db_paths
-        ]:
-            db = stored["db"]
-            return db, db[dataset.query_db_indices], dataset.gnd
+    views = []
+    for path in dataset.train_paths:
+        m = _COIL_NAME.match(os.path.basename(path))
+        views.append((int(m.group(1)), int(m.group(2)), path))
+    val = [v for v in views if v[1] % 15 == 0]
+    pca_paths = [p for _, d, p in views if d % 15]
+    queries = [i for i, (_, d, _) in enumerate(val) if d == 0]
+    gnd = []
+    for q in queries:
+        same = [i for i, v in enumerate(val) if v[0] == val[q][0]]
+        gnd.append(
+            {
+                "ok": np.array([i for i in same if i != q], np.int64),
+                "junk": np.array([q], np.int64),
+            }
+        )
+    splits = {
+        "val": ([p for _, _, p in val], np.array(queries), gnd),
+        "test": (
+            list(dataset.db_paths),
+            np.asarray(dataset.query_db_indices),
+            dataset.gnd,
+        ),
+    }
+    return splits, pca_paths
+
+
+def coil100_descriptors(data_dir, cache, pca=False):
+    """MobileNetV2 R-MAC (224 px) descriptors of the val and test splits.
+
+    Args:
+        data_dir: str. The shared data folder (coil100/, weights/).
+        cache: str. An `.npz` file caching the descriptors, keyed by the
+            model fingerprint and the image names ('' for no cache).
+        pca: bool. R-MAC + shift/PCA-whitening learned with `adapt_pca`
+            on the PCA images of `coil100_splits` (the paper's descriptor)
+            instead of plain R-MAC.
+
+    Returns:
+        dict mapping `"val"` and `"test"` to `(db, queries, gnd)`.
+    """
     from keras_rmac.models import RMACModel
 
+    splits, pca_paths = coil100_splits(data_dir)
+    weights = os.path.join(data_dir, "weights", COIL_WEIGHTS)
     model = RMACModel(backbone="mobilenet_v2", weights=weights)
-    db = model.extract(dataset.db_paths, max_size=224, verbose=0)
-    db = np.ascontiguousarray(db, np.float32)
-    if cache:
-        np.savez(
-            cache,
-            db=db,
-            paths=np.array([os.path.basename(p) for p in dataset.db_paths]),
-        )
-    return db, db[dataset.query_db_indices], dataset.gnd
+    # The cache is valid for these images and this exact model only.
+    names = [os.path.basename(p) for s in ("val", "test") for p in splits[s][0]]
+    key = [model.fingerprint(), f"pca={pca}"] + names
+    if pca:
+        key += ["adapt:"] + [os.path.basename(p) for p in pca_paths]
+    stored = None
+    if cache and os.path.exists(cache):
+        stored = np.load(cache, allow_pickle=False)
+        if "key" not in stored.files or list(stored["key"]) != key:
+            stored = None
+    out = {}
+    if stored is None and pca:
+        logging.info("adapt_pca on %d train-split images", len(pca_paths))
+        model.adapt_pca(pca_paths, max_size=224, verbose=0)
+    arrays = {}
+    for split, (paths, queries, gnd) in splits.items():
+        if stored is not None:
+            db = stored[split]
+        else:
+            logging.info("Extracting %d %s images", len(paths), split)
+            db = model.extract(paths, max_size=224, verbose=0)
+            db = np.ascontiguousarray(db, np.float32)
+        arrays[split] = db
+        out[split] = (db, db[queries], gnd)
+    if cache and stored is None:
+        np.savez(cache, key=np.array(key), **arrays)
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ which is cut at its last 4-D output and given a variable input size.
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 
@@ -58,21 +59,34 @@ BACKBONES = {
 
 @dataclasses.dataclass(frozen=True)
 class KnownWeights:
-    """Conventions of a known weights file (identified by its sha256)."""
+    """Conventions of a known weights file (identified by its sha256).
+
+    Attributes:
+        backbone: the architecture the file holds.
+        preprocessing: pixel preprocessing the weights were trained with.
+        batchnorm_epsilon: BatchNormalization epsilon of the source
+            framework, or None to keep Keras's.
+        padding: how the source framework pads strided convolutions
+            (`"torch"`, `"same"`, or None to keep the Keras graph's); see
+            `set_strided_padding`.
+    """
 
     backbone: str
     preprocessing: str
     batchnorm_epsilon: float | None = None
+    padding: str | None = None
 
 
 # Real ImageNet weight files converted to Keras 3 (see the data README).
 KNOWN_WEIGHTS = {
+    # TF-slim MobileNetV1: TF "SAME" padding.
     "4f1d1877afe9e2fb3334ace425ae95151cf407d1a47f82c9f214dee516b1a006": (
-        KnownWeights("mobilenet_v1", "tf")
+        KnownWeights("mobilenet_v1", "tf", padding="same")
     ),
-    # torchvision's MobileNetV2: torch preprocessing and BN epsilon 1e-5.
+    # torchvision's MobileNetV2: torch preprocessing, BN epsilon 1e-5 and
+    # torch's symmetric padding.
     "e7fe1ad6167aee07f64cbb2631928c0f5690478bd64bbd236af8d0e337b091ed": (
-        KnownWeights("mobilenet_v2", "torch", 1e-5)
+        KnownWeights("mobilenet_v2", "torch", 1e-5, padding="torch")
     ),
     "06a3d41e17245858b18039cbe52fef880b3cfd3a2cc13571c4261d1900ef921f": (
         KnownWeights("efficientnet_lite0", "lite")
@@ -144,6 +158,137 @@ def copy_weights_by_name(source, target):
     return copied
 
 
+PADDINGS = ("torch", "same")
+
+
+_CONVS = (
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+)
+
+
+def _strided(layer):
+    return isinstance(layer, _CONVS) and any(s > 1 for s in layer.strides)
+
+
+def _torch_pad(layer):
+    """PyTorch's `padding=dilation * (kernel - 1) // 2`, per spatial axis."""
+    return tuple(
+        (d * (k - 1) // 2, d * (k - 1) // 2)
+        for k, d in zip(layer.kernel_size, layer.dilation_rate)
+    )
+
+
+def set_strided_padding(model, padding):
+    """Rebuilds `model` so its strided convolutions pad like `padding`.
+
+    Keras applications pad a stride-2 convolution on even sizes with one
+    row/column at the bottom/right only (TF "SAME"), and with a variable
+    input size they do so on odd sizes too (a `ZeroPadding2D((0, 1))` in
+    front of a "valid" convolution). Weights converted from another
+    framework compute that framework's function only with its padding:
+
+    - `"torch"`: `(kernel - 1) // 2` zeros on every side, whatever the size
+      (PyTorch `Conv2d(padding=k // 2)`, e.g. torchvision's MobileNetV2).
+      On even sizes this shifts every stride-2 sampling grid by one pixel
+      against the Keras graph.
+    - `"same"`: TF "SAME" at every size (TF-slim graphs): Keras's fixed
+      `(0, 1)` pads are wrong on odd sizes.
+
+    Stride-1 convolutions and all weights are unchanged; the result is a
+    functional model of standard layers (it saves and loads as usual).
+
+    Args:
+        model: functional `keras.Model`.
+        padding: `"torch"` or `"same"`.
+
+    Returns:
+        A new `keras.Model` with the same weights.
+    """
+    if padding not in PADDINGS:
+        raise ValueError(
+            f"Unknown padding={padding!r}; choose one of {PADDINGS}."
+        )
+    # ZeroPadding2D layers feeding a strided "valid" convolution: those are
+    # Keras's stand-ins for "SAME" and get re-padded.
+    feeds = {}
+    for layer in model.layers:
+        if _strided(layer) and layer.padding == "valid":
+            producer = layer._inbound_nodes[0].input_tensors[0]
+            producer = producer._keras_history.operation
+            if isinstance(producer, keras.layers.ZeroPadding2D):
+                feeds[producer.name] = layer
+    restyled = {}
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in feeds:
+            conv = feeds[layer.name]
+            if padding == "torch":
+                config["padding"] = _torch_pad(conv)
+            else:
+                # An identity pad; the convolution pads "SAME" itself.
+                config["padding"] = ((0, 0), (0, 0))
+        elif _strided(layer):
+            if padding == "same" and layer.name in {
+                c.name for c in feeds.values()
+            }:
+                config["padding"] = "same"
+            elif padding == "torch" and layer.padding == "same":
+                config["padding"] = "valid"
+                restyled[layer.name] = _torch_pad(layer)
+        return layer.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):
+        if layer.name in restyled:
+            pad = keras.layers.ZeroPadding2D(
+                restyled[layer.name], name=f"{layer.name}_torch_pad"
+            )
+            args = (pad(args[0]),) + args[1:]
+        return layer(*args, **kwargs)
+
+    rebuilt = keras.models.clone_model(
+        model, clone_function=clone, call_function=call
+    )
+    rebuilt.set_weights(model.get_weights())
+    for old, new in zip(model.layers, rebuilt.layers):
+        if isinstance(old, keras.layers.BatchNormalization):
+            new.epsilon = old.epsilon
+    return rebuilt
+
+
+# Layer arguments that change a model's arithmetic (not its weights).
+_ARITHMETIC = (
+    "padding",
+    "strides",
+    "dilation_rate",
+    "kernel_size",
+    "pool_size",
+    "epsilon",
+    "max_value",
+    "negative_slope",
+    "threshold",
+    "activation",
+    "data_format",
+)
+
+
+def graph_signature(model):
+    """JSON of each layer's class and arithmetic arguments, in order.
+
+    Two models with equal weights compute the same function only if their
+    signatures match too (padding, strides, BN epsilon, ...); fingerprints
+    and feature caches hash it next to the weights.
+    """
+    layers = []
+    for layer in model.layers:
+        config = layer.get_config()
+        arithmetic = {k: config[k] for k in _ARITHMETIC if k in config}
+        layers.append([type(layer).__name__, arithmetic])
+    return json.dumps(layers, sort_keys=True, default=str)
+
+
 def _application(spec, weights, include_top):
     builder = getattr(keras.applications, spec.builder)
     if include_top:
@@ -210,7 +355,7 @@ def build_backbone(backbone="mobilenet_v2", weights="imagenet"):
             f"{sorted(BACKBONES)} or pass a keras.Model."
         )
     spec = BACKBONES[backbone]
-    preprocessing, epsilon = spec.preprocessing, None
+    preprocessing, epsilon, padding = spec.preprocessing, None, None
     if weights in (None, "imagenet"):
         if spec.builder is None:
             raise ValueError(
@@ -236,13 +381,16 @@ def build_backbone(backbone="mobilenet_v2", weights="imagenet"):
                     f"{path} holds {known.backbone!r} weights, not "
                     f"{backbone!r}: pass backbone={known.backbone!r}."
                 )
-            preprocessing, epsilon = (
+            preprocessing, epsilon, padding = (
                 known.preprocessing,
-                (known.batchnorm_epsilon),
+                known.batchnorm_epsilon,
+                known.padding,
             )
         model = _load_file(backbone, spec, path)
     if epsilon is not None:
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.epsilon = epsilon
+    if padding is not None:
+        model = set_strided_padding(model, padding)
     return model, preprocessing, epsilon

@@ -40,6 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_rmac.backbones import graph_signature
 from keras_rmac.data import mining
 from keras_rmac.data import triplets as triplet_data
 from keras_rmac.models.rmac_model import RMACModel
@@ -436,8 +437,9 @@ def cached_features(
 
     Images are resized as in training (`image_dataset`, no augmentation).
     The array is stored in `<work_dir>/features-<key>.npy`, where the key
-    hashes the prefix weights, the cut layer, the image list and the size,
-    so a later run (or a resumed one) reuses it only when all match.
+    hashes the prefix weights and arithmetic (padding, ...), the cut layer,
+    the image list and the size, so a later run (or a resumed one) reuses
+    it only when all match.
 
     Returns:
         float32 array `(N, h, w, c)`, row i for image i.
@@ -445,6 +447,7 @@ def cached_features(
     digest = hashlib.sha256()
     for weight in head.prefix.weights:
         digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    digest.update(graph_signature(head.prefix).encode())
     digest.update(
         json.dumps(
             [

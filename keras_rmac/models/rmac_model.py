@@ -1,6 +1,7 @@
 """The R-MAC descriptor network of Gordo et al. (2017) as a Keras model."""
 
 import hashlib
+import json
 import logging
 import os
 
@@ -10,6 +11,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_rmac.backbones import build_backbone
+from keras_rmac.backbones import graph_signature
 from keras_rmac.data import image_io
 from keras_rmac.layers.gem_pooling import GeMPooling
 from keras_rmac.layers.l2_normalize import L2Normalize
@@ -346,13 +348,19 @@ class RMACModel(keras.Model):
         return used[0]
 
     def fingerprint(self):
-        """sha256 of the configuration-relevant weights (hex).
+        """sha256 of the weights and of what else decides the output (hex).
 
-        Two models give the same descriptors only if their fingerprints
-        match; search indexes store it to refuse mixing descriptors.
+        Covers the preprocessing, the head (pooling, levels, overlap) and,
+        per backbone layer, the arguments that change its arithmetic
+        (padding, strides, BN epsilon, ...), so two models give the same
+        descriptors only if their fingerprints match; search indexes store
+        it to refuse mixing descriptors.
         """
         digest = hashlib.sha256()
         digest.update(self.preprocessing.encode())
+        head = [self.pooling, self.levels, self.overlap]
+        digest.update(json.dumps(head).encode())
+        digest.update(graph_signature(self.backbone).encode())
         for weight in self.weights:
             value = np.ascontiguousarray(ops.convert_to_numpy(weight))
             digest.update(str(value.shape).encode())

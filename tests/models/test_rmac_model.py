@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_rmac.backbones import copy_weights_by_name
 from keras_rmac.data.image_io import resize_longest_side
 from keras_rmac.models import RMACModel
 from tests.layers.grid_oracle import oracle_regions
@@ -218,6 +219,25 @@ def test_fingerprint_changes_with_weights():
     assert model.fingerprint() != before
 
 
+def test_fingerprint_covers_graph_arithmetic_not_just_weights(tmp_path):
+    from keras_rmac.backbones import set_strided_padding
+
+    model = tiny_model()
+    # Same weights, other padding (different descriptors): other print.
+    padded = RMACModel(
+        set_strided_padding(model.backbone, "torch"),
+        weights=None,
+        preprocessing=model.preprocessing,
+    )
+    assert padded.backbone.count_params() == model.backbone.count_params()
+    assert padded.fingerprint() != model.fingerprint()
+    assert tiny_model(levels=2).fingerprint() != model.fingerprint()
+    # ... and stable through a .keras round trip.
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    assert reloaded.fingerprint() == model.fingerprint()
+
+
 # Real ImageNet weights: the variable-size backbone we build computes the
 # same features as the reference 224x224 model loaded as the data README
 # prescribes (full model with top, load_weights, cut at the last conv).
@@ -267,13 +287,23 @@ def test_local_weight_files_load_into_variable_size_backbone(
                 if isinstance(lyr, keras.layers.BatchNormalization):
                     lyr.epsilon = 1e-5
     cut = keras.Model(reference.input, reference.get_layer(layer).output)
+    size = 224
+    if name == "mobilenet_v2":
+        # torchvision pads every side; Keras's fixed-size graph does too
+        # only where each strided layer sees an odd size: compare at 225.
+        size = 225
+        cut = keras.applications.MobileNetV2(
+            weights=None, include_top=False, input_shape=(size, size, 3)
+        )
+        assert copy_weights_by_name(reference, cut) > 100
+        for lyr in cut.layers:
+            if isinstance(lyr, keras.layers.BatchNormalization):
+                lyr.epsilon = 1e-5
     model = RMACModel(name, weights=path)
     if mode is not None:
         assert model.preprocessing == mode
-    image = np.asarray(
-        Image.open(coil_dir / "obj7__0.png").convert("RGB").resize((224, 224)),
-        "float32",
-    )[None]
+    photo = Image.open(coil_dir / "obj7__0.png").convert("RGB")
+    image = np.asarray(photo.resize((size, size)), "float32")[None]
     x = model.preprocess(image)
     np.testing.assert_allclose(
         model.backbone(x).numpy(), cut(x).numpy(), atol=1e-4
