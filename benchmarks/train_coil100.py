@@ -62,6 +62,16 @@ flags.DEFINE_string(
 )
 flags.DEFINE_enum("split", "test", ["test", "val"], "Evaluation split.")
 flags.DEFINE_string(
+    "train_list",
+    None,
+    "CSV `path,label[,x0,y0,x1,y1]` (e.g. a `keras-rmac clean` output) to "
+    "train on instead of the train split; same test protocol. Used by "
+    "benchmarks/clean_vs_noisy.py; never writes RESULTS.md.",
+)
+flags.DEFINE_bool(
+    "use_boxes", False, "With --train_list: crop training images to boxes."
+)
+flags.DEFINE_string(
     "output_dir", "/tmp/keras_rmac_train_coil100", "Run folder (caches)."
 )
 flags.DEFINE_integer("image_size", 224, "Training and test image side.")
@@ -141,6 +151,18 @@ def _split(data_dir, split):
         same = np.flatnonzero(labels == labels[q])
         gnd.append({"ok": same[same != q], "junk": np.array([q])})
     return train, [p for _, _, p in db], labels, queries, gnd
+
+
+def _train_list(path, use_boxes):
+    """The labelled images of a CSV list, boxes kept only if asked."""
+    from keras_rmac.data.triplets import read_image_list
+
+    images = read_image_list(path)
+    if use_boxes and images.boxes is None:
+        raise ValueError(f"--use_boxes: {path} has no x0,y0,x1,y1 columns.")
+    if not use_boxes:
+        images.boxes = None
+    return images
 
 
 def _map(descriptors, queries, gnd):
@@ -336,6 +358,10 @@ def main(argv):
     train_images, db_paths, db_labels, queries, gnd = _split(
         args.data_dir, args.split
     )
+    if args.train_list:
+        if args.split != "test":
+            raise app.UsageError("--train_list needs --split test.")
+        train_images = _train_list(args.train_list, args.use_boxes)
     if args.reuse:
         with open(os.path.join(out, "summary.json")) as f:
             _finish(json.load(f), train_images, out, args)
@@ -420,6 +446,9 @@ def main(argv):
         "timing": timing,
         "load_average": load,
         "model_path": result.model_path,
+        "train_list": args.train_list,
+        "use_boxes": args.use_boxes,
+        "train_images": len(train_images),
         "flags": {
             k: getattr(args, k)
             for k in (
@@ -447,7 +476,7 @@ def _finish(summary, train_images, out, args):
     summary["pipeline"] = pipeline
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    if args.write and summary["split"] == "test":
+    if args.write and summary["split"] == "test" and not args.train_list:
         png = os.path.join(HERE, "train_coil100_loss.png")
         _plot(
             png,
