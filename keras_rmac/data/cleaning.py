@@ -875,7 +875,12 @@ def clean_dataset(
     finished class is written atomically to `work_dir` with a fingerprint
     of its image list and of `config`; a restarted run reuses those and
     only computes the others. The clean list keeps the input's class order
-    and image order, and the input's path strings.
+    and image order. Absolute paths are written as given; relative ones
+    (resolved against `root`) are written relative to the clean list's
+    own folder, which is how `keras_rmac.data.triplets.read_image_list`
+    (and so `keras-rmac train --train-list`) resolves them: the output
+    feeds training wherever it is written. Next to the input list, the
+    path strings are unchanged.
 
     Args:
         items: (path, label) rows or `LabelledImage`s.
@@ -927,6 +932,14 @@ def clean_dataset(
         if root is None or os.path.isabs(path):
             return path
         return os.path.join(root, path)
+
+    output_folder = os.path.dirname(os.path.abspath(output_path))
+
+    def written(path):
+        # Relative to the clean list's folder, where readers resolve it.
+        if os.path.isabs(path):
+            return path
+        return os.path.relpath(os.path.abspath(resolve(path)), output_folder)
 
     use_shortlist = embed is not None and config.shortlist_k is not None
     results: dict[str, ClassResult] = {}
@@ -1018,7 +1031,7 @@ def clean_dataset(
     for label, paths in classes.items():
         result = results[label]
         for i, box in sorted(result.kept.items()):
-            kept_rows.append(CleanImage(paths[i], label, box))
+            kept_rows.append(CleanImage(written(paths[i]), label, box))
         for i, reason, detail in result.dropped:
             counts[reason] += 1
             dropped.append(

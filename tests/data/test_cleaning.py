@@ -1,6 +1,7 @@
 """Tests for keras_rmac.data.cleaning and keras_rmac.data.local_features."""
 
 import argparse
+import dataclasses
 import json
 import os
 
@@ -469,8 +470,9 @@ def test_clean_list_keeps_views_drops_noise_and_unreadable(tiny_dataset):
     out.parent.mkdir()
     report = cleaning.clean_list(tiny_dataset / "noisy.csv", out, verbose=0)
     rows = _clean_rows(out)
+    # Written relative to the clean list's folder (one level down).
     assert [(p, c) for p, c, _ in rows] == [
-        (f"{label}_{k}.png", label)
+        (os.path.join("..", f"{label}_{k}.png"), label)
         for label in ("alpha", "beta")
         for k in range(5)
     ]
@@ -630,3 +632,75 @@ def test_cli_run(tiny_dataset, capsys, monkeypatch):
     # --help has an example.
     help_text = sub.choices["clean"].format_help()
     assert "keras-rmac clean landmarks.csv --out" in help_text
+
+
+def _tiny_rmac(config):
+    """An R-MAC model on a two-convolution backbone (trains in seconds)."""
+    import keras
+
+    from keras_rmac.models import RMACModel
+
+    keras.utils.set_random_seed(config.seed)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(x)
+    x = keras.layers.ReLU()(x)
+    backbone = keras.Model(inputs, x, name="tiny")
+    return RMACModel(backbone, weights=None, preprocessing="none", levels=2)
+
+
+def test_clean_list_feeds_training_with_box_crops(tiny_dataset, tmp_path):
+    from keras_rmac.data import triplets
+    from keras_rmac.training import TrainConfig
+    from keras_rmac.training import load_training_images
+    from keras_rmac.training import train
+
+    serial = tiny_dataset / "serial" / "clean.csv"
+    if not serial.exists():
+        serial.parent.mkdir(exist_ok=True)
+        cleaning.clean_list(tiny_dataset / "noisy.csv", serial, verbose=0)
+    rows = _clean_rows(serial)
+    config = TrainConfig(
+        train_list=str(serial),
+        use_boxes=True,
+        output_dir=str(tmp_path / "run"),
+        image_size=32,
+        batch_size=2,
+        steps_per_epoch=2,
+        epochs=1,
+        learning_rate=1e-3,
+        pca_images=4,
+        pool_size=10,
+        checkpoint_every=2,
+        num_workers=2,
+        verbose=0,
+    )
+    # The training reader finds the files and the boxes of the clean list.
+    images = load_training_images(config)
+    files = [
+        tiny_dataset / f"{c}_{k}.png"
+        for c in ("alpha", "beta")
+        for k in range(5)
+    ]
+    assert len(images) == len(files)
+    assert all(os.path.samefile(a, b) for a, b in zip(images.paths, files))
+    assert [images.class_names[i] for i in images.labels] == [
+        c for _, c, _ in rows
+    ]
+    np.testing.assert_array_equal(images.boxes, [box for _, _, box in rows])
+    # The boxes really crop (a view is a 160-pixel square on 200 x 200).
+    assert all(
+        (x1 - x0) * (y1 - y0) < 200 * 200 for _, _, (x0, y0, x1, y1) in rows
+    )
+    # What training decodes is the box's pixels, cut here with NumPy.
+    seen = triplets.image_dataset(images, image_size=None).as_numpy_iterator()
+    for image, i in seen:
+        x0, y0, x1, y1 = rows[i][2]
+        pixels = np.asarray(Image.open(files[i]).convert("RGB"))
+        np.testing.assert_array_equal(image, pixels[y0:y1, x0:x1])
+    off = dataclasses.replace(config, use_boxes=False)
+    assert load_training_images(off).boxes is None
+    # And `train` runs on the file as written.
+    result = train(config, embedding_fn=_tiny_rmac)
+    assert len(result.history["loss"]) == 1
+    assert os.path.exists(result.model_path)
