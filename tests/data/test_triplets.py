@@ -226,6 +226,72 @@ def test_longest_mode_and_boxes(tmp_path):
         T.triplet_dataset(images, table, 10, 2, resize="longest")
 
 
+# Boxes `(x0, y0, x1, y1)` on a 23 x 37 image and the slice each must give,
+# worked out by hand: bounds are floored / ceiled to whole pixels, clipped
+# to the image, and a box never shrinks below one pixel.
+_BOX_CASES = [
+    ((3, 5, 10, 12), (slice(5, 12), slice(3, 10))),  # interior, integer
+    ((2.7, 1.4, 7.2, 9.6), (slice(1, 10), slice(2, 8))),  # fractional
+    ((-4, -2, 100, 100), (slice(0, 23), slice(0, 37))),  # beyond the image
+    ((30, 0, 40, 23), (slice(0, 23), slice(30, 37))),  # right edge
+    ((0, 22, 37, 23), (slice(22, 23), slice(0, 37))),  # last row
+    ((5, 6, 5, 6), (slice(6, 7), slice(5, 6))),  # empty: one pixel
+    ((np.nan,) * 4, (slice(0, 23), slice(0, 37))),  # no box: whole image
+]
+
+
+@pytest.fixture
+def box_images(tmp_path):
+    """One random 23 x 37 image, listed once per `_BOX_CASES` box."""
+    pixels = np.random.default_rng(5).integers(0, 256, (23, 37, 3), np.uint8)
+    path = _write(str(tmp_path / "random.png"), pixels)
+    boxes = np.array([box for box, _ in _BOX_CASES], np.float32)
+    n = len(_BOX_CASES)
+    images = T.LabelledImages.from_labels([path] * n, np.arange(n) % 2, boxes)
+    return pixels, images
+
+
+def test_box_crop_matches_hand_computed_slices(box_images):
+    # The path of mining and of the feature cache (no resize, no augment).
+    pixels, images = box_images
+    ds = T.image_dataset(images, image_size=None)
+    got = list(ds.as_numpy_iterator())
+    assert [int(i) for _, i in got] == list(range(len(_BOX_CASES)))
+    for (image, i), (box, (rows, cols)) in zip(got, _BOX_CASES):
+        np.testing.assert_array_equal(image, pixels[rows, cols], str(box))
+
+
+def test_training_triplets_are_cropped_to_their_boxes(box_images):
+    # The training path: each stream of each triplet is its own crop.
+    pixels, images = box_images
+    n = len(_BOX_CASES)
+    rows = np.stack([np.arange(n), (np.arange(n) + 2) % n, np.arange(n)], 1)
+    table = T.TripletTable(rows[:, [0, 1, 2]], seed=4)
+    ds = T.triplet_dataset(images, table, None, 1, augment=False)
+    order = table.order(0)
+    for position, (x, _, w) in enumerate(ds.as_numpy_iterator()):
+        assert w[0] == 1.0
+        for s, name in enumerate(T.STREAMS):
+            box, (r, c) = _BOX_CASES[rows[order[position], s]]
+            np.testing.assert_array_equal(x[name][0], pixels[r, c], str(box))
+
+
+def test_square_training_images_resize_the_crop_not_the_image(tmp_path):
+    # A crop of constant colour stays that colour after the square resize;
+    # the whole image, resized, mixes in the random pixels around it.
+    pixels = np.random.default_rng(6).integers(0, 256, (23, 37, 3), np.uint8)
+    pixels[5:12, 3:10] = (10, 200, 90)
+    path = _write(str(tmp_path / "patch.png"), pixels)
+    boxes = np.array([[3, 5, 10, 12], [np.nan] * 4], np.float32)
+    images = T.LabelledImages.from_labels([path] * 2, [0, 1], boxes)
+    table = T.TripletTable(np.array([[0, 0, 1]]))
+    ((x, _, _),) = T.triplet_dataset(images, table, 8, 1, augment=False)
+    np.testing.assert_allclose(
+        x["query"][0], np.broadcast_to([10, 200, 90], (8, 8, 3)), atol=0.01
+    )
+    assert np.abs(x["negative"][0] - [10, 200, 90]).max() > 50
+
+
 def test_augmentation_changes_images_within_bounds(folder):
     images = T.folder_per_class(folder)
     table = T.TripletTable(T.random_triplets(images.labels, 4, 0), seed=1)
