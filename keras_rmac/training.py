@@ -438,8 +438,8 @@ def cached_features(
     Images are resized as in training (`image_dataset`, no augmentation).
     The array is stored in `<work_dir>/features-<key>.npy`, where the key
     hashes the prefix weights and arithmetic (padding, ...), the cut layer,
-    the image list and the size, so a later run (or a resumed one) reuses
-    it only when all match.
+    the image list, its boxes (when images are cropped) and the size, so a
+    later run (or a resumed one) reuses it only when all match.
 
     Returns:
         float32 array `(N, h, w, c)`, row i for image i.
@@ -448,17 +448,16 @@ def cached_features(
     for weight in head.prefix.weights:
         digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
     digest.update(graph_signature(head.prefix).encode())
-    digest.update(
-        json.dumps(
-            [
-                head.rmac.preprocessing,
-                head.feature_layer,
-                config.image_size,
-                config.resize,
-                images.paths,
-            ]
-        ).encode()
-    )
+    key = [
+        head.rmac.preprocessing,
+        head.feature_layer,
+        config.image_size,
+        config.resize,
+        images.paths,
+    ]
+    if images.boxes is not None:  # Cropped images are other features.
+        key.append(images.boxes.tolist())
+    digest.update(json.dumps(key).encode())
     path = os.path.join(work_dir, f"features-{digest.hexdigest()[:16]}.npy")
     if os.path.exists(path):
         features = np.load(path, mmap_mode="r")

@@ -645,13 +645,16 @@ def _tiny_rmac(config):
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(x)
     x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="tail")(x)
     backbone = keras.Model(inputs, x, name="tiny")
     return RMACModel(backbone, weights=None, preprocessing="none", levels=2)
 
 
 def test_clean_list_feeds_training_with_box_crops(tiny_dataset, tmp_path):
     from keras_rmac.data import triplets
+    from keras_rmac.models.triplet_model import FeatureEmbedding
     from keras_rmac.training import TrainConfig
+    from keras_rmac.training import cached_features
     from keras_rmac.training import load_training_images
     from keras_rmac.training import train
 
@@ -704,3 +707,14 @@ def test_clean_list_feeds_training_with_box_crops(tiny_dataset, tmp_path):
     result = train(config, embedding_fn=_tiny_rmac)
     assert len(result.history["loss"]) == 1
     assert os.path.exists(result.model_path)
+    # The feature cache tells cropped from whole images in one folder.
+    head = FeatureEmbedding(_tiny_rmac(config), "tail")
+    work = str(tmp_path / "cache")
+    os.makedirs(work)
+    whole = cached_features(head, load_training_images(off), config, work)
+    cropped = cached_features(head, images, config, work)
+    assert len(os.listdir(work)) == 2
+    assert not np.allclose(whole, cropped)
+    os.makedirs(tmp_path / "fresh")
+    fresh = cached_features(head, images, config, str(tmp_path / "fresh"))
+    np.testing.assert_allclose(cropped, fresh, atol=1e-6)
