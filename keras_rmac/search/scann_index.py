@@ -16,7 +16,14 @@ Two operating points:
   class keeps for rebuilds and `get_vectors`; once after `load`, where ours
   is memory-mapped from ScaNN's file).
 - `mode="compact"`: tree + PQ codes only, `bytes_per_vector` bytes each
-  (64 or 128 typically), no re-ordering. Scores are PQ estimates. Once the
+  (64 or 128 typically), no re-ordering. Scores are PQ estimates. By
+  default the descriptors are first centred and projected on their top
+  `4 * bytes_per_vector` principal directions, randomly rotated
+  (`keras_rmac.search.projection`; one index-wide matrix and mean, saved
+  as `.npy`), and coded with 8-bit codes (256 centres per block of 4
+  dimensions); fewer than 256 vectors use 4-bit codes and fewer than 16
+  keep their lossless projection on at most `bytes_per_vector // 4`
+  dimensions as float32, since no codebook can be trained. Once the
   searcher is built the float descriptors are dropped: neither this object
   nor the ScaNN searcher nor the saved directory keeps a float copy (the
   saved directory holds the codes, packed two per byte, the codebooks, the
@@ -65,11 +72,23 @@ import numpy as np
 
 from keras_rmac.search import storage
 from keras_rmac.search.base import Index
+from keras_rmac.search.projection import PCAProjection
 
 logger = logging.getLogger(__name__)
 
 MODES = ("fast", "compact")
 REORDER_DTYPES = ("float32", "int8")
+# ScaNN's PQ code types: 16 centres per block (4-bit codes, SIMD lookup
+# tables) or 256 centres per block (8-bit codes).
+HASH_TYPES = ("lut16", "lut256")
+_CODE_BITS = {"lut16": 4, "lut256": 8}
+_CENTRES = {"lut16": 16, "lut256": 256}
+# Compact mode's default projection keeps this many principal directions
+# per byte of code: 4 dimensions per 8-bit code (256 of 1280 at 64 B).
+# Chosen on a COIL-100 validation split (benchmarks/search.py); a share of
+# the variance was tried too and fails on whitened descriptors, whose
+# spectrum is flat.
+PROJECTION_DIMS_PER_BYTE = 4
 # Below this many vectors no partitioning tree is built by default:
 # scoring every PQ code costs well under a millisecond per query, and a
 # tree on little (or weakly clustered) data loses recall.
@@ -88,6 +107,8 @@ _HASHED_FILE = "hashed_dataset.npy"
 _DATASET_FILE = "dataset.npy"
 _FLOAT_FILES = ("dataset.npy", "int8_dataset.npy")
 VECTORS_FILE = "vectors.npy"
+PROJECTION_FILE = "projection_matrix.npy"
+PROJECTION_MEAN_FILE = "projection_mean.npy"
 
 
 def _scann_pybind():
@@ -143,8 +164,8 @@ class ScannIndex(Index):
     - `num_leaves`: about sqrt(N) (no tree below `MIN_TREE_SIZE`);
     - `num_leaves_to_search`: 5% of the leaves, at least 8;
     - `dimensions_per_block`: 2 in fast mode; in compact mode the smallest
-      block size giving at most `bytes_per_vector` bytes of 4-bit codes,
-      i.e. `ceil(D / (2 * bytes_per_vector))`;
+      block size giving at most `bytes_per_vector` bytes of codes after the
+      projection (4 with the defaults);
     - `reorder_num_neighbors` (fast mode): 200 candidates re-scored
       exactly;
     - `training_sample_size`: min(N, max(50,000, 200 * num_leaves))
@@ -184,6 +205,13 @@ class ScannIndex(Index):
             codes (ScaNN recommends 0.2 for normalised data), NaN for plain
             reconstruction loss, None for the mode's default (see above).
             Defaults to None.
+        hash_type: str or None. `"lut16"` (4-bit codes) or `"lut256"`
+            (8-bit codes); None: lut256 in compact mode, lut16 in fast.
+            Defaults to None.
+        projection_dim: int or None. Compact mode: dimensions kept by the
+            PCA + rotation before quantisation; 0 for none; None for
+            `4 * bytes_per_vector` (capped at D; none when the code size
+            is set by `dimensions_per_block`). Defaults to None.
         num_threads: int. Threads for training (0: all cores). Batched
             searches of at least 64 queries use ScaNN's thread pool.
             Defaults to 0.
@@ -218,6 +246,8 @@ class ScannIndex(Index):
         training_sample_size: int | None = None,
         spherical_tree: bool = True,
         anisotropic_quantization_threshold: float | None = None,
+        hash_type: str | None = None,
+        projection_dim: int | None = None,
         num_threads: int = 0,
         metadata: Mapping[str, Any] | None = None,
     ):
@@ -285,6 +315,29 @@ class ScannIndex(Index):
             if anisotropic_quantization_threshold is None
             else float(anisotropic_quantization_threshold)
         )
+        if hash_type is not None and hash_type not in HASH_TYPES:
+            raise ValueError(
+                f"`hash_type` must be one of {HASH_TYPES}. Received: "
+                f"hash_type={hash_type!r}"
+            )
+        self.hash_type = hash_type
+        if mode == "fast" and projection_dim:
+            raise ValueError(
+                "`projection_dim` is a compact-mode option (fast mode "
+                "re-orders with the original float descriptors). Received: "
+                f'projection_dim={projection_dim!r} with mode="fast".'
+            )
+        self.projection_dim = (
+            0
+            if projection_dim == 0
+            else _positive_int("projection_dim", projection_dim)
+        )
+        if (self.projection_dim or 0) > self.dimension:
+            raise ValueError(
+                f"`projection_dim` ({projection_dim}) exceeds the dimension "
+                f"({dimension})."
+            )
+        self._projection: PCAProjection | None = None
         if not isinstance(num_threads, (int, np.integer)) or num_threads < 0:
             raise ValueError(
                 f"`num_threads` must be an int >= 0. Received: {num_threads!r}"
@@ -341,6 +394,7 @@ class ScannIndex(Index):
     def resolved_params(self, n: int) -> dict[str, Any]:
         """The build parameters this index would use for `n` vectors."""
         d = self.dimension
+        compact = self.mode == "compact"
         if self.num_leaves is None:
             leaves = int(round(math.sqrt(n))) if n >= MIN_TREE_SIZE else 0
         else:
@@ -362,44 +416,91 @@ class ScannIndex(Index):
             to_search = min(to_search, leaves)
         else:
             to_search = 0
+        hash_type = self.hash_type or ("lut256" if compact else "lut16")
+        if hash_type == "lut256" and n < _CENTRES["lut256"]:
+            # ScaNN trains no 256-centre codebooks on fewer points.
+            hash_type = "lut16"
         if self.mode == "fast" and n < MAX_BRUTE_FORCE_SIZE and not leaves:
+            scoring = "brute_force"
+        elif compact and n < _CENTRES["lut16"]:
+            # Too few vectors for any codebook: keep the projected vectors
+            # (rank <= n - 1, so the projection loses nothing) in no more
+            # than `bytes_per_vector` bytes of float32.
             scoring = "brute_force"
         else:
             scoring = "ah"
+        if not compact:
+            proj = 0
+        elif scoring == "brute_force":
+            budget = (self.bytes_per_vector or 4 * d) // 4
+            proj = max(1, min(d, n - 1, budget))
+        elif self.projection_dim is not None:
+            proj = self.projection_dim
+        elif self.bytes_per_vector is not None:
+            proj = PROJECTION_DIMS_PER_BYTE * self.bytes_per_vector
+        else:  # code size set by dimensions_per_block: no projection
+            proj = 0
+        proj = min(proj, d)
+        width = proj or d
+        bits = _CODE_BITS[hash_type]
         dpb = self.dimensions_per_block
         if dpb is None:
             if self.mode == "fast":
                 dpb = 2
             else:
-                dpb = max(1, math.ceil(d / (2 * self.bytes_per_vector)))
-        dpb = min(dpb, d)
-        num_blocks = math.ceil(d / dpb)
+                codes = self.bytes_per_vector * 8 // bits
+                dpb = max(1, math.ceil(width / codes))
+        dpb = min(dpb, width)
+        num_blocks = math.ceil(width / dpb)
         sample = self.training_sample_size or max(50_000, 200 * leaves)
         aniso = self.anisotropic_quantization_threshold
         if aniso is None:
-            aniso = 0.2 if self.mode == "compact" else math.nan
+            aniso = 0.2 if compact else math.nan
+        ah = scoring == "ah"
         params = {
             "mode": self.mode,
             "scoring": scoring,
             "num_leaves": leaves,
             "num_leaves_to_search": to_search,
-            "dimensions_per_block": dpb if scoring == "ah" else None,
-            "num_blocks": num_blocks if scoring == "ah" else None,
+            "projection_dim": proj,
+            "hash_type": hash_type if ah else None,
+            "dimensions_per_block": dpb if ah else None,
+            "num_blocks": num_blocks if ah else None,
             "code_bytes_per_vector": (
-                math.ceil(num_blocks / 2) if scoring == "ah" else None
+                math.ceil(num_blocks * bits / 8)
+                if ah
+                else (4 * proj if compact else None)
             ),
             "training_sample_size": int(min(n, sample)),
             "spherical_tree": self.spherical_tree if leaves else None,
             "anisotropic_quantization_threshold": (
-                None if math.isnan(aniso) or scoring != "ah" else aniso
+                None if math.isnan(aniso) or not ah else aniso
             ),
             "reorder_num_neighbors": None,
             "reorder_dtype": None,
         }
-        if self.mode == "fast" and scoring == "ah":
+        if self.mode == "fast" and ah:
             params["reorder_num_neighbors"] = self.reorder_num_neighbors or 200
             params["reorder_dtype"] = self.reorder_dtype
         return params
+
+    def _fit_projection(self, x: np.ndarray, n: int) -> PCAProjection | None:
+        """The compact-mode PCA (+ rotation), learned on the training rows."""
+        if self.mode != "compact" or self.projection_dim == 0:
+            return None
+        first = self.resolved_params(n)
+        rows = x
+        if len(x) > first["training_sample_size"]:
+            pick = np.random.default_rng(0).choice(
+                len(x), first["training_sample_size"], replace=False
+            )
+            rows = x[np.sort(pick)]
+        dim = first["projection_dim"]
+        if not dim:
+            return None
+        if first["scoring"] == "brute_force":
+            return PCAProjection.fit(rows, dim)
+        return PCAProjection.fit(rows, dim, rotate=True)
 
     def build(self) -> None:
         """Builds (or rebuilds) the ScaNN searcher from all added vectors.
@@ -422,9 +523,12 @@ class ScannIndex(Index):
                 "build from; build a new index from all the descriptors."
             )
         x = self._consolidated()
+        start = time.perf_counter()
+        projection = self._fit_projection(x, n)
+        if projection is not None:
+            x = projection.project_database(x)
         params = self.resolved_params(n)
         pybind = _scann_pybind()
-        start = time.perf_counter()
         builder = pybind.builder(x, 10, "dot_product")
         if params["num_leaves"]:
             builder = builder.tree(
@@ -443,6 +547,7 @@ class ScannIndex(Index):
                     math.nan if aniso is None else aniso
                 ),
                 training_sample_size=params["training_sample_size"],
+                hash_type=params["hash_type"],
             )
             if params["reorder_num_neighbors"]:
                 builder = builder.reorder(
@@ -455,11 +560,13 @@ class ScannIndex(Index):
                 )
         builder.set_n_training_threads(self.num_threads)
         self._searcher = builder.build()
+        self._projection = projection
         self._built_count = n
         self.built_params = params
         if self.mode == "compact":
             # Only the PQ codes remain (inside the searcher).
             self._chunks = []
+            del x
         logger.info(
             "Built ScaNN %s index of %d vectors in %.1f s: %s",
             self.mode,
@@ -477,6 +584,10 @@ class ScannIndex(Index):
     def _search_rows(self, q, k):
         self.build()
         params = self.built_params
+        offset = None
+        if self._projection is not None:
+            offset = self._projection.score_offset(q)
+            q = self._projection.project_queries(q)
         leaves = 0
         if params["num_leaves"]:
             leaves = self.num_leaves_to_search or params["num_leaves_to_search"]
@@ -505,6 +616,9 @@ class ScannIndex(Index):
         # ScaNN pads missing results with row 0 and a NaN score.
         valid = np.isfinite(scores[:, :width])
         out_rows[:, :width] = np.where(valid, rows[:, :width], -1)
+        if offset is not None:
+            # Projected inner products + <q, mean>: the cosine scale.
+            scores = scores + offset[:, None]
         out_scores[:, :width] = np.where(valid, scores[:, :width], -np.inf)
         return out_rows, out_scores
 
@@ -535,6 +649,8 @@ class ScannIndex(Index):
                 if aniso_user is not None and math.isnan(aniso_user)
                 else aniso_user
             ),
+            "hash_type": self.hash_type,
+            "projection_dim": self.projection_dim,
             "num_threads": self.num_threads,
             "built": self.built_params,
         }
@@ -549,8 +665,24 @@ class ScannIndex(Index):
                 f"ScaNN wrote a pickle in {scann_dir}; refusing to save."
             )
         files["scann"] = SCANN_DIR
+        if self._projection is not None:
+            np.save(
+                os.path.join(directory, PROJECTION_FILE),
+                self._projection.matrix,
+                allow_pickle=False,
+            )
+            np.save(
+                os.path.join(directory, PROJECTION_MEAN_FILE),
+                self._projection.mean,
+                allow_pickle=False,
+            )
+            files["projection"] = {
+                "matrix": PROJECTION_FILE,
+                "mean": PROJECTION_MEAN_FILE,
+            }
         hashed = os.path.join(scann_dir, _HASHED_FILE)
-        if os.path.exists(hashed):
+        lut16 = self.built_params.get("hash_type", "lut16") == "lut16"
+        if lut16 and os.path.exists(hashed):
             codes = np.load(hashed, allow_pickle=False)
             if (
                 codes.dtype == np.uint8
@@ -569,7 +701,9 @@ class ScannIndex(Index):
                 }
         floats = written & set(_FLOAT_FILES)
         if self.mode == "compact":
-            if floats:
+            # A collection too small for codebooks keeps its projected
+            # vectors (at most bytes_per_vector bytes each) instead.
+            if floats and self.built_params.get("scoring") != "brute_force":
                 raise RuntimeError(
                     f"Compact ScaNN index wrote float data {sorted(floats)}; "
                     "refusing to save (this is a bug)."
@@ -591,6 +725,11 @@ class ScannIndex(Index):
         params = dict(manifest["params"])
         built = params.pop("built", {})
         aniso = params.pop("anisotropic_quantization_threshold")
+        if "hash_type" not in params:
+            # format_version 1: 4-bit codes of the unprojected descriptors.
+            params["hash_type"] = "lut16"
+            built.setdefault("hash_type", "lut16")
+            built.setdefault("projection_dim", 0)
         index = cls(
             manifest["dimension"],
             params.pop("mode"),
@@ -617,6 +756,26 @@ class ScannIndex(Index):
             files.get("packed_codes", {}).get("num_codes"),
         )
         index._built_count = count
+        if "projection" in files:
+            matrix = storage.load_array(
+                directory, files["projection"]["matrix"]
+            )
+            mean = storage.load_array(directory, files["projection"]["mean"])
+            want = (manifest["dimension"], built.get("projection_dim"))
+            if matrix.shape != want or mean.shape != want[:1]:
+                raise ValueError(
+                    f"{os.path.join(directory, PROJECTION_FILE)} holds "
+                    f"{matrix.shape} and the mean {mean.shape}, expected "
+                    f"{want} and {want[:1]}: the index is damaged; rebuild "
+                    "it."
+                )
+            index._projection = PCAProjection(matrix, mean)
+        elif built.get("projection_dim"):
+            raise ValueError(
+                f"Index {directory} was built with a projection to "
+                f"{built['projection_dim']} dimensions but holds no "
+                "projection files: the index is damaged; rebuild it."
+            )
         if index.mode == "fast":
             name = files.get("vectors")
             if name is None:

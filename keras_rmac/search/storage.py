@@ -33,7 +33,10 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "keras_rmac.search"
-FORMAT_VERSION = 1
+# Version 2 added ScannIndex's optional projection and 8-bit codes; an
+# index of version 1 (no projection, 4-bit codes) reads the same way.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 IDS_FILE = "ids.npy"
 PATHS_FILE = "paths.json"
@@ -273,10 +276,11 @@ def read_manifest(directory: str) -> dict[str, Any]:
             f"{found!r}, expected {FORMAT_NAME!r})."
         )
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
+        readable = ", ".join(str(v) for v in READABLE_FORMAT_VERSIONS)
         raise IndexMismatchError(
             f"Index {directory} has format_version={version!r}, but this "
-            f"keras_rmac reads format_version={FORMAT_VERSION}. Rebuild the "
+            f"keras_rmac reads format_version {readable}. Rebuild the "
             "index from the descriptors with this version (or open it with "
             f"the keras_rmac version that wrote it: "
             f"{manifest.get('written_by', 'unknown')})."

@@ -95,8 +95,13 @@ def test_compact_mode_keeps_no_floats(data, compact, tmp_path):
     }
     assert not {"scann/dataset.npy", "scann/int8_dataset.npy"} & files
     assert "vectors.npy" not in files
-    codes = np.load(tmp_path / "c" / "scann" / "hashed_codes_packed.npy")
+    # Default compact codes: 8-bit (one byte per block) after a projection.
+    assert compact.built_params["hash_type"] == "lut256"
+    codes = np.load(tmp_path / "c" / "scann" / "hashed_dataset.npy")
     assert codes.shape == (N, 16) and codes.dtype == np.uint8
+    # The index-wide projection is one (D, d') matrix and one mean.
+    proj = np.load(tmp_path / "c" / "projection_matrix.npy")
+    assert proj.shape == (D, compact.built_params["projection_dim"])
     total = sum(os.path.getsize(tmp_path / "c" / f) for f in files)
     assert total < N * D * 4 / 4  # far below one float32 copy
     assert not any(f.endswith(".pkl") for f in files)
@@ -169,8 +174,23 @@ def test_auto_parameters_follow_n():
     assert small["num_leaves"] == 0 and small["scoring"] == "ah"
     big = index.resolved_params(1_000_000)
     assert big["num_leaves"] == 1000
-    assert big["dimensions_per_block"] == 2
+    # 8-bit codes of 4 dims after a PCA to 4 dims per byte (all 512).
+    assert big["hash_type"] == "lut256"
+    assert big["projection_dim"] == 512
+    assert big["dimensions_per_block"] == 4
     assert big["code_bytes_per_vector"] == 128
+    small64 = ScannIndex(1280, mode="compact").resolved_params(10_000)
+    assert small64["projection_dim"] == 256
+    assert small64["dimensions_per_block"] == 4
+    assert small64["code_bytes_per_vector"] == 64
+    lut16 = ScannIndex(
+        512, mode="compact", bytes_per_vector=128, hash_type="lut16"
+    ).resolved_params(1_000_000)
+    assert lut16["dimensions_per_block"] == 2
+    assert lut16["code_bytes_per_vector"] == 128
+    # Too few vectors for 256-centre codebooks: 4-bit codes instead.
+    assert index.resolved_params(100)["hash_type"] == "lut16"
+    assert index.resolved_params(15)["scoring"] == "brute_force"
     assert big["reorder_num_neighbors"] is None
     fast = ScannIndex(512).resolved_params(1_000_000)
     assert fast["reorder_num_neighbors"] and fast["scoring"] == "ah"
@@ -192,6 +212,9 @@ def test_auto_parameters_follow_n():
         (dict(num_leaves=-3), "num_leaves"),
         (dict(reorder_dtype="float16"), "reorder_dtype"),
         (dict(dimensions_per_block=100), "exceeds"),
+        (dict(mode="compact", hash_type="lut64"), "hash_type"),
+        (dict(projection_dim=8), "compact-mode option"),
+        (dict(mode="compact", projection_dim=65), "exceeds"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs, message):
@@ -210,3 +233,76 @@ def test_nibble_packing_round_trip():
             codes[0, 1] if width > 1 else 0
         )
         np.testing.assert_array_equal(unpack_nibbles(packed, width), codes)
+
+
+def test_compact_lut16_without_projection_packs_nibbles(data, tmp_path):
+    db, q = data
+    index = ScannIndex(
+        D, "compact", bytes_per_vector=16, hash_type="lut16", projection_dim=0
+    )
+    index.add(db[:2000])
+    index.save(tmp_path / "c")
+    assert index.built_params["dimensions_per_block"] == 2
+    codes = np.load(tmp_path / "c" / "scann" / "hashed_codes_packed.npy")
+    assert codes.shape == (2000, 16)
+    assert not (tmp_path / "c" / "projection_matrix.npy").exists()
+    loaded = ScannIndex.load(tmp_path / "c")
+    for a, b in zip(loaded.search(q, 5), index.search(q, 5)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 15])
+def test_compact_tiny_collections_are_exact_and_save(n, tmp_path):
+    # Fewer than 16 vectors: no codebook can be trained; the index keeps
+    # the vectors projected on their (n-1)-d span, which is lossless, in
+    # at most bytes_per_vector bytes each.
+    rng = np.random.default_rng(n)
+    db = unit_rows(rng, n, 32)
+    q = unit_rows(rng, 3, 32)
+    index = ScannIndex(32, mode="compact", bytes_per_vector=64)
+    index.add(db)
+    index.save(tmp_path / "t")
+    loaded = ScannIndex.load(tmp_path / "t")
+    assert loaded.built_params["scoring"] == "brute_force"
+    assert loaded.built_params["code_bytes_per_vector"] <= 64
+    stored = np.load(tmp_path / "t" / "scann" / "dataset.npy")
+    assert stored.nbytes <= 64 * n
+    k = min(n, 4)
+    ids, scores = loaded.search(q, k)
+    want, want_scores = oracle_top_k(db, q, k)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    np.testing.assert_array_equal(ids, want)
+
+
+def test_compact_projection_against_numpy_reconstruction(tmp_path):
+    # 20 distinct unit vectors, each repeated 15 times: 256-centre
+    # codebooks reproduce them exactly, so the only approximations left
+    # are the projection (lossless here: a 19-d affine span) and ScaNN's
+    # int8 lookup tables. Scores must match the NumPy inner products.
+    rng = np.random.default_rng(4)
+    distinct = unit_rows(rng, 20, 48)
+    db = np.repeat(distinct, 15, axis=0)
+    q = unit_rows(rng, 6, 48)
+    index = ScannIndex(
+        48, mode="compact", bytes_per_vector=24, projection_dim=19
+    )
+    index.add(db)
+    index.save(tmp_path / "p")
+    loaded = ScannIndex.load(tmp_path / "p")
+    params = loaded.built_params
+    assert params["hash_type"] == "lut256" and params["projection_dim"] == 19
+    # The saved projection, checked against an SVD of the centred data.
+    matrix = np.load(tmp_path / "p" / "projection_matrix.npy")
+    mean = np.load(tmp_path / "p" / "projection_mean.npy")
+    centred = db.astype(np.float64) - db.mean(axis=0)
+    np.testing.assert_allclose(mean, db.mean(axis=0), atol=1e-6)
+    residual = centred - centred @ matrix @ matrix.T
+    assert np.abs(residual).max() < 1e-4  # the span is kept whole
+    ids, scores = loaded.search(q, 30)
+    exact = q.astype(np.float64) @ db.astype(np.float64).T
+    np.testing.assert_allclose(
+        scores, np.take_along_axis(exact, ids, axis=1), atol=0.02
+    )
+    # The best distinct vector comes first (ties among its 15 copies).
+    best = np.argmax(q @ distinct.T, axis=1)
+    np.testing.assert_array_equal(ids[:, 0] // 15, best)

@@ -150,7 +150,7 @@ def test_format_version_and_type_mismatch(tmp_path):
     manifest = json.loads(path.read_text())
     manifest["format_version"] = 99
     path.write_text(json.dumps(manifest))
-    with pytest.raises(IndexMismatchError, match="format_version=99.*=1"):
+    with pytest.raises(IndexMismatchError, match="=99.*version 1, 2"):
         load_index(tmp_path / "i")
 
 
@@ -260,10 +260,13 @@ def test_scann_settings_survive_save_and_load(data, tmp_path):
         spherical_tree=False,
         anisotropic_quantization_threshold=float("nan"),
         training_sample_size=2000,
+        hash_type="lut16",
+        projection_dim=0,
     )
     index.add(db)
     index.save(tmp_path / "s")
     loaded = load_index(tmp_path / "s")
+    assert loaded.hash_type == "lut16" and loaded.projection_dim == 0
     assert np.isnan(loaded.anisotropic_quantization_threshold)
     assert loaded.spherical_tree is False
     assert loaded.bytes_per_vector is None
@@ -273,3 +276,34 @@ def test_scann_settings_survive_save_and_load(data, tmp_path):
     assert loaded.built_params["code_bytes_per_vector"] == 4
     assert loaded.built_params["training_sample_size"] == 2000
     assert loaded.built_params["anisotropic_quantization_threshold"] is None
+
+
+def test_format_version_1_scann_index_still_loads(data, tmp_path):
+    # An index written before format_version 2 has no hash_type or
+    # projection settings: it must load as 4-bit codes, no projection.
+    db, q = data
+    index = ScannIndex(
+        D, "compact", bytes_per_vector=8, hash_type="lut16", projection_dim=0
+    )
+    index.add(db)
+    index.save(tmp_path / "v1")
+    path = tmp_path / "v1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 1
+    for params in (manifest["params"], manifest["params"]["built"]):
+        del params["hash_type"], params["projection_dim"]
+    path.write_text(json.dumps(manifest))
+    loaded = load_index(tmp_path / "v1")
+    assert loaded.built_params["hash_type"] == "lut16"
+    for a, b in zip(loaded.search(q, 5), index.search(q, 5)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_damaged_projection_is_reported(data, tmp_path):
+    db, _ = data
+    index = ScannIndex(D, "compact", bytes_per_vector=8)
+    index.add(db)
+    index.save(tmp_path / "p")
+    np.save(tmp_path / "p" / "projection_matrix.npy", np.zeros((D, 1)))
+    with pytest.raises(ValueError, match="projection_matrix.npy.*damaged"):
+        load_index(tmp_path / "p")
