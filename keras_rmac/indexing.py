@@ -1198,8 +1198,10 @@ class PhotoIndex:
         if check_model and self.model.fingerprint() != self.fingerprint:
             raise IndexMismatchError(
                 f"{model_path} is not the model the index in "
-                f"{self.index_dir} was built with (fingerprints differ); "
-                "rebuild the index (keras-rmac index ... --rebuild)."
+                f"{self.index_dir} was built with (fingerprints differ; "
+                "indexes made by keras_rmac < 0.2, whose fingerprints did "
+                "not cover the backbone's padding, all differ); rebuild the "
+                "index (keras-rmac index ... --rebuild)."
             )
         self._store = None
 
