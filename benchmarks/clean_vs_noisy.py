@@ -267,7 +267,7 @@ def report(stats, results) -> str:
                 "gain (points)",
                 "mAP per epoch (cached path)",
                 "loss per epoch",
-                "run min",
+                "run min (first seed: incl. feature caches)",
             ],
             rows,
         ),
