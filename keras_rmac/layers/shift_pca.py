@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 
+from keras_rmac.stats import mean_and_covariance
+
 
 def pca_whitening(data, units, power=0.5, epsilon=1e-6):
     """Learns shift + PCA-whitening from row vectors, in float64.
@@ -150,25 +152,16 @@ class ShiftPCA(keras.layers.Layer):
                 )
             self.units = units
         power = self.power if power is None else float(power)
-        total, count, outer = None, 0, None
-        for block in _iter_batches(data):
-            if total is None:
-                total = np.zeros(block.shape[1])
-                outer = np.zeros((block.shape[1], block.shape[1]))
-            total += block.sum(axis=0)
-            outer += block.T @ block
-            count += len(block)
+        mean, cov, count = mean_and_covariance(_iter_batches(data))
         if not count:
             raise ValueError("ShiftPCA.adapt() received no vectors.")
         if not self.built:
-            self.build((None, total.shape[0]))
-        if total.shape[0] != self.input_dim:
+            self.build((None, mean.shape[0]))
+        if mean.shape[0] != self.input_dim:
             raise ValueError(
-                f"adapt() data has dimension {total.shape[0]}, the layer "
+                f"adapt() data has dimension {mean.shape[0]}, the layer "
                 f"expects {self.input_dim}."
             )
-        mean = total / count
-        cov = outer / count - np.outer(mean, mean)
         kernel, bias = _whitening_from_moments(
             mean, cov, self.kernel.shape[1], power, self.epsilon
         )

@@ -26,6 +26,8 @@ compressed descriptors), https://arxiv.org/abs/1610.07940
 
 import numpy as np
 
+from keras_rmac.stats import mean_and_covariance
+
 # Rows accumulated at a time when computing the covariance.
 _BLOCK_ROWS = 65_536
 
@@ -121,14 +123,9 @@ class PCAProjection:
             raise ValueError(
                 f"`variance` must be in (0, 1]. Received: {variance!r}"
             )
-        total = np.zeros(d, np.float64)
-        outer = np.zeros((d, d), np.float64)
-        for start in range(0, n, _BLOCK_ROWS):
-            block = np.asarray(x[start : start + _BLOCK_ROWS], np.float64)
-            total += block.sum(axis=0)
-            outer += block.T @ block
-        mean = total / n
-        cov = outer / n - np.outer(mean, mean)
+        mean, cov, _ = mean_and_covariance(
+            x[start : start + _BLOCK_ROWS] for start in range(0, n, _BLOCK_ROWS)
+        )
         values, vectors = np.linalg.eigh((cov + cov.T) / 2)
         order = np.argsort(-values, kind="stable")
         if variance is not None:
