@@ -219,6 +219,7 @@ def set_strided_padding(model, padding):
             producer = producer._keras_history.operation
             if isinstance(producer, keras.layers.ZeroPadding2D):
                 feeds[producer.name] = layer
+    fed = {conv.name for conv in feeds.values()}
     restyled = {}
 
     def clone(layer):
@@ -231,9 +232,7 @@ def set_strided_padding(model, padding):
                 # An identity pad; the convolution pads "SAME" itself.
                 config["padding"] = ((0, 0), (0, 0))
         elif _strided(layer):
-            if padding == "same" and layer.name in {
-                c.name for c in feeds.values()
-            }:
+            if padding == "same" and layer.name in fed:
                 config["padding"] = "same"
             elif padding == "torch" and layer.padding == "same":
                 config["padding"] = "valid"

@@ -19,8 +19,8 @@ Design decisions:
   each stream its own pass), and requires `batch_size=1`. COIL-100 is
   square, so both give the same images there. Batching buys less than
   one might expect on CPU: on the 2 cores of `benchmarks/train_coil100.py`,
-  8 triplets per step trained only 1.0x to 1.15x as many triplets per
-  second as one triplet per step (see benchmarks/RESULTS.md); so prefer
+  8 triplets per step trained only about as many triplets per second as
+  one triplet per step (1.02x in benchmarks/RESULTS.md); so prefer
   "longest" for landmark photos whose aspect ratio varies, and "square"
   when the images are (nearly) square or the accelerator needs batches.
 - Decoding uses `keras_rmac.data.image_io.load_image` (EXIF orientation,

@@ -484,23 +484,22 @@ class ScannIndex(Index):
             params["reorder_dtype"] = self.reorder_dtype
         return params
 
-    def _fit_projection(self, x: np.ndarray, n: int) -> PCAProjection | None:
+    def _fit_projection(
+        self, x: np.ndarray, params: dict[str, Any]
+    ) -> PCAProjection | None:
         """The compact-mode PCA (+ rotation), learned on the training rows."""
-        if self.mode != "compact" or self.projection_dim == 0:
+        dim = params["projection_dim"]
+        if self.mode != "compact" or self.projection_dim == 0 or not dim:
             return None
-        first = self.resolved_params(n)
         rows = x
-        if len(x) > first["training_sample_size"]:
+        if len(x) > params["training_sample_size"]:
             pick = np.random.default_rng(0).choice(
-                len(x), first["training_sample_size"], replace=False
+                len(x), params["training_sample_size"], replace=False
             )
             rows = x[np.sort(pick)]
-        dim = first["projection_dim"]
-        if not dim:
-            return None
-        if first["scoring"] == "brute_force":
-            return PCAProjection.fit(rows, dim)
-        return PCAProjection.fit(rows, dim, rotate=True)
+        # Brute force keeps the projected vectors: no rotation needed.
+        rotate = params["scoring"] != "brute_force"
+        return PCAProjection.fit(rows, dim, rotate=rotate)
 
     def build(self) -> None:
         """Builds (or rebuilds) the ScaNN searcher from all added vectors.
@@ -524,10 +523,10 @@ class ScannIndex(Index):
             )
         x = self._consolidated()
         start = time.perf_counter()
-        projection = self._fit_projection(x, n)
+        params = self.resolved_params(n)
+        projection = self._fit_projection(x, params)
         if projection is not None:
             x = projection.project_database(x)
-        params = self.resolved_params(n)
         pybind = _scann_pybind()
         builder = pybind.builder(x, 10, "dot_product")
         if params["num_leaves"]:
@@ -566,7 +565,6 @@ class ScannIndex(Index):
         if self.mode == "compact":
             # Only the PQ codes remain (inside the searcher).
             self._chunks = []
-            del x
         logger.info(
             "Built ScaNN %s index of %d vectors in %.1f s: %s",
             self.mode,
