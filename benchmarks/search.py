@@ -45,10 +45,15 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from keras_rmac.search import ExactIndex
-from keras_rmac.search import ScannIndex
-from keras_rmac.search import database_side_augmentation
-from keras_rmac.search import search_with_query_expansion
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.results import markdown_table  # noqa: E402
+from benchmarks.results import write_section  # noqa: E402
+from keras_rmac.evaluation import compute_map  # noqa: E402
+from keras_rmac.search import ExactIndex  # noqa: E402
+from keras_rmac.search import ScannIndex  # noqa: E402
+from keras_rmac.search import database_side_augmentation  # noqa: E402
+from keras_rmac.search import search_with_query_expansion  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool(
@@ -323,13 +328,6 @@ def synthetic_table(rows, num_queries):
     return header, body
 
 
-def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |"]
-    lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def check_target(rows):
     """The issue's target: fast mode, 1M x 512, recall >= 0.95, >= 10x."""
     for r in rows:
@@ -347,30 +345,6 @@ def check_target(rows):
 
 # ---------------------------------------------------------------------------
 # COIL-100 (R-MAC descriptors).
-
-
-def _local_map(ranks, gnd):
-    """Plain AP (junk removed), used if keras_rmac.evaluation is absent."""
-    aps = []
-    for i, g in enumerate(gnd):
-        ok = set(np.asarray(g["ok"]).tolist())
-        junk = set(np.asarray(g.get("junk", [])).tolist())
-        ranked = [r for r in ranks[:, i].tolist() if r not in junk]
-        hits, precisions = 0, []
-        for position, r in enumerate(ranked, 1):
-            if r in ok:
-                hits += 1
-                precisions.append(hits / position)
-        aps.append(sum(precisions) / len(ok) if ok else np.nan)
-    return float(np.nanmean(aps))
-
-
-def _compute_map(ranks, gnd):
-    try:
-        from keras_rmac.evaluation import compute_map
-    except ImportError:
-        return _local_map(ranks, gnd), "local AP"
-    return float(compute_map(ranks, gnd)[0]), "keras_rmac.evaluation"
 
 
 def _coil_index(spec, d):
@@ -413,8 +387,6 @@ def coil100_validation(db, queries, gnd, specs):
     |AP - AP exact| and the overlap of the top 100 with the exact top 100
     (a setting that wins mAP by luck scores poorly on these).
     """
-    from keras_rmac.evaluation import compute_map
-
     n = len(db)
     exact_ids = _ranks(_coil_exact(db), db, queries, n, False, 0, 0)
     exact_map, exact_aps = compute_map(exact_ids.T, gnd)[:2]
@@ -478,7 +450,7 @@ def coil100_map(db, queries, gnd, specs, qe_k=10, dba_k=10, alpha=3.0):
     """
     n = len(db)
     db_dba = database_side_augmentation(db, k=dba_k, alpha=alpha)
-    rows, source = [], ""
+    rows = []
     for spec in ["exact"] + list(specs):
         cells, plain = [spec], None
         for vectors in (db, db_dba):
@@ -486,7 +458,7 @@ def coil100_map(db, queries, gnd, specs, qe_k=10, dba_k=10, alpha=3.0):
             index.add(vectors)
             for qe in (False, True):
                 ids = _ranks(index, vectors, queries, n, qe, qe_k, alpha)
-                mean_ap, source = _compute_map(ids.T, gnd)
+                mean_ap = compute_map(ids.T, gnd)[0]
                 cells.append(f"{mean_ap:.3f}")
             plain = plain or getattr(index, "built_params", None)
         if spec != "exact":
@@ -503,7 +475,7 @@ def coil100_map(db, queries, gnd, specs, qe_k=10, dba_k=10, alpha=3.0):
         f"αQE: k={qe_k}, α={alpha}; DBA: k={dba_k}, α={alpha} (computed "
         "exactly on the float descriptors, then indexed); QE on a compact "
         "index reads the neighbours' float descriptors from the caller. "
-        f"mAP from {source}."
+        "mAP from keras_rmac.evaluation."
     )
     return header, rows, note
 
@@ -604,33 +576,6 @@ def coil100_descriptors(data_dir, cache, pca=False):
 
 
 # ---------------------------------------------------------------------------
-
-
-def _write_section(name, body):
-    try:
-        from benchmarks.results import write_section
-    except ImportError:
-        write_section = None
-    if write_section is not None:
-        write_section(name, body)
-        return
-    path = os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"
-    )
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = (
-        open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    )
-    block = f"{begin}\n{body.strip()}\n{end}"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # Candidates compared on the validation split (plain search, 64 B).
@@ -744,7 +689,7 @@ def main(argv):
             parts.append(run_coil(FLAGS.data_dir, cache, pca=True))
         section = coil_section(command, time.perf_counter() - started, parts)
         if FLAGS.write_results:
-            _write_section(COIL_SECTION, section)
+            write_section(COIL_SECTION, section)
     else:
         logging.info("COIL-100 part not run (no data or --nocoil).")
 
@@ -794,7 +739,7 @@ queries. COIL-100 mAP: section "Compact search on COIL-100".
 {target}
 """
     if FLAGS.write_results:
-        _write_section(SECTION, section)
+        write_section(SECTION, section)
     logging.info("Synthetic part done in %.1f min", elapsed / 60)
 
 
