@@ -16,6 +16,8 @@ from keras_rmac.search.expansion import average_query_expansion
 from keras_rmac.search.expansion import database_side_augmentation
 from keras_rmac.search.expansion import expand_queries
 from keras_rmac.search.expansion import search_with_query_expansion
+from keras_rmac.search.factory import KINDS
+from keras_rmac.search.factory import make_index
 from keras_rmac.search.scann_index import ScannIndex
 from keras_rmac.search.storage import FORMAT_VERSION
 from keras_rmac.search.storage import IndexMismatchError
@@ -23,6 +25,7 @@ from keras_rmac.search.storage import fingerprint_arrays
 
 __all__ = [
     "FORMAT_VERSION",
+    "KINDS",
     "ExactIndex",
     "Index",
     "IndexMismatchError",
@@ -33,6 +36,7 @@ __all__ = [
     "expand_queries",
     "fingerprint_arrays",
     "load_index",
+    "make_index",
     "search_with_query_expansion",
     "top_k_inner_product",
 ]
