@@ -44,3 +44,33 @@ def mean_and_covariance(
         return None, None, 0
     mean = total / count
     return mean, outer / count - np.outer(mean, mean), count
+
+
+def principal_components(
+    cov: np.ndarray, count: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and eigenvectors of a covariance, largest first.
+
+    The one eigendecomposition behind PCA-whitening (`ShiftPCA`) and the
+    compact index's projection (`keras_rmac.search.projection`).
+
+    Args:
+        cov: `(D, D)` symmetric matrix (float64 recommended).
+        count: int or None. How many components to keep; all by default.
+
+    Returns:
+        `(values, vectors)`: `(count,)` eigenvalues in decreasing order
+        (ties keep NumPy's ascending-order position, reversed stably) and
+        the `(D, count)` matching unit eigenvectors as columns.
+
+    Example:
+
+    >>> values, vectors = principal_components(np.diag([1.0, 3.0, 2.0]))
+    >>> values.tolist()
+    [3.0, 2.0, 1.0]
+    >>> np.abs(vectors[:, 0]).tolist()
+    [0.0, 1.0, 0.0]
+    """
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(-values, kind="stable")[:count]
+    return values[order], vectors[:, order]
