@@ -58,7 +58,7 @@ _OPTIONS = (
         int,
         "Re-mine hard negatives every N epochs.",
     ),
-    ("--pool-size", "pool_size", int, "Images embedded per mining round."),
+    ("--pool-size", "pool_size", int, "Images searched per mining round."),
     (
         "--negatives-per-query",
         "negatives_per_query",
@@ -66,7 +66,7 @@ _OPTIONS = (
         "Hard negatives per query (one per class at most).",
     ),
     ("--positive", "positive", str, "'random' or 'most_similar'."),
-    ("--index", "index", str, "Mining search: 'exact' or 'scann'."),
+    ("--index", "index", str, "Mining search: 'exact' or 'fast' (ScaNN)."),
     ("--checkpoint-every", "checkpoint_every", int, "Steps between backups."),
     ("--seed", "seed", int, "Seed of triplets, order and augmentation."),
     ("--workers", "num_workers", int, "Image decoding threads."),

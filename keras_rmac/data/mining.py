@@ -1,16 +1,16 @@
 """Hard-negative mining for triplet training.
 
 Gordo et al. (2017), Sec. 3.3: triplets with random negatives are soon too
-easy to teach anything, so every few iterations the current network embeds
-a random pool of training images, and for each query the most similar
-images of *other* classes (at most one per class, so one confusable class
-does not fill every slot) become its negatives. Positives come from the
-query's class, at random or, optionally, the most similar one in the pool
-(Radenovic et al., 2018).
+easy to teach anything, so every few iterations the current network
+extracts the descriptors of a random pool of training images, and for each
+query the most similar images of *other* classes (at most one per class, so
+one confusable class does not fill every slot) become its negatives.
+Positives come from the query's class, at random or, optionally, the most
+similar one in the pool (Radenovic et al., 2018).
 
 `mine_hard_negatives` is the pure step on descriptors, searched with a
-`keras_rmac.search` index (exact, or ScaNN for large pools) or an internal
-NumPy exact search when that package is unavailable.
+`keras_rmac.search` index (`make_index`: exact, or ScaNN's "fast" mode for
+large pools).
 `HardNegativeMiner` is the Keras callback that runs it during `fit` and
 writes the new triplets to the `TripletTable` the training dataset reads.
 
@@ -21,6 +21,7 @@ Reference:
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 
 import keras
@@ -32,99 +33,49 @@ from keras_rmac.data.triplets import TripletTable
 from keras_rmac.data.triplets import check_trainable
 from keras_rmac.data.triplets import image_dataset
 from keras_rmac.data.triplets import random_triplets
+from keras_rmac.search import make_index
 
 logger = logging.getLogger(__name__)
 
 POSITIVE_MODES = ("random", "most_similar")
 
 
-class NumpyIndex:
-    """Exact inner-product search in NumPy, in blocks of queries.
+OLD_INDEX_KINDS = {"scann": "fast", "numpy": "exact"}
+"""Deprecated `index` spellings of 0.2.0 and the `make_index` kind of each."""
 
-    The fallback when `keras_rmac.search` is not available; same
-    interface: `add(descriptors, ids)`, `search(queries, k) -> (ids,
-    scores)`, best first, `-1` ids when fewer than `k` vectors exist.
 
-    Args:
-        dim: int. Descriptor dimension.
-        block: int. Queries scored per matrix product. Defaults to `1024`.
+def _index_kind(kind):
+    """`kind` for `keras_rmac.search.make_index`, old spellings mapped."""
+    if isinstance(kind, str) and kind in OLD_INDEX_KINDS:
+        new = OLD_INDEX_KINDS[kind]
+        warnings.warn(
+            f"index={kind!r} is deprecated; use index={new!r}.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return new
+    return kind
+
+
+def optimizer_step(optimizer) -> int:
+    """Batches the optimizer has processed.
+
+    With gradient accumulation, Keras's public `iterations` counts applied
+    updates (batches // accumulation steps); the raw counter, saved with
+    the weights, counts batches. Mining every N steps and the training
+    checkpoints (`keras_rmac.training`) both count with it.
+
+    Example:
+
+    >>> import keras
+    >>> optimizer = keras.optimizers.SGD(gradient_accumulation_steps=2)
+    >>> optimizer_step(optimizer)
+    0
     """
-
-    def __init__(self, dim: int, block: int = 1024):
-        self.dim = int(dim)
-        self.block = int(block)
-        self._data = np.zeros((0, self.dim), np.float32)
-        self._ids = np.zeros((0,), np.int64)
-
-    def add(self, descriptors, ids) -> None:
-        descriptors = np.asarray(descriptors, np.float32)
-        if descriptors.ndim != 2 or descriptors.shape[1] != self.dim:
-            raise ValueError(
-                f"Expected descriptors of shape (N, {self.dim}), got "
-                f"{descriptors.shape}."
-            )
-        self._data = np.concatenate([self._data, descriptors])
-        self._ids = np.concatenate([self._ids, np.asarray(ids, np.int64)])
-
-    def search(self, queries, k: int):
-        queries = np.asarray(queries, np.float32)
-        n = len(self._data)
-        kk = min(int(k), n)
-        ids = np.full((len(queries), int(k)), -1, np.int64)
-        scores = np.full((len(queries), int(k)), -np.inf, np.float32)
-        for start in range(0, len(queries), self.block):
-            sims = queries[start : start + self.block] @ self._data.T
-            if kk < n:
-                top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-            else:
-                top = np.broadcast_to(np.arange(n), (len(sims), n))
-            top_scores = np.take_along_axis(sims, top, axis=1)
-            # Stable order: score descending, then position ascending.
-            order = np.lexsort((top, -top_scores), axis=1)
-            top = np.take_along_axis(top, order, axis=1)
-            rows = slice(start, start + len(sims))
-            ids[rows, :kk] = self._ids[top]
-            scores[rows, :kk] = np.take_along_axis(sims, top, axis=1)
-        return ids, scores
-
-
-def make_index(kind, dim: int):
-    """A nearest-neighbour index with `add`/`search`.
-
-    Args:
-        kind: `"exact"` (`keras_rmac.search.ExactIndex`, or `NumpyIndex`
-            when that package is missing), `"scann"`
-            (`keras_rmac.search.ScannIndex`, approximate, for pools of
-            hundreds of thousands of images), `"numpy"`, or a callable
-            `dim -> index`.
-        dim: int. Descriptor dimension.
-    """
-    if callable(kind):
-        return kind(dim)
-    if kind == "numpy":
-        return NumpyIndex(dim)
-    if kind in ("exact", "scann"):
-        try:
-            from keras_rmac import search
-        except ImportError:  # pragma: no cover - package always present
-            search = None
-        name = "ExactIndex" if kind == "exact" else "ScannIndex"
-        cls = getattr(search, name, None)
-        if cls is None:
-            if kind == "scann":
-                raise ValueError(
-                    "index='scann' needs keras_rmac.search.ScannIndex, "
-                    "which is not available; use index='exact'."
-                )
-            logger.debug("keras_rmac.search.ExactIndex missing; using NumPy")
-            return NumpyIndex(dim)
-        if kind == "scann":
-            return cls(dim, mode="fast")
-        return cls(dim)
-    raise ValueError(
-        f"Unknown index={kind!r}; use 'exact', 'scann', 'numpy' or a "
-        "callable dim -> index."
-    )
+    counter = getattr(optimizer, "_iterations", None)
+    if counter is None:
+        counter = optimizer.iterations
+    return int(np.asarray(counter))
 
 
 def mine_hard_negatives(
@@ -150,11 +101,23 @@ def mine_hard_negatives(
         pool_descriptors: float array `(P, D)`.
         pool_labels: int array `(P,)`.
         num_negatives: int. Negatives per query. Defaults to `1`.
-        index: as `kind` in `make_index`. Defaults to `"exact"`.
+        index: the `kind` of `keras_rmac.search.make_index`: `"exact"`,
+            `"fast"` (ScaNN, approximate, for pools of hundreds of
+            thousands of images) or a callable `dimension -> Index`
+            (`"numpy"` and `"scann"` are deprecated spellings of `"exact"`
+            and `"fast"`). Defaults to `"exact"`.
 
     Returns:
         int64 array `(Q, num_negatives)` of pool positions, hardest first,
         `-1` where fewer than `num_negatives` other classes exist.
+
+    Example:
+
+    >>> import numpy as np
+    >>> angles = np.deg2rad([0, 10, 20, 90])
+    >>> pool = np.stack([np.cos(angles), np.sin(angles)], 1)
+    >>> mine_hard_negatives(pool[:1], [0], pool, [0, 1, 1, 2], 2)
+    array([[1, 3]])
     """
     queries = np.asarray(query_descriptors, np.float32)
     pool = np.asarray(pool_descriptors, np.float32)
@@ -171,7 +134,7 @@ def mine_hard_negatives(
     out = np.full((len(queries), num_negatives), -1, np.int64)
     if not len(queries) or not len(pool):
         return out
-    searcher = make_index(index, pool.shape[1])
+    searcher = make_index(_index_kind(index), pool.shape[1])
     searcher.add(pool, np.arange(len(pool), dtype=np.int64))
     todo = np.arange(len(queries))
     k = min(len(pool), 4 * num_negatives + 16)
@@ -257,13 +220,14 @@ class HardNegativeMiner(keras.callbacks.Callback):
     """Re-mines the triplet table with the current weights during `fit`.
 
     At the start of every `every_n_epochs`-th epoch (and/or every
-    `every_n_steps` optimizer steps), a random pool of `pool_size` training
-    images is embedded with the model's current weights (inference mode,
-    resized as in training, no augmentation). Queries are drawn from the
-    pool; each gets `negatives_per_query` hardest negatives (at most one per
-    class, `mine_hard_negatives`) and a positive from its class
-    (`positive`). The table keeps its size (rows beyond the mined ones are
-    filled with random triplets), so epochs keep their length.
+    `every_n_steps` optimizer steps), the descriptors of a random pool of
+    `pool_size` training images are extracted with the model's current
+    weights (inference mode, resized as in training, no augmentation).
+    Queries are drawn from the pool; each gets `negatives_per_query` hardest
+    negatives (at most one per class, `mine_hard_negatives`) and a positive
+    from its class (`positive`). The table keeps its size (rows beyond the
+    mined ones are filled with random triplets), so epochs keep their
+    length.
 
     Mining at epoch starts is exactly reproducible: the pool and queries are
     drawn from `(seed, epoch)`, and a run resumed from a checkpoint does not
@@ -276,25 +240,29 @@ class HardNegativeMiner(keras.callbacks.Callback):
         table: `TripletTable` read by the training dataset.
         image_size: int or None. As in `triplet_dataset`. Defaults to 224.
         resize: `"square"` or `"longest"`. Defaults to `"square"`.
-        pool_size: int. Images embedded per mining round. Defaults to
-            `2000`.
+        pool_size: int. Images whose descriptors are extracted per mining
+            round. Defaults to `2000`.
         negatives_per_query: int. Defaults to `1`.
         positive: `"random"` or `"most_similar"`. Defaults to `"random"`.
         every_n_epochs: int or None. Defaults to `1`.
         every_n_steps: int or None. Mine every this many batches.
             Defaults to None.
-        index: as `kind` in `make_index`. Defaults to `"exact"`.
+        index: as in `mine_hard_negatives`. Defaults to `"exact"`.
         batch_size: int. Images per forward pass. Defaults to `32`.
         seed: int. Defaults to `0`.
         embedding: model or None: the descriptor model; None uses
             `self.model.embedding` (the `TripletModel`'s). Defaults to None.
-        embed_fn: callable or None: `indices -> (descriptors, kept
+        extract_fn: callable or None: `indices -> (descriptors, kept
             indices)`, replacing the image pipeline (e.g. descriptors from
-            cached features). Defaults to None.
+            cached features). Defaults to None. `embed_fn` is its
+            deprecated name.
         verbose: int. 1 logs each round at INFO. Defaults to `1`.
+
+    The constructor keeps one keyword argument per setting (the callback's
+    documented public API), hence more than the house limit of 8.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - documented public constructor
         self,
         images: LabelledImages,
         table: TripletTable,
@@ -309,10 +277,12 @@ class HardNegativeMiner(keras.callbacks.Callback):
         batch_size: int = 32,
         seed: int = 0,
         embedding=None,
-        embed_fn: Callable | None = None,
+        extract_fn: Callable | None = None,
         verbose: int = 1,
+        **deprecated,
     ):
         super().__init__()
+        extract_fn = _renamed(deprecated, "embed_fn", "extract_fn", extract_fn)
         check_trainable(images.labels)
         if positive not in POSITIVE_MODES:
             raise ValueError(
@@ -334,31 +304,41 @@ class HardNegativeMiner(keras.callbacks.Callback):
         self.positive = positive
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
-        self.index = index
+        self.index = _index_kind(index)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.embedding = embedding
-        self.embed_fn = embed_fn
+        self.extract_fn = extract_fn
         self.verbose = verbose
         self.history = []
-        self._embed_fn = None
+        self._extract = None
         self._epoch = 0
 
     def _embedding_model(self):
         return self.embedding or self.model.embedding
 
-    def embed(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def embed_fn(self):
+        """Deprecated name of `extract_fn`."""
+        warnings.warn(
+            "HardNegativeMiner.embed_fn is deprecated; use extract_fn.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.extract_fn
+
+    def extract(self, indices) -> tuple[np.ndarray, np.ndarray]:
         """Descriptors of images `indices` with the current weights.
 
         Returns:
             `(descriptors (M, D), kept indices (M,))`: unreadable images
             are skipped.
         """
-        if self.embed_fn is not None:
-            return self.embed_fn(indices)
+        if self.extract_fn is not None:
+            return self.extract_fn(indices)
         model = self._embedding_model()
-        if self._embed_fn is None:
-            self._embed_fn = tf.function(
+        if self._extract is None:
+            self._extract = tf.function(
                 lambda x: model(x, training=False),
                 reduce_retracing=True,
                 autograph=False,
@@ -368,11 +348,20 @@ class HardNegativeMiner(keras.callbacks.Callback):
         ).batch(self.batch_size if self.resize == "square" else 1)
         descriptors, kept = [], []
         for batch, index in ds:
-            descriptors.append(np.asarray(self._embed_fn(batch)))
+            descriptors.append(np.asarray(self._extract(batch)))
             kept.append(index.numpy())
         if not descriptors:
             return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
         return np.concatenate(descriptors), np.concatenate(kept)
+
+    def embed(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """Deprecated name of `extract`."""
+        warnings.warn(
+            "HardNegativeMiner.embed is deprecated; use extract.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.extract(indices)
 
     def mine(self, epoch: int) -> np.ndarray:
         """Runs one mining round and writes the table; returns it."""
@@ -382,7 +371,7 @@ class HardNegativeMiner(keras.callbacks.Callback):
         rng = np.random.default_rng([self.seed, int(epoch), 7])
         pool_size = min(self.pool_size, len(labels))
         pool = np.sort(rng.choice(len(labels), pool_size, replace=False))
-        descriptors, pool = self.embed(pool)
+        descriptors, pool = self.extract(pool)
         counts = np.bincount(labels, minlength=len(self.images.class_names))
         eligible = np.flatnonzero(counts[labels[pool]] >= 2)
         num_queries = min(len(eligible), -(-size // self.negatives_per_query))
@@ -462,11 +451,23 @@ class HardNegativeMiner(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if not self.every_n_steps:
             return
-        # Batches seen (Keras's public `iterations` counts updates, which
-        # differs under gradient accumulation).
-        optimizer = self.model.optimizer
-        step = int(
-            np.asarray(getattr(optimizer, "_iterations", optimizer.iterations))
-        )
-        if step % self.every_n_steps == 0:
+        # Batches seen, not updates (they differ under accumulation).
+        if optimizer_step(self.model.optimizer) % self.every_n_steps == 0:
             self.mine(self._epoch)
+
+
+def _renamed(deprecated, old, new, value):
+    """`value`, or the one deprecated keyword `old` in `deprecated`."""
+    unknown = sorted(set(deprecated) - {old})
+    if unknown:
+        raise TypeError(f"Unexpected keyword arguments: {unknown}.")
+    if old not in deprecated:
+        return value
+    warnings.warn(
+        f"`{old}` is deprecated; pass `{new}`.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if value is not None:
+        raise TypeError(f"Pass `{new}` or `{old}`, not both.")
+    return deprecated[old]

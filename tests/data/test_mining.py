@@ -9,6 +9,7 @@ from PIL import Image
 
 from keras_rmac.data import mining
 from keras_rmac.data import triplets as T
+from keras_rmac.search import ExactIndex
 
 
 def _unit(v):
@@ -21,11 +22,13 @@ def _angles(degrees):
     return _unit(np.stack([np.cos(rad), np.sin(rad)], axis=1))
 
 
-def test_numpy_index_matches_brute_force():
+def test_exact_index_matches_brute_force():
+    # Mining's exact search (NumpyIndex before keras_rmac.search): blocks of
+    # scores, ties by position, -1 padding.
     rng = np.random.default_rng(0)
     data = _unit(rng.normal(size=(50, 6)))
     queries = _unit(rng.normal(size=(7, 6)))
-    index = mining.NumpyIndex(6, block=3)
+    index = ExactIndex(6, block_bytes=4 * 3 * 7)
     index.add(data[:20], np.arange(100, 120))
     index.add(data[20:], np.arange(120, 150))
     ids, scores = index.search(queries, 5)
@@ -47,7 +50,7 @@ def test_hardest_negative_of_another_class_at_most_one_per_class():
     queries = _angles([0, 31])
     pool = _angles(pool_deg)
     got = mining.mine_hard_negatives(
-        queries, [0, 2], pool, pool_lab, num_negatives=3, index="numpy"
+        queries, [0, 2], pool, pool_lab, num_negatives=3, index="exact"
     )
     # Query 0: class 1 at 10 deg (hardest), class 2 at 20 (12 deg is class 1
     # again: skipped), class 3 at 40.
@@ -57,7 +60,7 @@ def test_hardest_negative_of_another_class_at_most_one_per_class():
     assert got[1].tolist() == [6, 3, 1]
     # Only 4 other classes exist for query 0: padded with -1.
     got = mining.mine_hard_negatives(
-        queries[:1], [0], pool, pool_lab, num_negatives=6, index="numpy"
+        queries[:1], [0], pool, pool_lab, num_negatives=6, index="exact"
     )
     assert got[0].tolist() == [2, 4, 6, 7, -1, -1]
 
@@ -67,7 +70,7 @@ def test_search_widens_when_one_class_fills_the_neighbourhood():
     pool = _angles(np.concatenate([np.linspace(1, 10, 40), [170.0]]))
     labels = np.array([1] * 40 + [2])
     got = mining.mine_hard_negatives(
-        _angles([0]), [0], pool, labels, num_negatives=2, index="numpy"
+        _angles([0]), [0], pool, labels, num_negatives=2, index="exact"
     )
     assert got[0].tolist() == [0, 40]
 
@@ -78,8 +81,14 @@ def test_exact_index_from_search_package_agrees():
     labels = rng.integers(0, 6, 60)
     queries = _unit(rng.normal(size=(9, 8)))
     qlabels = rng.integers(0, 6, 9)
+    # A callable index (here an exact one scoring in blocks of 5 rows).
     want = mining.mine_hard_negatives(
-        queries, qlabels, pool, labels, 3, "numpy"
+        queries,
+        qlabels,
+        pool,
+        labels,
+        3,
+        lambda dimension: ExactIndex(dimension, block_bytes=4 * 9 * 5),
     )
     got = mining.mine_hard_negatives(queries, qlabels, pool, labels, 3, "exact")
     np.testing.assert_array_equal(got, want)
@@ -131,7 +140,7 @@ def test_miner_callback_rewrites_table(tmp_path):
         image_size=8,
         pool_size=12,
         embedding=ColourEmbedding(),
-        index="numpy",
+        index="exact",
         verbose=0,
     )
     miner.on_epoch_begin(0)
@@ -159,3 +168,26 @@ def test_miner_callback_rewrites_table(tmp_path):
     os.remove(paths[0])  # unreadable image: skipped, mining still works
     miner.on_epoch_begin(2)
     assert 0 not in table.snapshot()[:, 0]
+
+
+def test_old_index_spellings_are_deprecated_aliases():
+    pool = _angles([0, 10, 20, 90])
+    with pytest.warns(DeprecationWarning, match="'exact'"):
+        got = mining.mine_hard_negatives(
+            pool[:1], [0], pool, [0, 1, 1, 2], 2, "numpy"
+        )
+    assert got.tolist() == [[1, 3]]
+    images = T.LabelledImages.from_labels(["a", "b", "c", "d"], [0, 0, 1, 1])
+    table = T.TripletTable(T.random_triplets(images.labels, 4, 0))
+    with pytest.warns(DeprecationWarning, match="'fast'"):
+        miner = mining.HardNegativeMiner(images, table, index="scann")
+    assert miner.index == "fast"
+    extract = object()
+    with pytest.warns(DeprecationWarning, match="extract_fn"):
+        miner = mining.HardNegativeMiner(images, table, embed_fn=extract)
+    assert miner.extract_fn is extract
+    with pytest.raises(TypeError, match="not both"):
+        with pytest.warns(DeprecationWarning):
+            mining.HardNegativeMiner(
+                images, table, embed_fn=extract, extract_fn=extract
+            )

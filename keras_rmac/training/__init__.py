@@ -1,0 +1,66 @@
+"""One training procedure shared by `keras-rmac train` and the examples.
+
+`train(config)` runs the whole recipe of Gordo et al. (2017) on a labelled
+image list:
+
+1. read the list (CSV, folder per class or COIL-100's train split) and
+   decode every image once, dropping and listing the bad ones;
+2. build the `RMACModel`, learn shift + PCA-whitening from the region
+   vectors of training images (`adapt_pca`);
+3. wrap it in a `TripletModel` (BatchNorm frozen, early backbone layers
+   optionally frozen) and compile it;
+4. `model.fit` on the triplet dataset, with hard-negative mining, a CSV log
+   of the loss, and `ResumableBackupAndRestore` checkpoints every
+   `checkpoint_every` steps;
+5. save the trained `RMACModel` as `<output_dir>/model.keras`.
+
+Resuming: run the same command again after an interruption (even
+`kill -9`): weights, optimizer state, the triplet table and the position in
+the epoch are restored from `<output_dir>/backup`, and the remaining steps
+see the same triplets, in the same order and with the same augmentation, as
+an uninterrupted run (the epoch order and augmentation are seeded by epoch
+and position, see `keras_rmac.data.triplets`).
+
+Distribution: pass a `tf.distribute` strategy (`MirroredStrategy` for
+several devices of one machine, `MultiWorkerMirroredStrategy` for several
+machines with `TF_CONFIG` set); the model is built and compiled in its
+scope and `batch_size` is the global batch. Every worker writes its own
+backup folder (non-chief workers under `<output_dir>/workers/<id>`), and
+only the chief writes the final model.
+
+Modules: `config` (`TrainConfig`), `callbacks` (`ResumableBackupAndRestore`,
+`RandomTriplets`), `feature_cache` (cached frozen-prefix features) and
+`loop` (`train` and its steps).
+"""
+
+from keras_rmac.data.mining import optimizer_step
+from keras_rmac.training.callbacks import RandomTriplets
+from keras_rmac.training.callbacks import ResumableBackupAndRestore
+from keras_rmac.training.config import OPTIMIZERS
+from keras_rmac.training.config import TrainConfig
+from keras_rmac.training.feature_cache import adapt_pca_from_features
+from keras_rmac.training.feature_cache import cache_key
+from keras_rmac.training.feature_cache import cached_features
+from keras_rmac.training.feature_cache import feature_extract_fn
+from keras_rmac.training.loop import TrainResult
+from keras_rmac.training.loop import adapt_pca
+from keras_rmac.training.loop import build_optimizer
+from keras_rmac.training.loop import load_training_images
+from keras_rmac.training.loop import train
+
+__all__ = [
+    "OPTIMIZERS",
+    "RandomTriplets",
+    "ResumableBackupAndRestore",
+    "TrainConfig",
+    "TrainResult",
+    "adapt_pca",
+    "adapt_pca_from_features",
+    "build_optimizer",
+    "cache_key",
+    "cached_features",
+    "feature_extract_fn",
+    "load_training_images",
+    "optimizer_step",
+    "train",
+]

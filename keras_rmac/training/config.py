@@ -1,0 +1,167 @@
+"""The settings of a training run: `TrainConfig`."""
+
+import dataclasses
+import json
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs; see `train`.
+
+    Data (exactly one of `train_list`, `train_dir`, `coil100`):
+        train_list: CSV `path,label[,x0,y0,x1,y1]` (or a Google Landmarks
+            train / train_clean CSV); see `triplets.read_image_list`.
+        image_root: folder the CSV paths are relative to (default: the
+            CSV's folder).
+        train_dir: folder with one sub-folder of images per class.
+        coil100: COIL-100 folder: trains on the project's train split.
+        use_boxes: crop images to the CSV boxes. Defaults to False.
+
+    Model:
+        backbone, weights, levels, pooling, pca_dim: as in `RMACModel`.
+        trainable_from: first backbone layer trained (name), or fraction
+            of the backbone frozen; None trains all.
+        freeze_batchnorm: BatchNorm in inference mode with fixed
+            scale/offset. Defaults to True.
+        pca_images: images used to learn shift + PCA-whitening (0 skips
+            it). Defaults to 1000.
+
+    Images:
+        image_size: side S in pixels. Defaults to 224.
+        resize: "square" or "longest" (batch_size 1). Defaults to
+            "square".
+        augment: light augmentation. Defaults to True.
+        cache_features: run the frozen part of the backbone (the layers
+            before `trainable_from`, which must be a layer name) once per
+            training image, keep its output in memory (and in
+            `output_dir`), and train only the rest on it. Steps then cost
+            the tail alone: on CPU, many times faster. Needs
+            `augment=False` (a cached image has one version). Defaults to
+            False.
+
+    Optimisation:
+        optimizer: "adam" or "sgd" (momentum 0.9). Defaults to "adam".
+        learning_rate: Defaults to 1e-5.
+        lr_decay: learning rate multiplied by this every epoch (exponential
+            schedule on steps). Defaults to 1.0.
+        weight_decay: Defaults to 0.
+        margin: triplet margin. Defaults to 0.1.
+        batch_size: triplets per step (global). Defaults to 8.
+        gradient_accumulation_steps: Defaults to None.
+        epochs: Defaults to 10.
+        steps_per_epoch: triplet table size = steps_per_epoch * batch_size.
+            Defaults to 100.
+
+    Mining:
+        mining: hard-negative mining (else random triplets, redrawn every
+            epoch). Defaults to True.
+        mine_every_n_epochs: Defaults to 1.
+        pool_size: images whose descriptors are extracted per mining
+            round. Defaults to 2000.
+        negatives_per_query: Defaults to 1.
+        positive: "random" or "most_similar". Defaults to "random".
+        index: mining search, a `keras_rmac.search.make_index` kind:
+            "exact" or "fast" (ScaNN, for pools of hundreds of thousands
+            of images); "scann" is the deprecated spelling of "fast".
+            Defaults to "exact".
+
+    Run:
+        output_dir: where the log, checkpoints, bad-file list and final
+            model go. Defaults to "rmac_training".
+        checkpoint_every: steps between checkpoints. Defaults to 50.
+        seed: Defaults to 0.
+        num_workers: decoding threads. Defaults to 4.
+        verbose: Keras fit verbosity. Defaults to 1.
+    """
+
+    train_list: str | None = None
+    image_root: str | None = None
+    train_dir: str | None = None
+    coil100: str | None = None
+    use_boxes: bool = False
+    backbone: str = "mobilenet_v2"
+    weights: str | None = "imagenet"
+    levels: int = 3
+    pooling: str = "rmac"
+    pca_dim: int | None = None
+    trainable_from: str | float | None = None
+    freeze_batchnorm: bool = True
+    pca_images: int = 1000
+    image_size: int | None = 224
+    resize: str = "square"
+    augment: bool = True
+    cache_features: bool = False
+    optimizer: str = "adam"
+    learning_rate: float = 1e-5
+    lr_decay: float = 1.0
+    weight_decay: float = 0.0
+    margin: float = 0.1
+    batch_size: int = 8
+    gradient_accumulation_steps: int | None = None
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    mining: bool = True
+    mine_every_n_epochs: int = 1
+    pool_size: int = 2000
+    negatives_per_query: int = 1
+    positive: str = "random"
+    index: str = "exact"
+    output_dir: str = "rmac_training"
+    checkpoint_every: int = 50
+    seed: int = 0
+    num_workers: int = 4
+    verbose: int = 1
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first invalid setting."""
+        sources = [self.train_list, self.train_dir, self.coil100]
+        if sum(s is not None for s in sources) != 1:
+            raise ValueError(
+                "Give exactly one training source: train_list (CSV), "
+                "train_dir (folder per class) or coil100; got "
+                f"train_list={self.train_list!r}, train_dir="
+                f"{self.train_dir!r}, coil100={self.coil100!r}."
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer={self.optimizer!r}; choose one of {OPTIMIZERS}."
+            )
+        positive = (
+            "batch_size",
+            "epochs",
+            "steps_per_epoch",
+            "checkpoint_every",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name} must be >= 1, got {getattr(self, name)}."
+                )
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"learning_rate must be > 0, got {self.learning_rate}."
+            )
+        if self.cache_features and (
+            not isinstance(self.trainable_from, str) or self.augment
+        ):
+            raise ValueError(
+                "cache_features=True needs trainable_from=<backbone layer "
+                "name> (where the cached part ends) and augment=False; got "
+                f"trainable_from={self.trainable_from!r}, "
+                f"augment={self.augment}."
+            )
+
+    def to_json(self) -> str:
+        """The settings as JSON (what `train` writes to `config.json`).
+
+        Example:
+
+        >>> config = TrainConfig(train_dir="photos", epochs=3)
+        >>> config.validate()
+        >>> import json
+        >>> json.loads(config.to_json())["epochs"]
+        3
+        """
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
