@@ -23,6 +23,7 @@ from PIL import ImageDraw
 from PIL import ImageFont
 from PIL import ImageOps
 
+from keras_rmac import fileio
 from keras_rmac.data import image_io
 from keras_rmac.display import display_path
 
@@ -227,7 +228,9 @@ def contact_sheet(
                 **ltr,
             )
     if path is not None:
-        sheet.save(os.fspath(path))
+        # The temporary file keeps the extension, which picks the format.
+        with fileio.atomic_write(path) as tmp:
+            sheet.save(tmp)
     return sheet
 
 
@@ -318,6 +321,6 @@ def write_html(
     path: str | os.PathLike,
     **kwargs,
 ) -> None:
-    """Writes `results_html(query, results, **kwargs)` to `path` (UTF-8)."""
-    with open(os.fspath(path), "w", encoding="utf-8") as f:
-        f.write(results_html(query, results, **kwargs))
+    """Writes `results_html(query, results, **kwargs)` to `path` (UTF-8),
+    atomically (see `keras_rmac.fileio.atomic_write`)."""
+    fileio.atomic_write_text(path, results_html(query, results, **kwargs))
