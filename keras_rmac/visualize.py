@@ -3,7 +3,10 @@
 Both show the query first, then the ranked results with their rank and
 score. Photos are read with `keras_rmac.data.image_io.load_image`, so they
 appear upright (EXIF orientation applied); a result whose file can no
-longer be read is drawn as a grey tile saying why, never an error.
+longer be read is drawn as a grey tile saying why, never an error. File
+names are shown in `keras_rmac.display.display_path`'s one-line form
+(control characters and undecodable bytes as escapes such as `\\n` and
+`\\xff`), the same form `keras-rmac search` prints.
 """
 
 import base64
@@ -20,7 +23,9 @@ from PIL import ImageDraw
 from PIL import ImageFont
 from PIL import ImageOps
 
+from keras_rmac import fileio
 from keras_rmac.data import image_io
+from keras_rmac.display import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +66,31 @@ def _thumbnail(source, size: int) -> tuple[Image.Image, str | None]:
     return image, error
 
 
+# Tried in order: DejaVu Sans (on most Linux systems) draws Greek,
+# Cyrillic, Hebrew and Arabic names that Pillow's own font shows as boxes.
+_FONT_FILES = ("DejaVuSans.ttf",)
+
+
 def _font(size: int):
+    for name in _FONT_FILES:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: fixed-size bitmap font.
         return ImageFont.load_default()
+
+
+def _left_to_right(font) -> dict:
+    """`draw.text` options for a left-to-right line where Pillow lays text
+    out with libraqm: a Hebrew or Arabic name then keeps its extension on
+    the right, as a terminal or a browser shows it. Without libraqm, text
+    is drawn left to right anyway and `direction` is refused."""
+    if getattr(font, "layout_engine", None) == ImageFont.Layout.RAQM:
+        return {"direction": "ltr"}
+    return {}
 
 
 def _wrap(draw, text: str, font, width: int, max_lines: int) -> list[str]:
@@ -83,17 +108,13 @@ def _wrap(draw, text: str, font, width: int, max_lines: int) -> list[str]:
     if len(lines) > max_lines:
         lines = lines[:max_lines]
         lines[-1] += " ..."
-    return [_fit_text(draw, line, font, width, left=False) for line in lines]
+    return [_fit_text(draw, line, font, width) for line in lines]
 
 
-def _fit_text(draw, text: str, font, width: int, left=True) -> str:
-    """`text` cut with an ellipsis (on the left, or the right) to fit."""
+def _fit_text(draw, text: str, font, width: int) -> str:
+    """`text` cut on the right with an ellipsis to fit `width` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text
-    if left:
-        while text and draw.textlength("..." + text, font=font) > width:
-            text = text[1:]
-        return "..." + text
     while text and draw.textlength(text + "...", font=font) > width:
         text = text[:-1]
     return text + "..."
@@ -110,7 +131,9 @@ def contact_sheet(
     """Draws the query and its ranked results on one image.
 
     The query comes first in a red frame, then one tile per result with
-    `#rank  score` and the file name under its thumbnail.
+    `#rank  score` and the file name under its thumbnail, in its display
+    form (`keras_rmac.display.display_path`), shortened in the middle
+    with `…` when it is wider than the thumbnail.
 
     Args:
         query: str, os.PathLike or `(H, W, 3)` uint8 array. The query.
@@ -147,6 +170,7 @@ def contact_sheet(
     rows = math.ceil(tiles / columns)
     font_size = max(10, thumb_size // 12)
     font = _font(font_size)
+    ltr = _left_to_right(font)
     pad = 8
     text_h = 2 * (font_size + 4)
     cell_w = thumb_size + 2 * pad
@@ -185,8 +209,15 @@ def contact_sheet(
             name = source
         lines = [label]
         if name is not None:
+            # One line, escaped, shortened in the middle (keeps the end).
             lines.append(
-                _fit_text(draw, os.path.basename(name), font, thumb_size)
+                display_path(
+                    os.path.basename(os.fsdecode(name)),
+                    width=thumb_size,
+                    measure=lambda text: draw.textlength(
+                        text, font=font, **ltr
+                    ),
+                )
             )
         for j, line in enumerate(lines):
             draw.text(
@@ -194,9 +225,12 @@ def contact_sheet(
                 line,
                 fill=_QUERY_FRAME if i == 0 and j == 0 else _TEXT,
                 font=font,
+                **ltr,
             )
     if path is not None:
-        sheet.save(os.fspath(path))
+        # The temporary file keeps the extension, which picks the format.
+        with fileio.atomic_write(path) as tmp:
+            sheet.save(tmp)
     return sheet
 
 
@@ -218,6 +252,8 @@ def results_html(
 
     Every thumbnail is embedded as a base64 JPEG `data:` URI, so the page
     references no other file and can be mailed or archived on its own.
+    Paths are shown in their display form (`keras_rmac.display`), then
+    HTML-escaped.
 
     Args:
         query: str, os.PathLike or `(H, W, 3)` uint8 array. The query.
@@ -241,7 +277,9 @@ def results_html(
     def figure(source, caption, name, extra_class=""):
         thumb, error = _thumbnail(source, int(thumb_size))
         note = f'<div class="err">{esc(error)}</div>' if error else ""
-        link = f'<div class="path">{esc(name)}</div>' if name else ""
+        link = (
+            f'<div class="path">{esc(display_path(name))}</div>' if name else ""
+        )
         return (
             f'<figure class="{extra_class}"><img src="{_data_uri(thumb)}" '
             f'alt="{esc(caption)}"><figcaption><b>{esc(caption)}</b>'
@@ -253,7 +291,8 @@ def results_html(
     for rank, score, path in items:
         parts.append(figure(path, f"#{rank}  {score:.4f}", path))
     rows = "".join(
-        f"<tr><td>{rank}</td><td>{score:.4f}</td><td>{esc(path)}</td></tr>"
+        f"<tr><td>{rank}</td><td>{score:.4f}</td>"
+        f"<td>{esc(display_path(path))}</td></tr>"
         for rank, score, path in items
     )
     return f"""<!DOCTYPE html>
@@ -282,6 +321,6 @@ def write_html(
     path: str | os.PathLike,
     **kwargs,
 ) -> None:
-    """Writes `results_html(query, results, **kwargs)` to `path` (UTF-8)."""
-    with open(os.fspath(path), "w", encoding="utf-8") as f:
-        f.write(results_html(query, results, **kwargs))
+    """Writes `results_html(query, results, **kwargs)` to `path` (UTF-8),
+    atomically (see `keras_rmac.fileio.atomic_write`)."""
+    fileio.atomic_write_text(path, results_html(query, results, **kwargs))

@@ -1,15 +1,21 @@
 """Contact sheet and HTML page of search results."""
 
 import base64
+import html
 import io
+import os
 import re
 
 import numpy as np
 import pytest
 from PIL import Image
+from PIL import ImageDraw
 
 from keras_rmac import visualize
+from keras_rmac.display import ELLIPSIS
+from keras_rmac.display import display_path
 from keras_rmac.indexing import SearchResult
+from tests import odd_names
 from tests.cli import photos
 
 WHITE = np.array([255, 255, 255])
@@ -124,3 +130,107 @@ def test_html_is_self_contained(results, tmp_path):
         ("3", "0.2500"),
         ("4", "0.1000"),
     ]
+
+
+@pytest.fixture
+def odd_results(tmp_path):
+    """One result per odd name (see `tests.odd_names`), best first."""
+    paths = odd_names.make_odd_folder(str(tmp_path / "odd"))
+    return [
+        SearchResult(i + 1, 1 - i / 100, path) for i, path in enumerate(paths)
+    ]
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """`(method, text)` for every string handed to Pillow's text drawing
+    (`text`) and measuring (`textlength`, `textbbox`)."""
+    texts = []
+    for method in ("text", "textlength", "textbbox"):
+        original = getattr(ImageDraw.ImageDraw, method)
+
+        def spy(
+            self, xy_or_text, *args, _original=original, _method=method, **kw
+        ):
+            text = xy_or_text if isinstance(xy_or_text, str) else args[0]
+            texts.append((_method, text))
+            return _original(self, xy_or_text, *args, **kw)
+
+        monkeypatch.setattr(ImageDraw.ImageDraw, method, spy)
+    return texts
+
+
+@pytest.mark.parametrize("thumb_size", [64, 160])
+def test_contact_sheet_draws_odd_names(
+    odd_results, drawn, tmp_path, thumb_size
+):
+    out = tmp_path / "odd.png"
+    query = odd_results[0].path  # new\nline.jpg: the query's name too
+    sheet = visualize.contact_sheet(
+        query, odd_results, out, thumb_size=thumb_size, columns=4
+    )
+    with Image.open(out) as reloaded:
+        assert reloaded.format == "PNG" and reloaded.size == sheet.size
+        pixels = np.asarray(reloaded.convert("RGB")).astype(int)
+    tiles = 1 + len(odd_results)
+    font = max(10, thumb_size // 12)
+    cell_w = thumb_size + 16
+    cell_h = thumb_size + 16 + 2 * (font + 4)
+    assert sheet.size == (4 * cell_w, -(-tiles // 4) * cell_h)
+    for i in range(tiles):  # a photo in every tile, a name under each
+        thumb = _tile(pixels, i, 4, thumb_size)
+        assert (thumb != 255).any(axis=-1).mean() > 0.5, i
+        y0 = (i // 4) * cell_h + 8 + thumb_size + 4 + font + 4
+        name_row = pixels[y0 : y0 + font + 4, (i % 4) * cell_w :][:, :cell_w]
+        assert (name_row.sum(axis=-1) < 300).any(), i
+
+    # Pillow only ever saw one-line, printable text (no raw name).
+    assert drawn
+    for _, text in drawn:
+        assert text.isprintable(), repr(text)
+    # Each name is drawn in its display form, shortened in the middle
+    # when wider than the thumbnail.
+    names = [
+        t for m, t in drawn if m == "text" and not t.startswith(("#", "query"))
+    ]
+    assert len(names) == 1 + len(odd_results)
+    assert names[0] == names[1]  # the query is result #1
+    for (_, expected), result, name in zip(
+        odd_names.ODD_NAMES, odd_results, names[1:]
+    ):
+        assert display_path(os.path.basename(result.path)) == expected
+        if name != expected:  # cut in the middle, on escape boundaries
+            head, tail = name.split(ELLIPSIS)
+            assert head and tail, name
+            assert expected.startswith(head) and expected.endswith(tail)
+            assert len(head) + len(tail) < len(expected)
+    # The 252-byte name is cut in the middle, keeping both ends.
+    assert ELLIPSIS in names[-1] and names[-1].startswith("long")
+    assert names[-1].endswith(".jpg")
+    if thumb_size == 160:  # short names are drawn whole
+        for form in (r"new\nline.jpg", r"bad\xff\xfe.jpg", r"back\\slash.jpg"):
+            assert form in names
+
+
+def test_html_shows_odd_names_escaped(odd_results, tmp_path):
+    out = tmp_path / "odd.html"
+    query = odd_results[0].path
+    visualize.write_html(query, odd_results, out, title="odd <names>")
+    page = out.read_text(encoding="utf-8")  # strict: no surrogate written
+    shown = re.findall(r'<div class="path">(.*?)</div>', page, re.S)
+    table = re.findall(r"<tr><td>\d+</td><td>[\d.]+</td><td>(.*?)</td>", page)
+    expected = [html.escape(display_path(r.path)) for r in odd_results]
+    assert shown == [expected[0]] + expected
+    assert table == expected
+    for (_, form), text in zip(odd_names.ODD_NAMES, expected):
+        # In a full path, the name's leading space is not the path's.
+        in_path = ("/" + form).replace("/\\x20", "/ ")
+        assert text.endswith(html.escape(in_path)), (text, in_path)
+    assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in page
+    assert "&quot;quote &amp; amp.jpg" in page
+    assert "<img src=x" not in page and '"quote' not in page
+    assert r"new\nline.jpg" in page and r"bad\xff\xfe.jpg" in page
+    assert r"back\\slash.jpg" in page and r"rtl\u202eexe.jpg" in page
+    for char in "\x1b\x7f\x85\u202e\u200b\r":
+        assert char not in page, repr(char)
+    assert "<title>odd &lt;names&gt;</title>" in page

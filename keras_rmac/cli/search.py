@@ -8,6 +8,7 @@ import os
 from keras_rmac import indexing
 from keras_rmac.cli import _common
 from keras_rmac.data import image_io
+from keras_rmac.display import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +98,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def format_table(results) -> str:
-    """The results as an aligned `rank  score  path` table."""
+    """The results as an aligned `rank  score  path` table, each path in
+    its one-line display form (`keras_rmac.display.display_path`)."""
     lines = [f"{'rank':>4}  {'score':>7}  path"]
     for hit in results:
-        lines.append(f"{hit.rank:>4}  {hit.score:7.4f}  {hit.path}")
+        lines.append(
+            f"{hit.rank:>4}  {hit.score:7.4f}  {display_path(hit.path)}"
+        )
     return "\n".join(lines)
 
 
@@ -142,13 +146,14 @@ def run(args: argparse.Namespace) -> int:
                 os.makedirs(os.path.dirname(out), exist_ok=True)
         if args.sheet:
             visualize.contact_sheet(args.query, results, args.sheet)
-            print(f"Contact sheet: {os.path.abspath(args.sheet)}")
+            print(f"Contact sheet: {display_path(os.path.abspath(args.sheet))}")
         if args.html:
             visualize.write_html(
                 args.query,
                 results,
                 args.html,
-                title=f"{os.path.basename(args.query)} in {args.index_dir}",
+                title=f"{display_path(os.path.basename(args.query))} in "
+                f"{display_path(args.index_dir)}",
             )
-            print(f"HTML page: {os.path.abspath(args.html)}")
+            print(f"HTML page: {display_path(os.path.abspath(args.html))}")
     return 0
