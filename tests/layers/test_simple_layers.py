@@ -1,6 +1,3 @@
-import doctest
-import importlib
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -179,21 +176,3 @@ def test_preprocess_modes_match_numpy(mode, fn):
 def test_preprocess_rejects_unknown_mode():
     with pytest.raises(ValueError, match="bgr"):
         Preprocess("bgr")
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        "keras_rmac.layers.region_proposal",
-        "keras_rmac.layers.rmac_pooling",
-        "keras_rmac.layers.l2_normalize",
-        "keras_rmac.layers.shift_pca",
-        "keras_rmac.layers.mac_pooling",
-        "keras_rmac.layers.spoc_pooling",
-        "keras_rmac.layers.gem_pooling",
-        "keras_rmac.layers.preprocess",
-    ],
-)
-def test_docstring_examples_run(module):
-    result = doctest.testmod(importlib.import_module(module), verbose=False)
-    assert result.failed == 0
