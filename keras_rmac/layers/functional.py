@@ -319,7 +319,9 @@ def rmac_pooling(x, levels=3, overlap=0.4, include_global=True):
         Tensor `(B, R, C)` of region maxima (not normalised), in the order
         of `rmac_regions`.
     """
-    return region_max_pool(x, regions_for(x, levels, overlap, include_global))
+    # The grid (NumPy when the map size is static), then each region's max.
+    regions = regions_for(x, levels, overlap, include_global)
+    return region_max_pool(x, regions)
 
 
 # ---------------------------------------------------------------------------
