@@ -1,9 +1,23 @@
-"""Pure functions behind the keras_rmac layers.
+"""Pure functions behind the keras_rmac layers: the one home of the R-MAC math.
 
 The layer classes in this package are thin wrappers around these functions
-(the split used by cnnimageretrieval-pytorch). Everything here works on
-`keras.ops` tensors, except `rmac_regions_numpy`, which computes the same
-region grid in NumPy for feature maps whose size is known when tracing.
+(the split used by cnnimageretrieval-pytorch):
+
+- the R-MAC region grid: `rmac_regions_numpy` (NumPy, for feature maps whose
+  size is known when tracing) and `rmac_regions` (the same grid in the graph);
+- pooling of a `(B, H, W, C)` feature map: `mac`, `spoc`, `gem` (global, to
+  `(B, C)`) and `rmac_pooling` (max over every region of the grid, to
+  `(B, R, C)`);
+- `l2_normalize`;
+- the whitening: `shift_pca` applies it in the graph, and
+  `whitening_from_moments` estimates it (NumPy, float64) from the mean and
+  covariance of region vectors.
+
+Everything except the two NumPy functions works on `keras.ops` tensors.
+Under a `mixed_float16` policy the L2 norm and GeM's powers are computed in
+float32: in float16, squares and cubes of ordinary activations overflow
+(above 65504), small ones underflow, and the `epsilon**2 = 1e-12` floor of
+the norm is 0.
 
 The R-MAC grid (Tolias et al., ICLR 2016) is reproduced exactly as the
 reference implementations compute it, float32 rounding included: the number
@@ -14,12 +28,19 @@ values (which decides offsets that land near an integer, such as a 2x32 map).
 Reference:
     - [Tolias et al., Particular object retrieval with integral max-pooling
       of CNN activations](https://arxiv.org/abs/1511.05879)
+    - [Babenko and Lempitsky, Aggregating Deep Convolutional Features for
+      Image Retrieval](https://arxiv.org/abs/1510.07493)
+    - [Radenovic et al., Fine-tuning CNN Image Retrieval with No Human
+      Annotation](https://arxiv.org/abs/1711.02512)
     - [Gordo et al., End-to-end Learning of Deep Visual Representations for
       Image Retrieval](https://arxiv.org/abs/1610.07940)
 """
 
 import numpy as np
+from keras import backend
 from keras import ops
+
+from keras_rmac.stats import principal_components
 
 # Candidate numbers of regions along the long side, minus one: the reference
 # tries 2..7 regions, i.e. 1..6 extra regions beyond the square one.
@@ -188,44 +209,6 @@ def rmac_regions(height, width, levels=3, overlap=0.4, include_global=True):
     return ops.cast(ops.concatenate(parts, axis=0), "int32")
 
 
-def region_max_pool(x, regions):
-    """Max-pools every region of a batch of feature maps.
-
-    Args:
-        x: tensor `(B, H, W, C)`.
-        regions: NumPy int array `(R, 4)` of `(x, y, w, h)` (unrolled, for
-            static shapes) or an int32 tensor (pooled in a loop, for
-            shapes known only at run time).
-
-    Returns:
-        Tensor `(B, R, C)`.
-    """
-    if isinstance(regions, np.ndarray):
-        pooled = [
-            ops.max(x[:, y : y + h, rx : rx + w, :], axis=(1, 2))
-            for rx, y, w, h in regions.tolist()
-        ]
-        return ops.stack(pooled, axis=1)
-
-    def pool_one(region):
-        rx, y, w, h = region[0], region[1], region[2], region[3]
-        return ops.max(x[:, y : y + h, rx : rx + w, :], axis=(1, 2))
-
-    return ops.transpose(ops.map(pool_one, regions), (1, 0, 2))
-
-
-def l2_normalize(x, axis=-1, epsilon=1e-6):
-    """`x / max(||x||, epsilon)` along `axis` (zero vectors stay zero)."""
-    sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(sq, epsilon * epsilon))
-
-
-def gem(x, p, epsilon=1e-6):
-    """Generalized-mean pooling over the spatial axes of `(B, H, W, C)`."""
-    x = ops.power(ops.maximum(x, epsilon), p)
-    return ops.power(ops.mean(x, axis=(1, 2)), 1.0 / p)
-
-
 def count_regions(height, width, levels=3, overlap=0.4, include_global=True):
     """Number of R-MAC regions for a static map size, or None if unknown."""
     if height is None or width is None:
@@ -254,3 +237,151 @@ def regions_for(x, levels, overlap, include_global):
         return regions
     shape = ops.shape(x)
     return rmac_regions(shape[1], shape[2], levels, overlap, include_global)
+
+
+# ---------------------------------------------------------------------------
+# Pooling: (B, H, W, C) feature maps -> vectors.
+
+
+def mac(x):
+    """MAC: global max-pooling of `(B, H, W, C)` to `(B, C)`."""
+    return ops.max(x, axis=(1, 2))
+
+
+def spoc(x):
+    """SPoC: global average pooling of `(B, H, W, C)` to `(B, C)`.
+
+    SPoC sums activations; the mean differs only by a constant factor,
+    which the L2 normalisation that follows removes.
+    """
+    return ops.mean(x, axis=(1, 2))
+
+
+def _compute_dtype(x):
+    """`(x in a safe dtype, x's dtype)`: float16/bfloat16 go to float32."""
+    if not hasattr(x, "dtype"):
+        x = ops.convert_to_tensor(x)
+    dtype = backend.standardize_dtype(x.dtype)
+    if dtype in ("float16", "bfloat16"):
+        return ops.cast(x, "float32"), dtype
+    return x, dtype
+
+
+def gem(x, p, epsilon=1e-6):
+    """GeM: `(mean(max(x, epsilon)^p))^(1/p)` over H and W, to `(B, C)`.
+
+    Computed in float32 for float16 inputs (`x^3` overflows float16 above
+    about 40).
+    """
+    x, dtype = _compute_dtype(x)
+    if dtype != backend.standardize_dtype(x.dtype):
+        p = ops.cast(p, x.dtype)
+    x = ops.power(ops.maximum(x, epsilon), p)
+    return ops.cast(ops.power(ops.mean(x, axis=(1, 2)), 1.0 / p), dtype)
+
+
+def region_max_pool(x, regions):
+    """Max-pools every region of a batch of feature maps.
+
+    Args:
+        x: tensor `(B, H, W, C)`.
+        regions: NumPy int array `(R, 4)` of `(x, y, w, h)` (unrolled, for
+            static shapes) or an int32 tensor (pooled in a loop, for
+            shapes known only at run time).
+
+    Returns:
+        Tensor `(B, R, C)`.
+    """
+    if isinstance(regions, np.ndarray):
+        pooled = [
+            ops.max(x[:, y : y + h, rx : rx + w, :], axis=(1, 2))
+            for rx, y, w, h in regions.tolist()
+        ]
+        return ops.stack(pooled, axis=1)
+
+    def pool_one(region):
+        rx, y, w, h = region[0], region[1], region[2], region[3]
+        return ops.max(x[:, y : y + h, rx : rx + w, :], axis=(1, 2))
+
+    return ops.transpose(ops.map(pool_one, regions), (1, 0, 2))
+
+
+def rmac_pooling(x, levels=3, overlap=0.4, include_global=True):
+    """R-MAC region vectors: the max of every region of the grid.
+
+    Args:
+        x: tensor `(B, H, W, C)`; H and W may be unknown until run time.
+        levels: int. Number of scales L.
+        overlap: float. Desired overlap of consecutive regions.
+        include_global: bool. Whether the whole map is the first region.
+
+    Returns:
+        Tensor `(B, R, C)` of region maxima (not normalised), in the order
+        of `rmac_regions`.
+    """
+    # The grid (NumPy when the map size is static), then each region's max.
+    regions = regions_for(x, levels, overlap, include_global)
+    return region_max_pool(x, regions)
+
+
+# ---------------------------------------------------------------------------
+# Normalisation and whitening of vectors.
+
+
+def l2_normalize(x, axis=-1, epsilon=1e-6):
+    """`x / max(||x||, epsilon)` along `axis` (zero vectors stay zero).
+
+    The norm is computed in float32 for float16 (and bfloat16) inputs: in
+    float16 the floor `epsilon**2` is 0 (a zero vector would give NaN),
+    squares of values under about 2e-4 vanish and squares over 256
+    overflow. The result has the input's dtype.
+    """
+    x, dtype = _compute_dtype(x)
+    sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return ops.cast(x * ops.rsqrt(ops.maximum(sq, epsilon * epsilon)), dtype)
+
+
+def shift_pca(x, kernel, bias):
+    """Shift + PCA on the last axis: `x @ kernel + bias`.
+
+    With `kernel, bias = whitening_from_moments(...)` this is
+    `diag(l^-power) V^T (x - mean)` for every vector.
+    """
+    return ops.matmul(x, kernel) + bias
+
+
+def whitening_from_moments(mean, cov, units, power=0.5, epsilon=1e-6):
+    """Shift + PCA-whitening from the mean and covariance, in float64.
+
+    NumPy, not `keras.ops`: it runs once on statistics (see
+    `keras_rmac.stats.mean_and_covariance`), not in the graph.
+
+    Args:
+        mean: array `(C,)`. Mean of the vectors.
+        cov: array `(C, C)`. Their (biased) covariance.
+        units: int. Output dimension (<= C): the `units` principal
+            directions of largest variance are kept.
+        power: float. Whitening power: 0.5 whitens fully, 0 only rotates.
+            Defaults to `0.5`.
+        epsilon: float. Eigenvalues are floored at `epsilon` times the
+            largest, so near-empty directions are not blown up. Defaults to
+            `1e-6`.
+
+    Returns:
+        `(kernel, bias)`: `(C, units)` and `(units,)` float64 arrays with
+        `x @ kernel + bias == diag(l^-power) V^T (x - mean)`, where `l` and
+        the columns of `V` are the kept eigenvalues and eigenvectors.
+
+    Example:
+    >>> kernel, bias = whitening_from_moments(
+    ...     np.array([1.0, 2.0]), np.diag([4.0, 16.0]), units=1
+    ... )
+    >>> kernel.round(6).tolist(), bias.round(6).tolist()
+    ([[0.0], [0.25]], [-0.5])
+    """
+    eigval, eigvec = principal_components(cov, units)
+    floor = epsilon * max(float(eigval[0]), np.finfo(np.float64).tiny)
+    scale = np.maximum(eigval, floor) ** (-power)
+    kernel = eigvec * scale[None, :]
+    bias = -np.asarray(mean, np.float64) @ kernel
+    return kernel, bias

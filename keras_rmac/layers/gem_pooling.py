@@ -10,7 +10,10 @@ class GeMPooling(keras.layers.Layer):
     """Generalized-mean pooling, `(mean(x^p))^(1/p)` over H and W.
 
     p = 1 is average pooling, p -> inf max pooling. Activations are clamped
-    at `epsilon` first, so the power is defined.
+    at `epsilon` first, so the power is defined. Under a `mixed_float16`
+    policy the powers are computed in float32 (`x^3` overflows float16
+    above about 40) and the output is float16. The math is
+    `keras_rmac.layers.functional.gem`.
 
     Args:
         p: float. Initial exponent. Defaults to `3.0`.

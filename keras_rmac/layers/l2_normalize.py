@@ -11,7 +11,11 @@ class L2Normalize(keras.layers.Layer):
 
     Computes `x / max(||x||, epsilon)`, so an all-zero vector (a region
     where every activation is zero) stays zero instead of becoming NaN, and
-    the gradient is finite everywhere.
+    the float32 gradient is finite everywhere. For float16 inputs (a
+    `mixed_float16` policy) the norm is computed in float32, where
+    `epsilon**2` is not 0 and squares neither vanish nor overflow; the
+    output keeps the input's dtype. The math is
+    `keras_rmac.layers.functional.l2_normalize`.
 
     Args:
         axis: int. Axis along which to normalise. Defaults to `-1`.
@@ -27,6 +31,9 @@ class L2Normalize(keras.layers.Layer):
     >>> import numpy as np
     >>> L2Normalize()(np.array([[3.0, 4.0]])).numpy().tolist()
     [[0.6000000238418579, 0.800000011920929]]
+
+    Reference:
+        - [Tolias et al., 2016](https://arxiv.org/abs/1511.05879)
     """
 
     def __init__(self, axis=-1, epsilon=1e-6, **kwargs):

@@ -2,13 +2,16 @@
 
 import keras
 
+from keras_rmac.layers import functional
+
 
 @keras.saving.register_keras_serializable(package="keras_rmac")
 class MACPooling(keras.layers.Layer):
     """Global max-pooling over the spatial axes (MAC).
 
     Returns `(B, 1, C)`: one "region", so that MAC, SPoC and GeM share the
-    region head of R-MAC (L2 -> ShiftPCA -> L2 -> sum -> L2).
+    region head of R-MAC (L2 -> ShiftPCA -> L2 -> sum -> L2). The math is
+    `keras_rmac.layers.functional.mac`.
 
     Call arguments:
         inputs: feature map `(B, H, W, C)`.
@@ -26,7 +29,7 @@ class MACPooling(keras.layers.Layer):
     """
 
     def call(self, inputs):
-        return keras.ops.max(inputs, axis=(1, 2))[:, None, :]
+        return functional.mac(inputs)[:, None, :]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1, input_shape[3])

@@ -14,6 +14,7 @@ class RMACPooling(RegionGridLayer):
     same order. When the feature map size is known while tracing, the
     regions are unrolled into plain slices (XLA-friendly); otherwise the
     grid is computed in the graph and the regions are pooled in a loop.
+    The math is `keras_rmac.layers.functional.rmac_pooling`.
 
     Args:
         levels: int. Number of scales L. Defaults to `3`.
@@ -39,7 +40,9 @@ class RMACPooling(RegionGridLayer):
     """
 
     def call(self, inputs):
-        return functional.region_max_pool(inputs, self.regions(inputs))
+        return functional.rmac_pooling(
+            inputs, self.levels, self.overlap, self.include_global
+        )
 
     def compute_output_shape(self, input_shape):
         count = self.region_count(input_shape)

@@ -3,39 +3,8 @@
 import keras
 import numpy as np
 
+from keras_rmac.layers import functional
 from keras_rmac.stats import mean_and_covariance
-
-
-def pca_whitening(data, units, power=0.5, epsilon=1e-6):
-    """Learns shift + PCA-whitening from row vectors, in float64.
-
-    Args:
-        data: array `(N, C)`.
-        units: int. Output dimension (<= C).
-        power: float. Whitening power: 0.5 whitens fully, 0 only rotates.
-        epsilon: float. Eigenvalues are floored at `epsilon` times the
-            largest, so near-empty directions are not blown up.
-
-    Returns:
-        `(kernel, bias)`: `(C, units)` and `(units,)` float64 arrays with
-        `x @ kernel + bias == diag(l^-power) V^T (x - mean)`.
-    """
-    data = np.asarray(data, np.float64)
-    mean = data.mean(axis=0)
-    centered = data - mean
-    cov = centered.T @ centered / max(len(data), 1)
-    return _whitening_from_moments(mean, cov, units, power, epsilon)
-
-
-def _whitening_from_moments(mean, cov, units, power, epsilon):
-    eigval, eigvec = np.linalg.eigh(cov)
-    order = np.argsort(eigval)[::-1][:units]
-    eigval, eigvec = eigval[order], eigvec[:, order]
-    floor = epsilon * max(float(eigval[0]), np.finfo(np.float64).tiny)
-    scale = np.maximum(eigval, floor) ** (-power)
-    kernel = eigvec * scale[None, :]
-    bias = -mean @ kernel
-    return kernel, bias
 
 
 def _iter_batches(data):
@@ -65,7 +34,9 @@ class ShiftPCA(keras.layers.Layer):
     adapted it is the identity (on the first `units` coordinates), so an
     un-adapted R-MAC model gives plain R-MAC. `adapt()` sets the weights to
     shift + PCA-whitening learned from region vectors; they stay trainable,
-    so end-to-end training refines them (Gordo et al., 2017, Sec. 3).
+    so end-to-end training refines them (Gordo et al., 2017, Sec. 3). The
+    math is `keras_rmac.layers.functional.shift_pca` (the projection) and
+    `functional.whitening_from_moments` (its estimate, in float64).
 
     Args:
         units: int or None. Output dimension; `None` keeps the input
@@ -129,7 +100,7 @@ class ShiftPCA(keras.layers.Layer):
 
     def call(self, inputs):
         # Shift + PCA: one matrix product with bias on every region vector.
-        return keras.ops.matmul(inputs, self.kernel) + self.bias
+        return functional.shift_pca(inputs, self.kernel, self.bias)
 
     def adapt(self, data, power=None, units=None):
         """Sets the layer to shift + PCA-whitening learned from `data`.
@@ -162,7 +133,7 @@ class ShiftPCA(keras.layers.Layer):
                 f"adapt() data has dimension {mean.shape[0]}, the layer "
                 f"expects {self.input_dim}."
             )
-        kernel, bias = _whitening_from_moments(
+        kernel, bias = functional.whitening_from_moments(
             mean, cov, self.kernel.shape[1], power, self.epsilon
         )
         self.kernel.assign(kernel.astype("float32"))

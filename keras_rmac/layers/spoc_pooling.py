@@ -2,13 +2,17 @@
 
 import keras
 
+from keras_rmac.layers import functional
+
 
 @keras.saving.register_keras_serializable(package="keras_rmac")
 class SPoCPooling(keras.layers.Layer):
     """Global average pooling over the spatial axes (SPoC).
 
     SPoC sums activations; the mean differs only by a constant factor, which
-    the following L2 normalisation removes, and keeps values in range.
+    the following L2 normalisation removes, and keeps values in range. Like
+    MAC it returns one "region" `(B, 1, C)`. The math is
+    `keras_rmac.layers.functional.spoc`.
 
     Call arguments:
         inputs: feature map `(B, H, W, C)`.
@@ -26,7 +30,7 @@ class SPoCPooling(keras.layers.Layer):
     """
 
     def call(self, inputs):
-        return keras.ops.mean(inputs, axis=(1, 2))[:, None, :]
+        return functional.spoc(inputs)[:, None, :]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1, input_shape[3])

@@ -115,6 +115,8 @@ def test_layer_serialization_and_traced_call():
         RegionProposal,
         {"levels": 3, "overlap": 0.4},
         x,
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
         expected_output=np.asarray(oracle_regions(5, 9)),
     )
     assert out.dtype == np.int32

@@ -106,6 +106,8 @@ def test_layer_serialization_and_calls():
         RMACPooling,
         {"levels": 2, "overlap": 0.4, "include_global": False},
         x,
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
         expected_output=oracle_region_vectors(
             x, oracle_regions(7, 9, 2, 0.4, False)
         ),

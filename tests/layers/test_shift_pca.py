@@ -3,7 +3,6 @@ import pytest
 import tensorflow as tf
 
 from keras_rmac.layers import ShiftPCA
-from keras_rmac.layers.shift_pca import pca_whitening
 from tests.helpers import run_layer_test
 
 
@@ -87,15 +86,39 @@ def test_generator_of_blocks_equals_in_memory_adapt():
     )
 
 
-def test_pca_whitening_function_agrees_with_layer():
+def test_adapt_kernel_and_bias_match_numpy_svd_oracle_up_to_sign():
     data = correlated(400, 5, seed=5)
-    kernel, bias = pca_whitening(data, 3)
     layer = ShiftPCA(units=3)
     layer.adapt(data)
-    np.testing.assert_allclose(
-        layer.kernel.numpy(), kernel, rtol=1e-4, atol=1e-5
+    # Oracle: principal axes from the SVD of the centred data, eigenvalues
+    # s^2 / n; kernel = V diag(l^-1/2), bias = -mean @ kernel.
+    mean = data.mean(0)
+    _, s, vt = np.linalg.svd(data - mean, full_matrices=False)
+    want_kernel = vt[:3].T / np.sqrt(s[:3] ** 2 / len(data))
+    want_bias = -mean @ want_kernel
+    kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+    signs = np.sign(np.sum(want_kernel * kernel, axis=0))
+    np.testing.assert_allclose(kernel * signs, want_kernel, rtol=1e-4)
+    np.testing.assert_allclose(bias * signs, want_bias, rtol=1e-4, atol=1e-5)
+
+
+def test_empty_direction_is_scaled_by_the_eigenvalue_floor():
+    # The third coordinate is constant: its variance is 0, and the
+    # whitening scale of that direction is capped at
+    # (epsilon * largest eigenvalue)^-power instead of blowing up.
+    rng = np.random.default_rng(7)
+    data = np.concatenate(
+        [rng.normal(size=(300, 2)) * [3.0, 1.0], np.full((300, 1), 2.0)],
+        axis=1,
     )
-    np.testing.assert_allclose(layer.bias.numpy(), bias, rtol=1e-4, atol=1e-4)
+    epsilon, power = 1e-4, 0.5
+    layer = ShiftPCA(epsilon=epsilon)
+    layer.adapt(data, power=power)
+    largest = np.linalg.svd(data - data.mean(0), compute_uv=False)[0] ** 2
+    cap = (epsilon * largest / len(data)) ** -power
+    np.testing.assert_allclose(
+        np.abs(layer.kernel.numpy()[:, 2]), [0, 0, cap], rtol=1e-4, atol=1e-3
+    )
 
 
 def test_weights_stay_trainable_after_adapt():
@@ -129,4 +152,10 @@ def test_layer_contract():
     layer_data = (
         np.random.default_rng(6).normal(size=(2, 3, 4)).astype("float32")
     )
-    run_layer_test(ShiftPCA, {"units": 2, "power": 0.3}, layer_data)
+    run_layer_test(
+        ShiftPCA,
+        {"units": 2, "power": 0.3},
+        layer_data,
+        expected_num_trainable_weights=2,
+        expected_num_non_trainable_weights=0,
+    )

@@ -1,6 +1,3 @@
-import doctest
-import importlib
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,6 +6,7 @@ from keras_rmac.layers import GeMPooling
 from keras_rmac.layers import L2Normalize
 from keras_rmac.layers import MACPooling
 from keras_rmac.layers import SPoCPooling
+from keras_rmac.layers import functional
 from keras_rmac.layers.preprocess import Preprocess
 from tests.helpers import run_layer_test
 
@@ -31,8 +29,69 @@ def test_l2_normalize_gradient_is_finite_at_zero():
     assert np.all(np.isfinite(tape.gradient(y, x).numpy()))
 
 
+# A zero vector, tiny values (their squares vanish in float16), large ones
+# (their squares overflow float16) and an ordinary one.
+HALF_CASES = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0],
+        [1e-4, 2e-4, 0.0, 2e-4],
+        [300.0, 400.0, 0.0, 0.0],
+        [3.0, 0.0, 4.0, 0.0],
+    ],
+    "float32",
+)
+
+
+def test_l2_normalize_under_mixed_float16_zero_tiny_and_large_vectors():
+    layer = L2Normalize(dtype="mixed_float16")
+    got = layer(HALF_CASES)
+    assert got.dtype == tf.float16
+    x = HALF_CASES.astype(np.float64)
+    want = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
+    np.testing.assert_allclose(got.numpy().astype(np.float64), want, atol=1e-3)
+    assert np.all(got.numpy()[0] == 0)
+    run_layer_test(
+        L2Normalize,
+        {},
+        HALF_CASES,
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
+    )
+
+
+def test_l2_normalize_float16_tensor_and_its_gradient():
+    x = tf.constant(HALF_CASES, tf.float16)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = functional.l2_normalize(x)
+        total = tf.reduce_sum(tf.cast(y, tf.float32))
+    assert y.dtype == tf.float16
+    assert np.all(np.isfinite(y.numpy())) and np.all(y.numpy()[0] == 0)
+    # Finite for the tiny, large and ordinary rows. (At the zero row the
+    # gradient is 1 / epsilon = 1e6, past float16's 65504, as in float32
+    # frameworks with the same epsilon.)
+    assert np.all(np.isfinite(tape.gradient(total, x).numpy()[1:]))
+
+
+def test_gem_under_mixed_float16_does_not_overflow_on_large_activations():
+    # 100^3 = 1e6 is past float16's largest value, 65504.
+    x = X * 100
+    got = GeMPooling(p=3.0, dtype="mixed_float16")(x)
+    assert got.dtype == tf.float16
+    want = np.mean(np.maximum(x, 1e-6).astype(np.float64) ** 3, axis=(1, 2))
+    np.testing.assert_allclose(
+        got.numpy()[:, 0].astype(np.float64), want ** (1 / 3), rtol=2e-3
+    )
+
+
 def test_l2_normalize_layer_contract():
-    run_layer_test(L2Normalize, {"axis": -1, "epsilon": 1e-6}, X)
+    run_layer_test(
+        L2Normalize,
+        {"axis": -1, "epsilon": 1e-6},
+        X,
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
+    )
 
 
 def test_mac_spoc_match_numpy():
@@ -42,8 +101,14 @@ def test_mac_spoc_match_numpy():
     np.testing.assert_allclose(
         SPoCPooling()(X).numpy()[:, 0], X.mean(axis=(1, 2)), rtol=1e-6
     )
-    run_layer_test(MACPooling, {}, X)
-    run_layer_test(SPoCPooling, {}, X)
+    for layer_cls in (MACPooling, SPoCPooling):
+        run_layer_test(
+            layer_cls,
+            {},
+            X,
+            expected_num_trainable_weights=0,
+            expected_num_non_trainable_weights=0,
+        )
 
 
 @pytest.mark.parametrize("p", [1.0, 3.0, 7.5])
@@ -61,7 +126,20 @@ def test_gem_p_is_trainable_and_serialized():
     frozen = GeMPooling(trainable_p=False)
     frozen.build(X.shape)
     assert frozen.trainable_weights == []
-    run_layer_test(GeMPooling, {"p": 2.5}, X)
+    run_layer_test(
+        GeMPooling,
+        {"p": 2.5},
+        X,
+        expected_num_trainable_weights=1,
+        expected_num_non_trainable_weights=0,
+    )
+    run_layer_test(
+        GeMPooling,
+        {"p": 2.5, "trainable_p": False},
+        X,
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=1,
+    )
 
 
 @pytest.mark.parametrize(
@@ -85,27 +163,16 @@ def test_preprocess_modes_match_numpy(mode, fn):
         rtol=1e-5,
         atol=1e-4,
     )
-    run_layer_test(Preprocess, {"mode": mode}, x, atol=1e-4)
+    run_layer_test(
+        Preprocess,
+        {"mode": mode},
+        x,
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
+        atol=1e-4,
+    )
 
 
 def test_preprocess_rejects_unknown_mode():
     with pytest.raises(ValueError, match="bgr"):
         Preprocess("bgr")
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        "keras_rmac.layers.region_proposal",
-        "keras_rmac.layers.rmac_pooling",
-        "keras_rmac.layers.l2_normalize",
-        "keras_rmac.layers.shift_pca",
-        "keras_rmac.layers.mac_pooling",
-        "keras_rmac.layers.spoc_pooling",
-        "keras_rmac.layers.gem_pooling",
-        "keras_rmac.layers.preprocess",
-    ],
-)
-def test_docstring_examples_run(module):
-    result = doctest.testmod(importlib.import_module(module), verbose=False)
-    assert result.failed == 0

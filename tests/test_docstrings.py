@@ -1,0 +1,100 @@
+"""The docstring examples (`>>>`) of every module of keras_rmac, as tests.
+
+One test per module, found by walking the package, so a new module's
+examples run without being listed here. An example that cannot run here
+carries `# doctest: +SKIP`, and its module is listed in `NOT_RUNNABLE` with
+the reason (a check below keeps the list and the directives in step).
+"""
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import keras_rmac
+
+MODULES = sorted(
+    info.name
+    for info in pkgutil.walk_packages(keras_rmac.__path__, "keras_rmac.")
+)
+
+# Modules with examples marked `# doctest: +SKIP`, and why they cannot run.
+NOT_RUNNABLE = {
+    "keras_rmac.export.saved_model": (
+        "exports a full backbone as a SavedModel (minutes, a model folder)"
+    ),
+    "keras_rmac.indexing": (
+        "indexes and searches a photo folder with a full backbone: needs "
+        "photos and weights"
+    ),
+    "keras_rmac.models.rmac_model": (
+        "extracts descriptors of image files with a full backbone"
+    ),
+    "keras_rmac.models.triplet_model": (
+        "fine-tunes from ImageNet weights (a download) on a triplet dataset"
+    ),
+}
+
+# Examples broken on main, fixed in other branches of the issue-9
+# restructuring. TEMPORARY: the lead empties this set after merging those
+# branches. The xfail is strict, so a module fixed but still listed fails.
+KNOWN_BROKEN = {
+    # existing_versions uses an unimported `tempfile`; fixed in h-models.
+    "keras_rmac.export.saved_model",
+    # the clean_dataset example; fixed in h-data.
+    "keras_rmac.data.cleaning",
+}
+
+
+def _examples(module):
+    """Doctests of `module`'s own objects (as `doctest.testmod` finds)."""
+    return doctest.DocTestFinder().find(module, module.__name__)
+
+
+def _param(name):
+    if name in KNOWN_BROKEN:
+        mark = pytest.mark.xfail(
+            strict=True, reason="broken on main, fixed in another branch"
+        )
+        return pytest.param(name, marks=mark, id=name)
+    return pytest.param(name, id=name)
+
+
+@pytest.mark.parametrize("name", [_param(name) for name in MODULES])
+def test_docstring_examples_run(name, tmp_path, monkeypatch):
+    # Examples that write files write them in a fresh folder.
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(name)
+    runner = doctest.DocTestRunner(verbose=False)
+    report = []
+    for test in _examples(module):
+        runner.run(test, out=report.append)
+    failed, _ = runner.summarize(verbose=False)
+    assert failed == 0, "".join(report)
+
+
+def test_not_runnable_list_matches_the_skipped_examples():
+    skipping = set()
+    for name in MODULES:
+        module = importlib.import_module(name)
+        if any(
+            example.options.get(doctest.SKIP)
+            for test in _examples(module)
+            for example in test.examples
+        ):
+            skipping.add(name)
+    assert skipping - set(NOT_RUNNABLE) == set(), (
+        "these modules skip examples: list them in NOT_RUNNABLE with the reason"
+    )
+    assert set(NOT_RUNNABLE) - skipping == set(), (
+        "these modules no longer skip examples (or were renamed): update "
+        "NOT_RUNNABLE"
+    )
+
+
+def test_the_walk_sees_the_package():
+    # Guards the tests above against passing vacuously on an empty walk.
+    assert len(MODULES) > 40
+    assert "keras_rmac.layers.functional" in MODULES
+    assert KNOWN_BROKEN <= set(MODULES)
