@@ -10,15 +10,12 @@ which is cut at its last 4-D output and given a variable input size.
 
 import dataclasses
 import json
-import logging
 import os
 
 import keras
 import numpy as np
 
 from keras_rmac.fileio import file_sha256
-
-logger = logging.getLogger(__name__)
 
 # Pixel preprocessing conventions, applied to RGB values in [0, 255].
 PREPROCESSING_MODES = ("tf", "torch", "caffe", "lite", "none")

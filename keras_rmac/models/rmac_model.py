@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import logging
 import os
 import warnings
 
@@ -26,8 +25,6 @@ from keras_rmac.models.multiscale import scale_sizes
 from keras_rmac.models.multiscale import sum_over_scales
 from keras_rmac.models.multiscale import validate_scales
 from keras_rmac.progress import progress_bar
-
-logger = logging.getLogger(__name__)
 
 POOLINGS = ("rmac", "mac", "spoc", "gem")
 

@@ -32,8 +32,8 @@ def make_optimizer(
     """An optimizer keras_rmac trains with: Adam, or SGD with momentum 0.9.
 
     `TripletModel.compile()` uses `make_optimizer()` when no optimizer is
-    given; `keras_rmac.training` builds the optimizer of its configuration
-    with it.
+    given; a training configuration (optimizer name, learning rate or
+    schedule, accumulation, weight decay) maps onto its arguments.
 
     Args:
         name: str. One of `OPTIMIZERS`. Defaults to `"adam"`.
