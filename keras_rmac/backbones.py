@@ -9,14 +9,13 @@ which is cut at its last 4-D output and given a variable input size.
 """
 
 import dataclasses
-import hashlib
 import json
-import logging
 import os
 
 import keras
+import numpy as np
 
-logger = logging.getLogger(__name__)
+from keras_rmac.fileio import file_sha256
 
 # Pixel preprocessing conventions, applied to RGB values in [0, 255].
 PREPROCESSING_MODES = ("tf", "torch", "caffe", "lite", "none")
@@ -92,15 +91,6 @@ KNOWN_WEIGHTS = {
         KnownWeights("efficientnet_lite0", "lite")
     ),
 }
-
-
-def file_sha256(path):
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def known_weights(path):
@@ -286,6 +276,34 @@ def graph_signature(model):
         arithmetic = {k: config[k] for k in _ARITHMETIC if k in config}
         layers.append([type(layer).__name__, arithmetic])
     return json.dumps(layers, sort_keys=True, default=str)
+
+
+def update_with_weights(digest, weights):
+    """Feeds the shape and the bytes of each weight to a hash, in order.
+
+    With `graph_signature`, what a model fingerprint is made of: two
+    models with the same weights and signature compute the same function.
+
+    Args:
+        digest: a `hashlib` hash object, updated in place.
+        weights: sequence of Keras variables or arrays.
+
+    Returns:
+        `digest`.
+
+    Example:
+
+    >>> import hashlib
+    >>> a = update_with_weights(hashlib.sha256(), [np.zeros((2, 3))])
+    >>> b = update_with_weights(hashlib.sha256(), [np.zeros((3, 2))])
+    >>> a.hexdigest() == b.hexdigest()
+    False
+    """
+    for weight in weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        digest.update(str(value.shape).encode())
+        digest.update(value.tobytes())
+    return digest
 
 
 def _application(spec, weights, include_top):

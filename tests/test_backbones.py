@@ -151,3 +151,37 @@ def test_torchvision_mobilenet_v2_file_pads_like_torch(weights_dir):
         reference_forward(model, x, "torch"),
         atol=2e-4,
     )
+
+
+def test_update_with_weights_hashes_shape_then_bytes_in_order():
+    import hashlib
+
+    from keras_rmac.backbones import update_with_weights
+
+    weights = [
+        keras.Variable(np.arange(6, dtype="float32").reshape(2, 3)),
+        np.ones(4, np.float32),
+    ]
+    oracle = hashlib.sha256()
+    oracle.update(b"(2, 3)")
+    oracle.update(np.arange(6, dtype="float32").tobytes())
+    oracle.update(b"(4,)")
+    oracle.update(np.ones(4, np.float32).tobytes())
+    got = update_with_weights(hashlib.sha256(), weights)
+    assert got.hexdigest() == oracle.hexdigest()
+    swapped = update_with_weights(hashlib.sha256(), weights[::-1])
+    assert swapped.hexdigest() != oracle.hexdigest()
+
+
+def test_known_weights_are_found_by_file_contents(tmp_path):
+    from keras_rmac import backbones
+
+    path = tmp_path / "w.h5"
+    path.write_bytes(b"not a known file")
+    assert backbones.known_weights(path) is None
+    digest = backbones.file_sha256(path)
+    backbones.KNOWN_WEIGHTS[digest] = backbones.KnownWeights("vgg16", "caffe")
+    try:
+        assert backbones.known_weights(path).backbone == "vgg16"
+    finally:
+        del backbones.KNOWN_WEIGHTS[digest]

@@ -2,8 +2,8 @@
 
 import hashlib
 import json
-import logging
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -12,6 +12,7 @@ from keras import ops
 
 from keras_rmac.backbones import build_backbone
 from keras_rmac.backbones import graph_signature
+from keras_rmac.backbones import update_with_weights
 from keras_rmac.data import image_io
 from keras_rmac.layers.gem_pooling import GeMPooling
 from keras_rmac.layers.l2_normalize import L2Normalize
@@ -20,35 +21,14 @@ from keras_rmac.layers.preprocess import Preprocess
 from keras_rmac.layers.rmac_pooling import RMACPooling
 from keras_rmac.layers.shift_pca import ShiftPCA
 from keras_rmac.layers.spoc_pooling import SPoCPooling
-
-logger = logging.getLogger(__name__)
+from keras_rmac.models.multiscale import scale_sizes
+from keras_rmac.models.multiscale import sum_over_scales
+from keras_rmac.models.multiscale import validate_scales
+from keras_rmac.progress import progress_bar
 
 POOLINGS = ("rmac", "mac", "spoc", "gem")
 
 _IMAGE_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32)
-
-
-def scale_sizes(max_size, scales, longest=None):
-    """Longest side of the image at each scale of a multi-resolution pass.
-
-    `max_size * s` rounded (or `longest * s` when `max_size` is None),
-    at least 1. Shared by `extract` and the SavedModel export so both
-    resize identically.
-    """
-    base = longest if max_size is None else max_size
-    if base is None:
-        return [None for _ in scales]
-    return [max(1, int(round(base * float(s)))) for s in scales]
-
-
-def _validate_scales(scales):
-    scales = tuple(float(s) for s in scales)
-    if not scales or any(not s > 0 for s in scales):
-        raise ValueError(
-            f"`scales` must be a non-empty list of positive numbers, got "
-            f"{scales!r}."
-        )
-    return scales
 
 
 @keras.saving.register_keras_serializable(package="keras_rmac")
@@ -155,18 +135,32 @@ class RMACModel(keras.Model):
     def region_vectors(self, images, training=False):
         """L2-normalised region vectors `(B, R, C)` before shift + PCA."""
         x = self.preprocess(images)
-        features = self.backbone(x, training=training)
-        # Max-pool every region of the grid, then L2-normalise each.
-        return self.region_l2(self.pool(features))
+        return self.pool_regions(self.backbone(x, training=training))
 
     def call(self, images, training=False):
         x = self.preprocess(images)
         return self.head(self.backbone(x, training=training))
 
+    # The R-MAC head, in two halves so that `adapt_pca` can stop between
+    # them. `FeatureEmbedding` (training on cached features) calls these
+    # same methods, and the SavedModel export calls the model itself.
+
     def head(self, features):
-        """The R-MAC head on backbone features `(B, H, W, C)` -> `(B, D)`."""
-        # Max-pool every region of the grid, then L2-normalise each.
-        regions = self.region_l2(self.pool(features))
+        """The R-MAC head on backbone features `(B, H, W, C)` -> `(B, D)`.
+
+        `aggregate(pool_regions(features))`: region max-pool -> L2 ->
+        shift + PCA -> L2 -> sum -> L2 (one region for MAC, SPoC, GeM).
+        """
+        return self.aggregate(self.pool_regions(features))
+
+    def pool_regions(self, features):
+        """Features `(B, H, W, C)` -> L2-normalised regions `(B, R, C)`."""
+        # Max-pool every region of the grid (MAC/SPoC/GeM: one region over
+        # the whole map), then L2-normalise each.
+        return self.region_l2(self.pool(features))
+
+    def aggregate(self, regions):
+        """L2-normalised regions `(B, R, C)` -> descriptors `(B, D)`."""
         # Shift + PCA (fully connected with bias) on every region.
         regions = self.shift_pca(regions)
         # L2-normalise again.
@@ -175,13 +169,22 @@ class RMACModel(keras.Model):
         return self.descriptor_l2(ops.sum(regions, axis=1))
 
     def compute_output_shape(self, input_shape):
-        dim = self.pca_dim or self.backbone.output.shape[-1]
-        return (input_shape[0], dim)
+        return (input_shape[0], self.dimension)
+
+    @property
+    def dimension(self):
+        """Dimension D of the descriptors."""
+        return self.pca_dim or int(self.backbone.output.shape[-1])
 
     @property
     def descriptor_dim(self):
-        """Dimension D of the descriptors."""
-        return self.pca_dim or int(self.backbone.output.shape[-1])
+        """Deprecated alias of `dimension`."""
+        warnings.warn(
+            "RMACModel.descriptor_dim is deprecated; use RMACModel.dimension.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.dimension
 
     # ----------------------------------------------------------------------
     # Inference on images of any size.
@@ -206,25 +209,10 @@ class RMACModel(keras.Model):
             np.asarray(image, np.float32), int(size)
         ).numpy()
 
-    def _batched(self, key, images, size_fn, batch_size, verbose):
-        """Runs function `key` over `images` in same-shape batches.
-
-        Yields `(start, list of outputs)` for consecutive chunks.
-        """
-        fn = self._function(key)
-        chunk = []
-        start = 0
-        for image in images:
-            chunk.append(image)
-            if len(chunk) == batch_size:
-                yield start, self._run_chunk(fn, chunk, size_fn)
-                start += len(chunk)
-                chunk = []
-        if chunk:
-            yield start, self._run_chunk(fn, chunk, size_fn)
-
-    def _run_chunk(self, fn, chunk, size_fn):
-        resized = [self._resize(im, size_fn(im)) for im in chunk]
+    def _run_chunk(self, fn, chunk, size):
+        """`fn` on images resized to longest side `size(image)`, batched
+        by resized shape; the list of outputs in `chunk`'s order."""
+        resized = [self._resize(im, size(im)) for im in chunk]
         out = [None] * len(resized)
         groups = {}
         for i, im in enumerate(resized):
@@ -247,10 +235,12 @@ class RMACModel(keras.Model):
     ):
         """Computes L2-normalised descriptors of images.
 
-        Each image is resized so that its longest side is `max_size * s`
-        (up or down, keeping the aspect ratio) for every scale `s`; with
-        several scales the L2-normalised descriptors are summed and
-        L2-normalised again (multi-resolution descriptor).
+        Each image is decoded once, then resized so that its longest side
+        is `max_size * s` (up or down, keeping the aspect ratio) for every
+        scale `s`; with several scales the L2-normalised descriptors are
+        summed and L2-normalised again (the multi-resolution rule of
+        `keras_rmac.models.multiscale`, which the SavedModel export
+        follows too).
 
         Args:
             images: image paths (list of str / Path), a NumPy array `(N, H,
@@ -274,30 +264,25 @@ class RMACModel(keras.Model):
             keras_rmac.data.image_io.ImageError: an image file cannot be
                 read (the message names the file and the reason).
         """
-        scales = _validate_scales(scales)
+        scales = validate_scales(scales)
         source, count = _image_source(images, num_workers)
-        total = np.zeros((count or 0, self.descriptor_dim), np.float64)
-        for scale in scales:
-            source, _ = _image_source(images, num_workers)
-            rows = []
-            progbar = _progbar(count, verbose)
-            size_fn = _size_fn(max_size, scale)
-            for start, out in self._batched(
-                "descriptor", source, size_fn, batch_size, verbose
-            ):
-                rows.extend(out)
-                if progbar is not None:
-                    progbar.update(start + len(out))
-            if not rows:
-                return np.zeros((0, self.descriptor_dim), np.float32)
-            stacked = np.stack(rows).astype(np.float64)
-            if total.shape[0] != stacked.shape[0]:
-                total = np.zeros_like(stacked)
-            total += stacked
-        if len(scales) > 1:
-            norms = np.linalg.norm(total, axis=1, keepdims=True)
-            total = total / np.maximum(norms, 1e-6)
-        return total.astype(np.float32)
+        progress = _progress(count, verbose, "extract")
+        fn = self._function("descriptor")
+        rows = []
+        done = 0
+        # Each image is decoded once, then resized and run at every scale.
+        for chunk in _chunks(source, batch_size):
+            per_scale = [
+                np.stack(self._run_chunk(fn, chunk, _size_fn(max_size, s)))
+                for s in scales
+            ]
+            rows.append(sum_over_scales(per_scale))
+            done += len(chunk)
+            if progress is not None:
+                progress.update(done)
+        if not rows:
+            return np.zeros((0, self.dimension), np.float32)
+        return np.concatenate(rows).astype(np.float32)
 
     def adapt_pca(
         self,
@@ -327,18 +312,19 @@ class RMACModel(keras.Model):
             The number of region vectors used.
         """
         source, count = _image_source(images, num_workers)
-        progbar = _progbar(count, verbose)
-        size_fn = _size_fn(max_size, 1.0)
+        progress = _progress(count, verbose, "adapt_pca")
+        fn = self._function("regions")
+        size = _size_fn(max_size, 1.0)
         used = [0]
 
         def blocks():
-            for start, out in self._batched(
-                "regions", source, size_fn, batch_size, verbose
-            ):
-                block = np.concatenate(out, axis=0)
+            done = 0
+            for chunk in _chunks(source, batch_size):
+                block = np.concatenate(self._run_chunk(fn, chunk, size))
                 used[0] += len(block)
-                if progbar is not None:
-                    progbar.update(start + len(out))
+                done += len(chunk)
+                if progress is not None:
+                    progress.update(done)
                 yield block
 
         self.shift_pca.adapt(
@@ -361,10 +347,7 @@ class RMACModel(keras.Model):
         head = [self.pooling, self.levels, self.overlap]
         digest.update(json.dumps(head).encode())
         digest.update(graph_signature(self.backbone).encode())
-        for weight in self.weights:
-            value = np.ascontiguousarray(ops.convert_to_numpy(weight))
-            digest.update(str(value.shape).encode())
-            digest.update(value.tobytes())
+        update_with_weights(digest, self.weights)
         return digest.hexdigest()
 
     def get_config(self):
@@ -403,12 +386,23 @@ def _size_fn(max_size, scale):
     return size
 
 
-def _progbar(count, verbose):
+def _chunks(items, size):
+    """Consecutive lists of `size` items (the last one may be shorter)."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _progress(count, verbose, label):
+    """A progress reporter over `count` images, or None."""
     if verbose == "auto":
         verbose = 1 if count and count > 100 else 0
-    if not verbose:
-        return None
-    return keras.utils.Progbar(count)
+    return progress_bar(count, verbose, unit_name="image", label=label)
 
 
 def _image_source(images, num_workers):

@@ -3,13 +3,13 @@
 import logging
 
 import keras
+import numpy as np
 from keras import ops
 
+from keras_rmac.data.triplets import STREAMS
 from keras_rmac.losses import TripletMarginLoss
 
 logger = logging.getLogger(__name__)
-
-STREAMS = ("query", "positive", "negative")
 
 DEFAULT_LEARNING_RATE = 1e-5
 """Adam learning rate `compile()` uses when no optimizer is given.
@@ -19,6 +19,69 @@ Radenovic et al. (2018) fine-tune with Adam at 1e-6 to 5e-6 for a full
 network; 1e-5 suits the shorter schedules and partly frozen backbones this
 library trains by default (see `benchmarks/train_coil100.py`).
 """
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(
+    name="adam",
+    learning_rate=DEFAULT_LEARNING_RATE,
+    gradient_accumulation_steps=None,
+    weight_decay=None,
+):
+    """An optimizer keras_rmac trains with: Adam, or SGD with momentum 0.9.
+
+    `TripletModel.compile()` uses `make_optimizer()` when no optimizer is
+    given; a training configuration (optimizer name, learning rate or
+    schedule, accumulation, weight decay) maps onto its arguments.
+
+    Args:
+        name: str. One of `OPTIMIZERS`. Defaults to `"adam"`.
+        learning_rate: float or a `keras.optimizers.schedules` schedule.
+            Defaults to `DEFAULT_LEARNING_RATE`.
+        gradient_accumulation_steps: int or None. Apply the averaged
+            gradients of this many batches at once. Defaults to `None`.
+        weight_decay: float or None. Decoupled weight decay; None or 0
+            for none. Defaults to `None`.
+
+    Returns:
+        A `keras.optimizers.Optimizer`.
+
+    Example:
+
+    >>> make_optimizer("sgd", 0.01).momentum
+    0.9
+    """
+    kwargs = {"gradient_accumulation_steps": gradient_accumulation_steps}
+    if weight_decay:
+        kwargs["weight_decay"] = weight_decay
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate, **kwargs)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, **kwargs)
+    raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
+
+
+def optimizer_step(optimizer):
+    """Batches an optimizer has processed (0 for None).
+
+    With gradient accumulation, Keras's public `iterations` counts the
+    updates applied (batches // accumulation steps); the raw counter,
+    saved with the weights, counts batches, which is what checkpoints and
+    callbacks that act every n batches need.
+
+    Args:
+        optimizer: `keras.optimizers.Optimizer` or None.
+
+    Returns:
+        int.
+    """
+    if optimizer is None:
+        return 0
+    counter = getattr(optimizer, "_iterations", None)
+    if counter is None:
+        counter = optimizer.iterations
+    return int(np.asarray(counter))
 
 
 def _sublayers(layer):
@@ -174,19 +237,20 @@ class FeatureEmbedding(keras.Model):
 
     def region_vectors(self, features, training=False):
         """L2-normalised region vectors `(B, R, C)` before shift + PCA."""
-        rmac = self.rmac
         maps = self.backbone(features, training=training)
-        return rmac.region_l2(rmac.pool(maps))
+        return self.rmac.pool_regions(maps)
 
     def call(self, features, training=False):
-        # Same steps as RMACModel.call after the backbone.
-        rmac = self.rmac
-        regions = self.region_vectors(features, training=training)
-        regions = rmac.pca_l2(rmac.shift_pca(regions))
-        return rmac.descriptor_l2(ops.sum(regions, axis=1))
+        # The tail of the backbone, then `rmac`'s own R-MAC head.
+        return self.rmac.head(self.backbone(features, training=training))
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.rmac.descriptor_dim)
+        return (input_shape[0], self.dimension)
+
+    @property
+    def dimension(self):
+        """Dimension D of the descriptors (that of `rmac`)."""
+        return self.rmac.dimension
 
     def get_config(self):
         config = super().get_config()
@@ -339,9 +403,8 @@ class TripletModel(keras.Model):
                 f"got {gradient_accumulation_steps!r}."
             )
         if optimizer is None:
-            optimizer = keras.optimizers.Adam(
-                learning_rate=DEFAULT_LEARNING_RATE,
-                gradient_accumulation_steps=gradient_accumulation_steps,
+            optimizer = make_optimizer(
+                gradient_accumulation_steps=gradient_accumulation_steps
             )
         elif isinstance(optimizer, str):
             optimizer = keras.optimizers.get(optimizer)
@@ -383,6 +446,11 @@ class TripletModel(keras.Model):
             sample_weight=sample_weight,
             training=training,
         )
+
+    @property
+    def optimizer_step(self):
+        """Batches trained on so far (see the function `optimizer_step`)."""
+        return optimizer_step(getattr(self, "optimizer", None))
 
     def train_step(self, data):
         logs = super().train_step(data)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from keras_rmac.export import existing_versions
 from keras_rmac.export import export_saved_model
-from keras_rmac.export import saved_model
+from keras_rmac.export import warmup
 from tests.export.helpers import png_bytes
 from tests.export.helpers import serving_proto_classes
 
@@ -185,7 +185,8 @@ def test_metadata(exports, tiny_model):
     with open(path) as f:
         meta = json.load(f)
     assert meta["fingerprint"] == tiny_model.fingerprint()
-    assert meta["descriptor_dim"] == 16
+    assert meta["dimension"] == 16
+    assert meta["descriptor_dim"] == 16  # The 0.2.0 key, still written.
     assert meta["max_size"] == 48
     assert meta["scales"] == [1.0, 0.707, 0.5]
     assert meta["scale_sizes"] == [48, 34, 24]
@@ -246,7 +247,7 @@ def test_not_a_model(tmp_path):
 def test_default_warmup_image_size():
     # 4:3, longest side max_size (224 without one), an RGB gradient.
     for max_size, size in [(100, (100, 75)), (None, (224, 168)), (9, (9, 8))]:
-        data = saved_model._default_warmup_image(max_size)
+        data = warmup.default_image(max_size)
         image = Image.open(io.BytesIO(data))
         assert image.size == size
         assert image.mode == "RGB"

@@ -1,10 +1,18 @@
-"""The hand-written PredictionLog encoder against the protobuf library."""
+"""The hand-written PredictionLog encoder against the protobuf library.
+
+The oracle is `serving_proto_classes`: the TF Serving messages declared
+from their .proto field numbers and parsed by the protobuf library, with
+TensorFlow's own `TensorProto`. tensorflow-serving-api is not a dependency
+(TensorFlow does not ship its protos), so there is no test against it; the
+written warm-up file itself is read back with `tf.data.TFRecordDataset`
+and parsed the same way in `test_saved_model.py`.
+"""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_rmac.export import saved_model
+from keras_rmac.export import warmup
 from tests.export.helpers import serving_proto_classes
 
 
@@ -22,7 +30,7 @@ from tests.export.helpers import serving_proto_classes
     ],
 )
 def test_varint(value, encoded):
-    assert saved_model._varint(value) == encoded
+    assert warmup.varint(value) == encoded
 
 
 def _tensor(values):
@@ -41,7 +49,7 @@ def _tensor(values):
 def test_prediction_log_matches_protobuf(inputs):
     classes = serving_proto_classes()
     tensors = {k: _tensor(v) for k, v in inputs.items()}
-    encoded = saved_model._prediction_log(
+    encoded = warmup.prediction_log(
         {k: t.SerializeToString() for k, t in tensors.items()},
         signature_name="serving_default",
     )
@@ -62,16 +70,3 @@ def test_prediction_log_matches_protobuf(inputs):
     for key, values in inputs.items():
         array = tf.make_ndarray(request.inputs[key])
         assert array.tolist() == values
-
-
-def test_real_tensorflow_serving_api_parses_it():
-    """Runs only where tensorflow-serving-api happens to be installed."""
-    apis = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2")
-    encoded = saved_model._prediction_log(
-        {"image_bytes": _tensor([b"abc"]).SerializeToString()}
-    )
-    log = apis.PredictionLog.FromString(encoded)
-    assert log.WhichOneof("log_type") == "predict_log"
-    request = log.predict_log.request
-    assert request.model_spec.signature_name == "serving_default"
-    assert tf.make_ndarray(request.inputs["image_bytes"]).tolist() == [b"abc"]

@@ -142,6 +142,48 @@ def test_extract_accepts_paths_arrays_and_datasets(tmp_path):
     assert single.shape == (1, 6)
 
 
+def test_extract_decodes_each_file_once_for_all_scales(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from keras_rmac.data import image_io
+
+    model = tiny_model()
+    rng = np.random.default_rng(11)
+    paths = []
+    for i, (h, w) in enumerate([(24, 32), (40, 18), (30, 30)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(paths[-1])
+    scales = (1.0, 0.707, 0.5)
+    # Independent oracle: each scale on its own, summed and normalised.
+    single = [
+        model.extract(paths, max_size=round(40 * s), verbose=0) for s in scales
+    ]
+    want = np.sum(single, axis=0, dtype=np.float64)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+
+    decoded = []
+    load_image = image_io.load_image
+
+    def counting_load_image(path, *args, **kwargs):
+        decoded.append(str(path))
+        return load_image(path, *args, **kwargs)
+
+    monkeypatch.setattr(image_io, "load_image", counting_load_image)
+    got = model.extract(paths, max_size=40, scales=scales, batch_size=2)
+    assert sorted(decoded) == sorted(paths)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_dimension_and_deprecated_descriptor_dim():
+    assert tiny_model().dimension == 6
+    model = tiny_model(pca_dim=4)
+    assert model.dimension == 4
+    assert model.compute_output_shape((2, 9, 9, 3)) == (2, 4)
+    with pytest.warns(DeprecationWarning, match="dimension"):
+        assert model.descriptor_dim == 4
+
+
 def test_extract_reports_bad_file_by_name(tmp_path):
     from keras_rmac.data.image_io import ImageError
 

@@ -9,6 +9,8 @@ from keras_rmac.losses import TripletMarginLoss
 from keras_rmac.models.rmac_model import RMACModel
 from keras_rmac.models.triplet_model import FeatureEmbedding
 from keras_rmac.models.triplet_model import TripletModel
+from keras_rmac.models.triplet_model import make_optimizer
+from keras_rmac.models.triplet_model import optimizer_step
 from keras_rmac.models.triplet_model import set_trainable
 from keras_rmac.models.triplet_model import split_backbone
 
@@ -46,7 +48,7 @@ def test_streams_share_one_set_of_weights():
     model = TripletModel(embedding, freeze_batchnorm=False)
     x = triplets(3)
     out = model(x)
-    assert out.shape == (3, 3, embedding.descriptor_dim)
+    assert out.shape == (3, 3, embedding.dimension)
     ids = {id(v) for v in model.weights}
     assert ids == {id(v) for v in embedding.weights}
     assert len(model.trainable_variables) == len(embedding.trainable_variables)
@@ -83,6 +85,32 @@ def test_compile_defaults():
     assert model.loss.margin == pytest.approx(0.1)
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         TripletModel(tiny_rmac()).compile(gradient_accumulation_steps=1)
+
+
+def test_make_optimizer():
+    adam = make_optimizer()
+    assert isinstance(adam, keras.optimizers.Adam)
+    assert np.isclose(float(adam.learning_rate), 1e-5)
+    assert adam.gradient_accumulation_steps is None
+    assert adam.weight_decay is None
+    sgd = make_optimizer(
+        "sgd", 0.1, gradient_accumulation_steps=3, weight_decay=0.01
+    )
+    assert isinstance(sgd, keras.optimizers.SGD)
+    assert sgd.momentum == pytest.approx(0.9)
+    assert np.isclose(float(sgd.learning_rate), 0.1)
+    assert sgd.gradient_accumulation_steps == 3
+    assert sgd.weight_decay == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="rmsprop"):
+        make_optimizer("rmsprop")
+
+
+def test_optimizer_step_before_compile_and_training():
+    assert optimizer_step(None) == 0
+    model = TripletModel(tiny_rmac())
+    assert model.optimizer_step == 0
+    model.compile()
+    assert model.optimizer_step == 0
 
 
 def test_fit_decreases_loss_on_toy_problem():
@@ -183,7 +211,8 @@ def _train_copy(weights, batch_size, accumulation, data):
     )
     ds = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
     model.fit(ds, epochs=1, verbose=0, shuffle=False)
-    return embedding.get_weights(), int(model.optimizer.iterations)
+    steps = (int(model.optimizer.iterations), model.optimizer_step)
+    return embedding.get_weights(), steps
 
 
 def test_gradient_accumulation_equals_larger_batch():
@@ -195,8 +224,9 @@ def test_gradient_accumulation_equals_larger_batch():
     start = reference.get_weights()
     big, big_steps = _train_copy(start, 8, None, data)
     acc, acc_steps = _train_copy(start, 4, 2, data)
-    # `iterations` counts applied updates: one in both runs.
-    assert (big_steps, acc_steps) == (1, 1)
+    # `iterations` counts applied updates: one in both runs;
+    # `optimizer_step` counts batches: one and two.
+    assert (big_steps, acc_steps) == ((1, 1), (1, 2))
     changed = False
     for a, b, s in zip(big, acc, start):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
