@@ -57,27 +57,6 @@ def _index_kind(kind):
     return kind
 
 
-def optimizer_step(optimizer) -> int:
-    """Batches the optimizer has processed.
-
-    With gradient accumulation, Keras's public `iterations` counts applied
-    updates (batches // accumulation steps); the raw counter, saved with
-    the weights, counts batches. Mining every N steps and the training
-    checkpoints (`keras_rmac.training`) both count with it.
-
-    Example:
-
-    >>> import keras
-    >>> optimizer = keras.optimizers.SGD(gradient_accumulation_steps=2)
-    >>> optimizer_step(optimizer)
-    0
-    """
-    counter = getattr(optimizer, "_iterations", None)
-    if counter is None:
-        counter = optimizer.iterations
-    return int(np.asarray(counter))
-
-
 def mine_hard_negatives(
     query_descriptors,
     query_labels,
@@ -452,7 +431,7 @@ class HardNegativeMiner(keras.callbacks.Callback):
         if not self.every_n_steps:
             return
         # Batches seen, not updates (they differ under accumulation).
-        if optimizer_step(self.model.optimizer) % self.every_n_steps == 0:
+        if self.model.optimizer_step % self.every_n_steps == 0:
             self.mine(self._epoch)
 
 

@@ -33,7 +33,7 @@ Modules: `config` (`TrainConfig`), `callbacks` (`ResumableBackupAndRestore`,
 `loop` (`train` and its steps).
 """
 
-from keras_rmac.data.mining import optimizer_step
+from keras_rmac.models import optimizer_step
 from keras_rmac.training.callbacks import RandomTriplets
 from keras_rmac.training.callbacks import ResumableBackupAndRestore
 from keras_rmac.training.config import OPTIMIZERS

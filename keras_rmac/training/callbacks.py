@@ -11,10 +11,10 @@ import os
 
 import keras
 
-from keras_rmac.data.mining import optimizer_step
 from keras_rmac.data.triplets import random_triplets
 from keras_rmac.fileio import atomic_write
 from keras_rmac.fileio import atomic_write_json
+from keras_rmac.models import optimizer_step
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from keras_rmac.losses import TripletMarginLoss
 from keras_rmac.models.rmac_model import RMACModel
 from keras_rmac.models.triplet_model import FeatureEmbedding
 from keras_rmac.models.triplet_model import TripletModel
+from keras_rmac.models.triplet_model import make_optimizer
 from keras_rmac.training.callbacks import RandomTriplets
 from keras_rmac.training.callbacks import ResumableBackupAndRestore
 from keras_rmac.training.config import TrainConfig
@@ -69,12 +70,12 @@ def build_optimizer(config: TrainConfig):
             decay_steps=config.steps_per_epoch,
             decay_rate=config.lr_decay,
         )
-    kwargs = {"gradient_accumulation_steps": config.gradient_accumulation_steps}
-    if config.weight_decay:
-        kwargs["weight_decay"] = config.weight_decay
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, **kwargs)
-    return keras.optimizers.Adam(learning_rate, **kwargs)
+    return make_optimizer(
+        config.optimizer,
+        learning_rate,
+        config.gradient_accumulation_steps,
+        config.weight_decay,
+    )
 
 
 def _default_embedding(config):
