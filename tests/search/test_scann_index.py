@@ -7,8 +7,8 @@ import pytest
 
 from keras_rmac.search import ExactIndex
 from keras_rmac.search import ScannIndex
-from keras_rmac.search.scann_index import pack_nibbles
-from keras_rmac.search.scann_index import unpack_nibbles
+from keras_rmac.search.nibbles import pack_nibbles
+from keras_rmac.search.nibbles import unpack_nibbles
 from tests.search.helpers import clustered
 from tests.search.helpers import oracle_top_k
 from tests.search.helpers import recall_at_k
