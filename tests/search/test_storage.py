@@ -295,3 +295,11 @@ def test_damaged_projection_is_reported(data, tmp_path):
     np.save(tmp_path / "p" / "projection_matrix.npy", np.zeros((D, 1)))
     with pytest.raises(ValueError, match="projection_matrix.npy.*damaged"):
         load_index(tmp_path / "p")
+
+
+def test_format_version_alias_is_deprecated():
+    import keras_rmac.search
+
+    with pytest.warns(DeprecationWarning, match="INDEX_FORMAT_VERSION"):
+        assert keras_rmac.search.FORMAT_VERSION == storage.INDEX_FORMAT_VERSION
+    assert "FORMAT_VERSION" not in keras_rmac.search.__all__
