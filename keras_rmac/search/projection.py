@@ -24,10 +24,21 @@ Representations for Image Retrieval", IJCV 2017 (Section 6.3,
 compressed descriptors), https://arxiv.org/abs/1610.07940
 """
 
+import warnings
+
 import numpy as np
 
 from keras_rmac.stats import mean_and_covariance
 from keras_rmac.stats import principal_components
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"PCAProjection.{old} is deprecated; use PCAProjection.{new}.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
 
 # Rows accumulated at a time when computing the covariance.
 _BLOCK_ROWS = 65_536
@@ -69,14 +80,26 @@ class PCAProjection:
         self.mean = np.ascontiguousarray(mean, np.float32)
 
     @property
-    def input_dim(self) -> int:
+    def dimension(self) -> int:
         """Dimension D of the descriptors."""
         return int(self.matrix.shape[0])
 
     @property
-    def output_dim(self) -> int:
+    def projection_dim(self) -> int:
         """Dimension of the projected vectors."""
         return int(self.matrix.shape[1])
+
+    @property
+    def input_dim(self) -> int:
+        """Deprecated alias of `dimension`."""
+        _deprecated("input_dim", "dimension")
+        return self.dimension
+
+    @property
+    def output_dim(self) -> int:
+        """Deprecated alias of `projection_dim`."""
+        _deprecated("output_dim", "projection_dim")
+        return self.projection_dim
 
     @classmethod
     def fit(
