@@ -2,10 +2,14 @@
 
 `ExactIndex` (NumPy brute force, the oracle) and `ScannIndex` (ScaNN tree +
 product quantisation, `mode="fast"` or `mode="compact"`) share the `Index`
-interface: `add`, `search`, `save`, `load`, `metadata`. `load_index` opens
-any saved index; `keras_rmac.search.expansion` holds query expansion and
-database-side augmentation.
+interface: `add`, `search`, `save`, `load`, `metadata`, `get_config` /
+`from_config`. `make_index(kind, dimension, **options)` makes any of them;
+`load_index` opens any saved index; `keras_rmac.search.expansion` holds
+query expansion and database-side augmentation;
+`keras_rmac.search.scann_policy` the rules that pick ScaNN's parameters.
 """
+
+import warnings
 
 from keras_rmac.search.base import Index
 from keras_rmac.search.base import load_index
@@ -19,12 +23,11 @@ from keras_rmac.search.expansion import search_with_query_expansion
 from keras_rmac.search.factory import KINDS
 from keras_rmac.search.factory import make_index
 from keras_rmac.search.scann_index import ScannIndex
-from keras_rmac.search.storage import FORMAT_VERSION
+from keras_rmac.search.storage import INDEX_FORMAT_VERSION
 from keras_rmac.search.storage import IndexMismatchError
-from keras_rmac.search.storage import fingerprint_arrays
 
 __all__ = [
-    "FORMAT_VERSION",
+    "INDEX_FORMAT_VERSION",
     "KINDS",
     "ExactIndex",
     "Index",
@@ -34,9 +37,22 @@ __all__ = [
     "average_query_expansion",
     "database_side_augmentation",
     "expand_queries",
-    "fingerprint_arrays",
     "load_index",
     "make_index",
     "search_with_query_expansion",
     "top_k_inner_product",
 ]
+
+
+def __getattr__(name):
+    # Deprecated spelling of 0.2.0: `FORMAT_VERSION` also named the folder
+    # index's settings version in keras_rmac.indexing.
+    if name == "FORMAT_VERSION":
+        warnings.warn(
+            "keras_rmac.search.FORMAT_VERSION is deprecated; use "
+            "keras_rmac.search.INDEX_FORMAT_VERSION.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return INDEX_FORMAT_VERSION
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

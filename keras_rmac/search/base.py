@@ -8,6 +8,7 @@ metadata, validation, padding and the on-disk manifest live here.
 """
 
 import abc
+import copy
 import logging
 import os
 from collections.abc import Mapping
@@ -80,7 +81,9 @@ class Index(abc.ABC):
       the saved type;
     - `metadata` is a JSON-serialisable dict stored in the manifest, e.g.
       the descriptor model's configuration and weight fingerprint, which
-      `load(..., expect={...})` can then check.
+      `load(..., expect={...})` can then check;
+    - `get_config()` / `from_config(config)` give the constructor arguments
+      of an equivalent empty index, and `kind` its `make_index` kind.
 
     Args:
         dimension: int. Descriptor dimension D.
@@ -123,6 +126,56 @@ class Index(abc.ABC):
             f"<{type(self).__name__} dimension={self.dimension} "
             f"count={len(self)}>"
         )
+
+    @property
+    def kind(self) -> str:
+        """The `make_index` kind of this index (`"exact"`, `"fast"` ...)."""
+        return self.index_type
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments of an equivalent empty index.
+
+        A JSON-serialisable dict (given JSON-serialisable `metadata`):
+        `dimension`, the index type's own options and a copy of `metadata`.
+        `type(index).from_config(config)` and
+        `make_index(index.kind, **config)` both make an empty index with
+        the same settings; the vectors are not part of it.
+
+        Example:
+
+        >>> from keras_rmac.search import ExactIndex, make_index
+        >>> index = ExactIndex(4, metadata={"model": "m"})
+        >>> config = index.get_config()
+        >>> config
+        {'dimension': 4, 'block_bytes': 67108864, 'metadata': {'model': 'm'}}
+        >>> ExactIndex.from_config(config)
+        <ExactIndex dimension=4 count=0>
+        >>> make_index(index.kind, **config).get_config() == config
+        True
+        """
+        return {
+            "dimension": self.dimension,
+            **self._options_config(),
+            "metadata": copy.deepcopy(self.metadata),
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Index":
+        """A new, empty index from `get_config()`'s dict.
+
+        Args:
+            config: dict. The constructor's keyword arguments.
+
+        Returns:
+            An instance of the class it is called on.
+        """
+        if cls is Index or not cls.index_type:
+            raise TypeError(
+                "Call `from_config` on the index class (e.g. "
+                "`ScannIndex.from_config`), or use "
+                "`make_index(kind, **config)`."
+            )
+        return cls(**config)
 
     @property
     def ids(self) -> np.ndarray:
@@ -344,6 +397,10 @@ class Index(abc.ABC):
 
     # ------------------------------------------------------------------
     # Hooks for subclasses.
+
+    def _options_config(self) -> dict[str, Any]:
+        """The constructor options besides `dimension` and `metadata`."""
+        return {}
 
     def _check_can_add(self) -> None:
         """Raises if the index cannot take more vectors in its state."""

@@ -25,8 +25,10 @@ def top_k_inner_product(
 
     Scores are computed block by block (a matrix product per block, then
     `argpartition`), keeping a running top-`k`, so memory stays bounded
-    by `block_bytes` of scores whatever the database size. Ties are broken
-    by the smaller row index.
+    by `block_bytes` of scores whatever the database size; queries are
+    scored 1024 at a time. Ties are broken by the smaller row index, also
+    when they straddle the `k`-th place (the result is that of a stable
+    sort of each query's scores).
 
     Args:
         queries: float32 array `(Q, D)`.
@@ -55,14 +57,14 @@ def top_k_inner_product(
             block = np.asarray(database[ds : ds + db_block])
             scores = q @ block.T
             if scores.shape[1] > k:
-                part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                part = _top_k_columns(scores, np.arange(ds, ds + len(block)), k)
                 scores = np.take_along_axis(scores, part, axis=1)
             else:
                 part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
             best_rows = np.concatenate([best_rows, part + ds], axis=1)
             best_scores = np.concatenate([best_scores, scores], axis=1)
             if best_rows.shape[1] > k:
-                part = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
+                part = _top_k_columns(best_scores, best_rows, k)
                 best_rows = np.take_along_axis(best_rows, part, axis=1)
                 best_scores = np.take_along_axis(best_scores, part, axis=1)
         # Best first; ties by smaller row (lexsort: last key is primary).
@@ -70,6 +72,33 @@ def top_k_inner_product(
         rows_out[qs : qs + len(q)] = np.take_along_axis(best_rows, order, 1)
         scores_out[qs : qs + len(q)] = np.take_along_axis(best_scores, order, 1)
     return rows_out, scores_out
+
+
+def _top_k_columns(scores: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Columns of the `k` best entries of each line: score, then row.
+
+    `argpartition` picks any of several equal scores at the `k`-th place;
+    the few lines where that leaves out a tied entry are redone with a full
+    stable ordering, so a tie always goes to the smaller row.
+
+    Args:
+        scores: `(Q, M)` array, M > k.
+        rows: the database rows of the columns, `(M,)` or `(Q, M)`.
+        k: int >= 1.
+
+    Returns:
+        int64 `(Q, k)` column indices (in no particular order).
+    """
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
+    chosen = (np.take_along_axis(scores, part, axis=1) == kth).sum(axis=1)
+    tied = np.nonzero((scores == kth).sum(axis=1) > chosen)[0]
+    if tied.size:
+        rows = np.broadcast_to(rows, scores.shape)
+        part = part.copy()
+        for i in tied:
+            part[i] = np.lexsort((rows[i], -scores[i]))[:k]
+    return part
 
 
 class ExactIndex(Index):
@@ -131,6 +160,9 @@ class ExactIndex(Index):
                 self._vectors = np.concatenate([self._vectors] + self._chunks)
             self._chunks = []
 
+    def _options_config(self) -> dict[str, Any]:
+        return {"block_bytes": self.block_bytes}
+
     def _add_vectors(self, x: np.ndarray) -> None:
         self._chunks.append(x)
 
@@ -148,14 +180,12 @@ class ExactIndex(Index):
             np.ascontiguousarray(self.vectors),
             allow_pickle=False,
         )
-        return {"block_bytes": self.block_bytes}, {"vectors": VECTORS_FILE}
+        return self._options_config(), {"vectors": VECTORS_FILE}
 
     @classmethod
     def _from_saved(cls, directory, manifest):
-        params = manifest["params"]
-        index = cls(
-            manifest["dimension"],
-            block_bytes=params.get("block_bytes", 64 * 2**20),
+        index = cls.from_config(
+            {"dimension": manifest["dimension"], **manifest["params"]}
         )
         name = manifest.get("files", {}).get("vectors", VECTORS_FILE)
         vectors = storage.load_array(directory, name, mmap_mode="r")

@@ -27,7 +27,7 @@ Image Retrieval", IJCV 2017, https://arxiv.org/abs/1610.07940
 import numpy as np
 
 from keras_rmac.search.base import Index
-from keras_rmac.search.exact import ExactIndex
+from keras_rmac.search.factory import make_index
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -283,7 +283,7 @@ def database_side_augmentation(
     if alpha is not None:
         alpha = _check_alpha(alpha)
     if index is None:
-        index = ExactIndex(x.shape[1])
+        index = make_index("exact", x.shape[1])
         index.add(x)
     elif len(index) != len(x) or index.dimension != x.shape[1]:
         raise ValueError(

@@ -24,9 +24,21 @@ Representations for Image Retrieval", IJCV 2017 (Section 6.3,
 compressed descriptors), https://arxiv.org/abs/1610.07940
 """
 
+import warnings
+
 import numpy as np
 
 from keras_rmac.stats import mean_and_covariance
+from keras_rmac.stats import principal_components
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"PCAProjection.{old} is deprecated; use PCAProjection.{new}.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
 
 # Rows accumulated at a time when computing the covariance.
 _BLOCK_ROWS = 65_536
@@ -68,14 +80,26 @@ class PCAProjection:
         self.mean = np.ascontiguousarray(mean, np.float32)
 
     @property
-    def input_dim(self) -> int:
+    def dimension(self) -> int:
         """Dimension D of the descriptors."""
         return int(self.matrix.shape[0])
 
     @property
-    def output_dim(self) -> int:
+    def projection_dim(self) -> int:
         """Dimension of the projected vectors."""
         return int(self.matrix.shape[1])
+
+    @property
+    def input_dim(self) -> int:
+        """Deprecated alias of `dimension`."""
+        _deprecated("input_dim", "dimension")
+        return self.dimension
+
+    @property
+    def output_dim(self) -> int:
+        """Deprecated alias of `projection_dim`."""
+        _deprecated("output_dim", "projection_dim")
+        return self.projection_dim
 
     @classmethod
     def fit(
@@ -126,17 +150,17 @@ class PCAProjection:
         mean, cov, _ = mean_and_covariance(
             x[start : start + _BLOCK_ROWS] for start in range(0, n, _BLOCK_ROWS)
         )
-        values, vectors = np.linalg.eigh((cov + cov.T) / 2)
-        order = np.argsort(-values, kind="stable")
+        # Symmetrised first: float64 accumulation leaves cov a hair from it.
+        values, vectors = principal_components((cov + cov.T) / 2)
         if variance is not None:
-            share = np.cumsum(np.clip(values[order], 0, None))
+            share = np.cumsum(np.clip(values, 0, None))
             if share[-1] > 0:
                 share /= share[-1]
                 needed = int(np.searchsorted(share, variance - 1e-12)) + 1
             else:  # all vectors equal: one direction is as good as any
                 needed = 1
             dim = max(1, min(dim, needed))
-        top = vectors[:, order[:dim]]
+        top = vectors[:, :dim]  # a view, column-major like eigh's output
         peak = np.argmax(np.abs(top), axis=0)
         top *= np.sign(top[peak, np.arange(dim)])
         if rotate:

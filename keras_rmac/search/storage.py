@@ -17,26 +17,28 @@ renamed in, and only then is the old one deleted. Nothing is pickled:
 arrays are `.npy` files read with `allow_pickle=False`, the rest is JSON.
 """
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from keras_rmac import fileio
+
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "keras_rmac.search"
-# Version 2 added ScannIndex's optional projection and 8-bit codes; an
-# index of version 1 (no projection, 4-bit codes) reads the same way.
-FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+# The version of this on-disk index layout (the manifest's
+# `format_version`), not of any other keras_rmac file. Version 2 added
+# ScannIndex's optional projection and 8-bit codes; an index of version 1
+# (no projection, 4-bit codes) reads the same way.
+INDEX_FORMAT_VERSION = 2
+READABLE_INDEX_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 IDS_FILE = "ids.npy"
 PATHS_FILE = "paths.json"
@@ -55,58 +57,12 @@ class IndexMismatchError(ValueError):
     """
 
 
-def fingerprint_arrays(arrays: Iterable[np.ndarray]) -> str:
-    """A SHA-256 hex digest of a sequence of arrays (dtype, shape, bytes).
-
-    Convenient as the "weights fingerprint" stored in an index's metadata:
-    `fingerprint_arrays(model.get_weights())`.
-
-    Args:
-        arrays: iterable of array-likes, hashed in order.
-
-    Returns:
-        A 64-character hex string.
-
-    Example:
-
-    >>> import numpy as np
-    >>> a = fingerprint_arrays([np.zeros(3, np.float32)])
-    >>> a == fingerprint_arrays([np.zeros(3, np.float32)])
-    True
-    >>> a == fingerprint_arrays([np.zeros(3, np.float64)])
-    False
-    """
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(np.asarray(array))
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def _fsync_path(path: str) -> None:
-    """Flushes a file or directory to disk (best effort for directories)."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    if os.path.isdir(path):
-        try:
-            fd = os.open(path, flags)
-        except OSError:  # some file systems refuse to open directories
-            return
-    else:
-        fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: str) -> None:
+    """`fileio.fsync_path` on every file and folder under `root`."""
     for folder, _, files in os.walk(root):
         for name in files:
-            _fsync_path(os.path.join(folder, name))
-        _fsync_path(folder)
+            fileio.fsync_path(os.path.join(folder, name))
+        fileio.fsync_path(folder)
 
 
 def is_index_directory(directory: str) -> bool:
@@ -171,7 +127,7 @@ def atomic_write_directory(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_path(parent)
+    fileio.fsync_path(parent)
 
 
 def _stranded_old_copies(directory: str) -> list[str]:
@@ -187,10 +143,9 @@ def _stranded_old_copies(directory: str) -> list[str]:
 
 
 def write_json(path: str, value: Any) -> None:
-    """Writes `value` as indented, key-sorted JSON."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
+    """Writes `value` as indented, key-sorted JSON (`fileio`, atomically)."""
+    text = json.dumps(value, indent=2, sort_keys=True, allow_nan=False)
+    fileio.atomic_write_text(path, text + "\n")
 
 
 def check_json_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,7 +187,7 @@ def make_manifest(
 
     return {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": INDEX_FORMAT_VERSION,
         "index_type": index_type,
         "dimension": int(dimension),
         "count": int(count),
@@ -276,8 +231,8 @@ def read_manifest(directory: str) -> dict[str, Any]:
             f"{found!r}, expected {FORMAT_NAME!r})."
         )
     version = manifest.get("format_version")
-    if version not in READABLE_FORMAT_VERSIONS:
-        readable = ", ".join(str(v) for v in READABLE_FORMAT_VERSIONS)
+    if version not in READABLE_INDEX_FORMAT_VERSIONS:
+        readable = ", ".join(str(v) for v in READABLE_INDEX_FORMAT_VERSIONS)
         raise IndexMismatchError(
             f"Index {directory} has format_version={version!r}, but this "
             f"keras_rmac reads format_version {readable}. Rebuild the "

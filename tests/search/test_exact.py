@@ -130,3 +130,51 @@ def test_rows_of_and_get_vectors():
     np.testing.assert_array_equal(got[0, 1], np.zeros(4))
     with pytest.raises(KeyError, match="99"):
         index.get_vectors([99])
+
+
+@pytest.mark.parametrize("block_bytes", [64 * 2**20, 4 * 2 * 3, 4 * 2 * 7])
+@pytest.mark.parametrize("k", [1, 3, 4, 9])
+def test_ties_straddling_the_kth_place_go_to_the_earlier_rows(k, block_bytes):
+    # Ten copies of one vector (rows 2, 4, 6 ... 20) among other vectors:
+    # the top k of a query equal to it are its k earliest copies, however
+    # the database is split into blocks.
+    rng = np.random.default_rng(5)
+    target = unit_rows(rng, 1, 8)
+    others = unit_rows(rng, 11, 8)
+    db = np.empty((21, 8), np.float32)
+    db[0::2] = others
+    db[1::2] = target
+    q = np.repeat(target, 2, axis=0)
+    rows, scores = top_k_inner_product(q, db, k, block_bytes=block_bytes)
+    want_rows, _ = oracle_top_k(db, q, k)
+    np.testing.assert_array_equal(rows, want_rows)
+    assert rows[0].tolist() == list(range(1, 2 * min(k, 10), 2))[:k]
+
+
+def test_mining_contract():
+    # What hard-negative mining (keras_rmac.data.mining) relies on: ids
+    # given over several adds, queries scored in blocks (more than one
+    # block of 1024), results in stable order (score, then position), and
+    # k above N padded with id -1 and score -inf.
+    rng = np.random.default_rng(0)
+    data = unit_rows(rng, 50, 6)
+    data[30] = data[10]  # an exact tie: position 10 (id 110) comes first
+    queries = unit_rows(rng, 1100, 6)
+    queries[0] = data[10]
+    index = ExactIndex(6, block_bytes=4 * 1024 * 7)
+    index.add(data[:20], np.arange(100, 120))
+    index.add(data[20:], np.arange(120, 150))
+    ids, scores = index.search(queries, 5)
+    sims = queries.astype(np.float64) @ data.astype(np.float64).T
+    want = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(ids, want + 100)
+    assert ids[0, :2].tolist() == [110, 130]
+    np.testing.assert_allclose(
+        scores, np.take_along_axis(sims, want, 1), rtol=0, atol=1e-6
+    )
+    ids, scores = index.search(queries[:7], 60)  # more than stored
+    assert ids.shape == scores.shape == (7, 60)
+    np.testing.assert_array_equal(
+        ids[:, :50], np.argsort(-sims[:7], axis=1, kind="stable") + 100
+    )
+    assert (ids[:, 50:] == -1).all() and np.isneginf(scores[:, 50:]).all()

@@ -102,8 +102,8 @@ def test_variance_share_picks_the_fewest_directions():
     for target in (0.5, 0.9, 0.99, 1.0):
         want = int(np.argmax(share >= target - 1e-12)) + 1
         p = PCAProjection.fit(x.astype(np.float32), 10, variance=target)
-        assert p.output_dim == want, target
-    assert PCAProjection.fit(x, 2, variance=0.99).output_dim == 2  # capped
+        assert p.projection_dim == want, target
+    assert PCAProjection.fit(x, 2, variance=0.99).projection_dim == 2  # capped
 
 
 def test_rotation_keeps_the_subspace_and_spreads_variance():
@@ -124,3 +124,12 @@ def test_rotation_keeps_the_subspace_and_spreads_variance():
     var_rot = rotated.project_database(x).var(axis=0)
     assert var_plain[0] / var_plain[-1] > var_rot.max() / var_rot.min()
     np.testing.assert_allclose(var_rot.sum(), var_plain.sum(), rtol=1e-4)
+
+
+def test_old_dimension_names_are_deprecated_aliases():
+    p = PCAProjection(np.eye(4, 2), np.zeros(4))
+    assert (p.dimension, p.projection_dim) == (4, 2)
+    with pytest.warns(DeprecationWarning, match="dimension"):
+        assert p.input_dim == 4
+    with pytest.warns(DeprecationWarning, match="projection_dim"):
+        assert p.output_dim == 2

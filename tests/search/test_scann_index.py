@@ -7,8 +7,8 @@ import pytest
 
 from keras_rmac.search import ExactIndex
 from keras_rmac.search import ScannIndex
-from keras_rmac.search.scann_index import pack_nibbles
-from keras_rmac.search.scann_index import unpack_nibbles
+from keras_rmac.search.nibbles import pack_nibbles
+from keras_rmac.search.nibbles import unpack_nibbles
 from tests.search.helpers import clustered
 from tests.search.helpers import oracle_top_k
 from tests.search.helpers import recall_at_k
@@ -306,3 +306,21 @@ def test_compact_projection_against_numpy_reconstruction(tmp_path):
     # The best distinct vector comes first (ties among its 15 copies).
     best = np.argmax(q @ distinct.T, axis=1)
     np.testing.assert_array_equal(ids[:, 0] // 15, best)
+
+
+def test_tiny_compact_without_projection_saves_and_loads(tmp_path):
+    # projection_dim=0 on fewer than 16 vectors: the float32 vectors are
+    # kept as they are (the 0.2.0 manifest recorded a projection it never
+    # fitted, and the saved index failed to load).
+    rng = np.random.default_rng(2)
+    db, q = unit_rows(rng, 5, 32), unit_rows(rng, 3, 32)
+    index = ScannIndex(32, "compact", bytes_per_vector=8, projection_dim=0)
+    index.add(db)
+    index.save(tmp_path / "t")
+    loaded = ScannIndex.load(tmp_path / "t")
+    assert loaded.built_params["projection_dim"] == 0
+    assert loaded.built_params["code_bytes_per_vector"] == 4 * 32
+    ids, scores = loaded.search(q, 5)
+    want, want_scores = oracle_top_k(db, q, 5)
+    np.testing.assert_array_equal(ids, want)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)

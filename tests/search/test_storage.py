@@ -10,7 +10,6 @@ import pytest
 from keras_rmac.search import ExactIndex
 from keras_rmac.search import IndexMismatchError
 from keras_rmac.search import ScannIndex
-from keras_rmac.search import fingerprint_arrays
 from keras_rmac.search import load_index
 from keras_rmac.search import storage
 from tests.search.helpers import clustered
@@ -64,7 +63,7 @@ def test_round_trip_and_relocation(kind, data, tmp_path):
     if kind != "compact":
         np.testing.assert_array_equal(loaded.get_vectors(index.ids[:5]), db[:5])
     manifest = json.loads((tmp_path / "moved" / "manifest.json").read_text())
-    assert manifest["format_version"] == storage.FORMAT_VERSION
+    assert manifest["format_version"] == storage.INDEX_FORMAT_VERSION
     assert manifest["count"] == len(db) and manifest["dimension"] == D
     assert manifest["metadata"]["weights_fingerprint"] == "abc123"
     for root, _, files in os.walk(tmp_path / "moved"):
@@ -238,17 +237,6 @@ def test_interrupted_swap_is_reported(tmp_path):
         load_index(tmp_path / "i")
 
 
-def test_fingerprint_arrays():
-    a = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(2)]
-    same = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(2)]
-    assert fingerprint_arrays(a) == fingerprint_arrays(same)
-    assert fingerprint_arrays(a) != fingerprint_arrays(a[::-1])
-    reshaped = [a[0].reshape(3, 2), a[1]]
-    assert fingerprint_arrays(a) != fingerprint_arrays(reshaped)
-    changed = [a[0] + 1e-7, a[1]]
-    assert fingerprint_arrays(a) != fingerprint_arrays(changed)
-
-
 def test_scann_settings_survive_save_and_load(data, tmp_path):
     db, _ = data
     index = ScannIndex(
@@ -307,3 +295,11 @@ def test_damaged_projection_is_reported(data, tmp_path):
     np.save(tmp_path / "p" / "projection_matrix.npy", np.zeros((D, 1)))
     with pytest.raises(ValueError, match="projection_matrix.npy.*damaged"):
         load_index(tmp_path / "p")
+
+
+def test_format_version_alias_is_deprecated():
+    import keras_rmac.search
+
+    with pytest.warns(DeprecationWarning, match="INDEX_FORMAT_VERSION"):
+        assert keras_rmac.search.FORMAT_VERSION == storage.INDEX_FORMAT_VERSION
+    assert "FORMAT_VERSION" not in keras_rmac.search.__all__
