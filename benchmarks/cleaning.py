@@ -55,6 +55,7 @@ from benchmarks.results import RESULTS  # noqa: E402
 from benchmarks.results import machine  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from keras_rmac.data import cleaning  # noqa: E402
+from keras_rmac.data.labelled import read_image_list  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _NAME = re.compile(r"obj(\d+)__(\d+)\.png$")
@@ -278,9 +279,12 @@ def run_mode(
     elif wall_file.exists():  # the run that computed the classes
         wall = float(wall_file.read_text())
 
+    clean = read_image_list(out_dir / "clean.csv", root="")
     kept = {
-        (r.path, r.label): r.box
-        for r in cleaning.read_clean_list(out_dir / "clean.csv")
+        (path, label): tuple(int(v) for v in box)
+        for path, label, box in zip(
+            clean.paths, clean.label_names(), clean.boxes
+        )
     }
     truth = {key for key, kind in source.items() if kind == "true"}
     right = sum(1 for key in kept if key in truth)

@@ -17,10 +17,12 @@ Example:
   keras-rmac clean landmarks.csv --out landmarks-clean.csv --workers 8 \\
       --shortlist-k 20 --backbone mobilenet_v2
 
-LIST.csv has one `path,label` row per image (an optional `path,label`
-header; relative paths are relative to the CSV's folder unless --root is
-given). The output has one `path,label,x0,y0,x1,y1` row per kept image,
-the box in pixels of the original image (crop: image[y0:y1, x0:x1]).
+LIST.csv has one `path,label` row per image (a first row naming a path
+and a label column, e.g. `path,label`, is a header; Google Landmarks v2
+train.csv and train_clean.csv are read as they are; relative paths are
+relative to the CSV's folder unless --root is given). The output has one
+`path,label,x0,y0,x1,y1` row per kept image, the box in pixels of the
+original image (crop: image[y0:y1, x0:x1]).
 Alongside it: OUT.report.json and OUT.report.txt (what was dropped and
 why) and OUT.work/ (finished classes: rerunning the same command resumes).
 
@@ -50,7 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("list", metavar="LIST.csv", help="`path,label` CSV.")
+    parser.add_argument(
+        "list", metavar="LIST.csv", help="Labelled list: `path,label` CSV."
+    )
     parser.add_argument(
         "--out", required=True, metavar="CLEAN.csv", help="Output CSV."
     )

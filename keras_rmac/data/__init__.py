@@ -1,0 +1,66 @@
+"""Data: image files, labelled lists, training triplets, benchmarks, cleaning.
+
+Modules, in the order the data flows:
+
+- `image_io`: decode image files (bad-file policy), `IMAGE_EXTENSIONS`,
+  `list_images`; `colour`: the colour policy; `resize`: longest side to
+  `max_size` (TensorFlow).
+- `labelled`: `LabelledImages`, the `path,label[,x0,y0,x1,y1]` CSV format
+  (`read_image_list`, `write_image_list`) and one folder per class.
+- `bad_files`, `triplet_table`, `augmentation`, `triplets`: the `tf.data`
+  pipeline of training triplets; `mining`: hard negatives.
+- `datasets`: retrieval benchmarks (Oxford/Paris, Holidays, COIL-100...).
+- `cleaning`, `local_features`: automatic cleaning of noisy lists.
+
+The names below are importable from `keras_rmac.data` itself. They are
+loaded on first use, so that `import keras_rmac.data.cleaning` (or the
+command line) does not import TensorFlow through this package.
+
+Example:
+
+>>> from keras_rmac.data import STREAMS, LabelledImages
+>>> STREAMS
+('query', 'positive', 'negative')
+"""
+
+import importlib
+
+_EXPORTS = {
+    "Augmentation": "augmentation",
+    "BadFiles": "bad_files",
+    "validate_images": "bad_files",
+    "IMAGE_EXTENSIONS": "image_io",
+    "ImageError": "image_io",
+    "list_images": "image_io",
+    "load_image": "image_io",
+    "load_images": "image_io",
+    "LabelledImages": "labelled",
+    "class_folders": "labelled",
+    "folder_per_class": "labelled",
+    "read_image_list": "labelled",
+    "write_image_list": "labelled",
+    "resize_longest_side": "resize",
+    "target_size": "resize",
+    "STREAMS": "triplet_table",
+    "TripletTable": "triplet_table",
+    "check_trainable": "triplet_table",
+    "random_triplets": "triplet_table",
+    "feature_triplet_dataset": "triplets",
+    "image_dataset": "triplets",
+    "triplet_dataset": "triplets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

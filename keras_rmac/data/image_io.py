@@ -1,8 +1,14 @@
-"""Image decoding with a bad-file policy, folder listing and resizing.
+"""Image decoding with a bad-file policy, and listing image files.
 
 This is the first stage of the retrieval pipeline: image bytes on disk become
-upright `(H, W, 3)` `uint8` RGB arrays, and `resize_longest_side` brings them
-to the scale the backbone sees.
+upright `(H, W, 3)` `uint8` RGB arrays. `keras_rmac.data.resize` then brings
+them to the scale the backbone sees (`resize_longest_side` and `target_size`
+are still importable from here). This module needs Pillow and NumPy only, not
+TensorFlow.
+
+Which files are images: `IMAGE_EXTENSIONS`, the one extension set of the
+package (`list_images`, the folder-per-class listing of
+`keras_rmac.data.labelled` and the dataset loaders all use it).
 
 Bad-file policy: `load_image` never lets a raw Pillow or OS exception escape.
 Anything that prevents a usable RGB image (missing file, directory, empty
@@ -15,25 +21,9 @@ One limit: damage inside JPEG scan data that libjpeg can resynchronise over
 only produces a libjpeg warning that Pillow does not report, so such a file
 decodes (with visible artefacts) instead of raising.
 
-Colour policy (what `load_image` returns for each Pillow mode):
-
-- EXIF (and XMP) orientation is applied first, so the array is upright.
-- Transparency (RGBA, LA, PA, palette or grayscale with a `tRNS` entry, GIF
-  transparency) is alpha-composited on white: product photos with a
-  transparent background are meant to be seen on white, and dropping alpha
-  would expose whatever colour happens to be stored under transparent pixels.
-- 16-bit grayscale (`I;16*`) and 32-bit integer (`I`) images are read as
-  intensities in `[0, 65535]` and scaled to 8 bits by value,
-  `round(v / 257)` (half up), so 65535 -> 255 and 32896 -> 128. `I` values
-  outside `[0, 65535]` are clipped. 16-bit RGB(A) PNGs are reduced by Pillow
-  itself to their high byte, `floor(v / 256)`, which is within 1 of the same
-  rule.
-- 32-bit float (`F`) images are taken to be on the 8-bit scale, clipped to
-  `[0, 255]` and rounded (Pillow's own `F` -> `L` convention).
-- CMYK, YCbCr, 1-bit, grayscale and palette images go through Pillow's
-  conversion to RGB. CMYK uses Pillow's naive formula (no ICC colour
-  management), so colours of print-oriented CMYK JPEGs are approximate.
-- Multi-frame files (GIF, APNG, MPO, multi-page TIFF): the first frame only.
+Colour policy (what `load_image` returns for each Pillow mode, EXIF
+orientation, transparency, 16-bit and float images): see
+`keras_rmac.data.colour`.
 """
 
 import collections
@@ -48,10 +38,10 @@ from collections.abc import Iterable
 from collections.abc import Iterator
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
-from PIL import ImageOps
 from PIL import UnidentifiedImageError
+
+from keras_rmac.data import colour
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +73,25 @@ against `max_pixels` instead.)
 """
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+    {
+        ".bmp",
+        ".gif",
+        ".jpeg",
+        ".jpg",
+        ".pgm",
+        ".png",
+        ".ppm",
+        ".tif",
+        ".tiff",
+        ".webp",
+    }
 )
-"""Lower-case file extensions that `list_images` treats as images."""
+"""Lower-case file extensions that count as images, everywhere in the package.
+
+Every format here is one Pillow decodes. `.pgm` (8- and 16-bit grayscale
+netpbm, e.g. some object-recognition sets) is included: `load_image` reads it
+as grayscale converted to RGB, 16-bit values scaled by value.
+"""
 
 # Image.open parses only the header; holding this lock while it runs lets us
 # capture Pillow's DecompressionBombWarning with warnings.catch_warnings,
@@ -104,9 +110,8 @@ _MAGIC = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
     (b"P6", "PPM"),
+    (b"P5", "PGM"),
 )
-
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 class ImageError(ValueError):
@@ -220,56 +225,6 @@ def _open_header(path: str) -> Image.Image:
     return im
 
 
-def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """round((rgb * a + 255 * (255 - a)) / 255) in integer arithmetic."""
-    a = alpha.astype(np.uint32)[..., None]
-    out = (rgb.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255
-    return out.astype(np.uint8)
-
-
-class _UnsupportedMode(Exception):
-    """Pillow cannot convert this colour mode to RGB."""
-
-
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """Converts a loaded Pillow image of any mode to (H, W, 3) uint8."""
-    mode = im.mode
-    if mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(im).astype(np.int64)
-        gray = (2 * np.clip(values, 0, 65535) + 257) // 514  # round(v / 257)
-        rgb = np.repeat(gray.astype(np.uint8)[..., None], 3, axis=-1)
-        transparent = im.info.get("transparency")
-        if isinstance(transparent, int):
-            alpha = np.where(values == transparent, 0, 255)
-            rgb = _composite_on_white(rgb, alpha)
-        return rgb
-    if mode == "F":
-        values = np.nan_to_num(np.asarray(im, dtype=np.float64))
-        gray = np.floor(np.clip(values, 0.0, 255.0) + 0.5).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
-    try:
-        if im.has_transparency_data:
-            rgba = np.asarray(im.convert("RGBA"))
-            return _composite_on_white(rgba[..., :3], rgba[..., 3])
-        return np.array(im.convert("RGB"), dtype=np.uint8)
-    except ValueError as exc:
-        raise _UnsupportedMode(mode) from exc
-
-
-def _exif_upright(im: Image.Image, path: str) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(im)
-    except Exception as exc:  # Broken metadata must not lose the pixels.
-        logger.warning(
-            "%s: ignoring unreadable EXIF orientation (%s: %s); the image "
-            "is used as stored",
-            path,
-            type(exc).__name__,
-            exc,
-        )
-        return im
-
-
 def _describe(exc: BaseException, what: str) -> str:
     if isinstance(exc, Image.DecompressionBombError):
         return (
@@ -345,10 +300,10 @@ def _load(path: str, max_pixels: int, min_side: int) -> np.ndarray:
                 f"image too large: decoded size {im.size[0]}x{im.size[1]} "
                 f"exceeds max_pixels={max_pixels:,}",
             )
-        upright = _exif_upright(im, path)
+        upright = colour.exif_upright(im, path)
         try:
-            return _to_rgb(upright)
-        except _UnsupportedMode:
+            return colour.to_rgb(upright)
+        except colour.UnsupportedMode:
             raise ImageError(
                 path,
                 f"unsupported colour mode {im.mode!r} ({what}); convert the "
@@ -496,6 +451,29 @@ def _is_image_name(name: str) -> bool:
     )
 
 
+def is_image_file(name: str) -> bool:
+    """Whether a file counts as an image, by its name alone.
+
+    A file is an image when its name is not hidden (does not start with
+    `.`) and its extension, in any case, is in `IMAGE_EXTENSIONS`; the
+    contents are not opened.
+
+    Args:
+        name: str or os.PathLike. A file name or path.
+
+    Returns:
+        bool.
+
+    Example:
+
+    >>> is_image_file("Cat.JPG"), is_image_file(".cat.jpg")
+    (True, False)
+    >>> is_image_file("scan.pgm"), is_image_file("notes.txt")
+    (True, False)
+    """
+    return _is_image_name(os.path.basename(os.fspath(name)))
+
+
 def list_images(root: PathLike, recursive: bool = True) -> list[str]:
     """Lists the image files under a folder, sorted.
 
@@ -549,116 +527,15 @@ def list_images(root: PathLike, recursive: bool = True) -> list[str]:
     return sorted(found)
 
 
-def target_size(
-    height: int, width: int, max_size: int | None
-) -> tuple[int, int]:
-    """Output size of `resize_longest_side`, as Python ints.
-
-    The longest side becomes exactly `max_size`; the other side becomes
-    `max(1, round_half_up(side * max_size / longest))`, computed exactly in
-    integers as `(2 * side * max_size + longest) // (2 * longest)`. Images
-    are scaled up as well as down. Useful to bucket images by output shape.
-
-    Args:
-        height: int. Input height, >= 1.
-        width: int. Input width, >= 1.
-        max_size: int or None. Target longest side, >= 1; None keeps the
-            input size.
-
-    Returns:
-        `(new_height, new_width)`.
-
-    Example:
-
-    >>> target_size(768, 1024, 512)
-    (384, 512)
-    >>> target_size(4, 2, 5)  # 2 * 5 / 4 = 2.5 rounds up
-    (5, 3)
-    """
-    height = _check_int("height", height, 1)
-    width = _check_int("width", width, 1)
-    if max_size is None:
-        return height, width
-    max_size = _check_int("max_size", max_size, 1)
-    longest = max(height, width)
-
-    def side(s):
-        return max(1, (2 * s * max_size + longest) // (2 * longest))
-
-    return side(height), side(width)
+_RESIZE_NAMES = ("resize_longest_side", "target_size", "_target_size_tensor")
 
 
-def _target_size_tensor(height, width, max_size):
-    """`target_size` on int64 tensors (any matching shapes)."""
-    height = tf.cast(height, tf.int64)
-    width = tf.cast(width, tf.int64)
-    max_size = tf.cast(max_size, tf.int64)
-    longest = tf.maximum(height, width)
+def __getattr__(name):
+    # `resize_longest_side` and `target_size` moved to keras_rmac.data.resize
+    # (TensorFlow); importing them from here still works, without making
+    # decoding import TensorFlow.
+    if name in _RESIZE_NAMES:
+        from keras_rmac.data import resize
 
-    def side(s):
-        return tf.maximum((2 * s * max_size + longest) // (2 * longest), 1)
-
-    return side(height), side(width)
-
-
-def resize_longest_side(image, max_size: int | None):
-    """Resizes so the longest side is `max_size`, keeping the aspect ratio.
-
-    TensorFlow ops only, so it runs inside `tf.function`, `tf.data` and
-    exported SavedModels with unknown height and width. Sizes follow
-    `target_size` exactly (longest side `max_size`, other side rounded half
-    up, at least 1). Bilinear interpolation with `antialias=True`, so
-    downscaling averages over the whole footprint instead of aliasing;
-    images smaller than `max_size` are scaled up.
-
-    Args:
-        image: float tensor (or array) of shape `(H, W, 3)` or
-            `(B, H, W, 3)`, values in `[0, 255]`. Other numeric dtypes are
-            cast to float32.
-        max_size: int, scalar integer tensor or None. Target longest side;
-            None returns the image unchanged (as float32).
-
-    Returns:
-        float32 tensor of shape `(H', W', 3)` or `(B, H', W', 3)`.
-
-    Example:
-
-    >>> import numpy as np
-    >>> resize_longest_side(np.zeros((600, 800, 3), "float32"), 400).shape
-    TensorShape([300, 400, 3])
-    """
-    image = tf.convert_to_tensor(image)
-    if image.dtype != tf.float32:
-        image = tf.cast(image, tf.float32)
-    rank = image.shape.rank
-    if rank not in (3, 4):
-        raise ValueError(
-            "`image` must have shape (H, W, C) or (B, H, W, C). Received: "
-            f"shape={image.shape}"
-        )
-    if max_size is None:
-        return image
-    if not tf.is_tensor(max_size):
-        max_size = _check_int("max_size", max_size, 1)
-    height, width = image.shape[-3], image.shape[-2]
-    if height is not None and width is not None and isinstance(max_size, int):
-        # Static shape known: compute in Python so the output shape is static.
-        if height < 1 or width < 1:
-            raise ValueError(
-                f"Cannot resize an empty image of shape {image.shape}"
-            )
-        size = target_size(height, width, max_size)
-    else:
-        shape = tf.shape(image, out_type=tf.int64)
-        height, width = shape[-3], shape[-2]
-        with tf.control_dependencies(
-            [
-                tf.debugging.assert_positive(
-                    tf.minimum(height, width),
-                    message="resize_longest_side: image has an empty side",
-                )
-            ]
-        ):
-            new_h, new_w = _target_size_tensor(height, width, max_size)
-        size = tf.cast(tf.stack([new_h, new_w]), tf.int32)
-    return tf.image.resize(image, size, method="bilinear", antialias=True)
+        return getattr(resize, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -366,32 +366,11 @@ class Verification:
     num_inliers: int
 
 
-def ransac_affine(
-    src: np.ndarray,
-    dst: np.ndarray,
-    *,
-    threshold: float = 4.0,
-    max_iterations: int = 1000,
-    confidence: float = 0.999,
-    max_scale: float = 8.0,
-    max_anisotropy: float = 4.0,
-    refine_steps: int = 3,
-    seed: int | np.random.Generator | None = 0,
-    batch_size: int = 128,
-) -> Verification:
-    """Robustly fits an affine map to point correspondences with RANSAC.
-
-    Hypotheses come from random 3-point samples, drawn in batches and
-    scored together; implausible maps (see `affine_is_plausible`) are
-    discarded before scoring. The best hypothesis (most inliers, then
-    lowest truncated squared error) is refined by least squares on its
-    inliers, a few times, keeping each refit only if it does not lose
-    inliers. Sampling stops early once `confidence` is reached for the
-    current inlier ratio.
+@dataclasses.dataclass(frozen=True)
+class RansacSettings:
+    """Settings of `ransac_affine`.
 
     Args:
-        src: array (N, 2) of (x, y) points in the first image.
-        dst: array (N, 2) of the corresponding points in the second.
         threshold: float. Inlier if the reprojection error is at most this
             (same unit as the points). Defaults to 4.0.
         max_iterations: int. Most hypotheses to draw. Defaults to 1000.
@@ -400,13 +379,60 @@ def ransac_affine(
         max_scale: float. See `affine_is_plausible`. Defaults to 8.0.
         max_anisotropy: float. See `affine_is_plausible`. Defaults to 4.0.
         refine_steps: int. Least-squares refits. Defaults to 3.
-        seed: int, Generator or None. Random source. Defaults to 0.
         batch_size: int. Hypotheses scored at once. Defaults to 128.
+    """
+
+    threshold: float = 4.0
+    max_iterations: int = 1000
+    confidence: float = 0.999
+    max_scale: float = 8.0
+    max_anisotropy: float = 4.0
+    refine_steps: int = 3
+    batch_size: int = 128
+
+    def __post_init__(self):
+        if self.threshold <= 0:
+            raise ValueError(
+                f"threshold must be positive, got {self.threshold}"
+            )
+
+
+def ransac_affine(
+    src: np.ndarray,
+    dst: np.ndarray,
+    settings: RansacSettings | None = None,
+    *,
+    seed: int | np.random.Generator | None = 0,
+) -> Verification:
+    """Robustly fits an affine map to point correspondences with RANSAC.
+
+    Hypotheses come from random 3-point samples, drawn in batches and
+    scored together; implausible maps (see `affine_is_plausible`) are
+    discarded before scoring. The best hypothesis (most inliers, then
+    lowest truncated squared error) is refined by least squares on its
+    inliers, a few times, keeping each refit only if it does not lose
+    inliers. Sampling stops early once `settings.confidence` is reached
+    for the current inlier ratio.
+
+    Args:
+        src: array (N, 2) of (x, y) points in the first image.
+        dst: array (N, 2) of the corresponding points in the second.
+        settings: `RansacSettings`. Defaults to `RansacSettings()`.
+        seed: int, Generator or None. Random source. Defaults to 0.
 
     Returns:
         A `Verification`; `affine` is None and no point is an inlier when
         no plausible model was found (including N < 3).
+
+    Example:
+
+    >>> import numpy as np
+    >>> src = np.random.default_rng(0).uniform(0, 100, (20, 2))
+    >>> result = ransac_affine(src, src + 5.0, RansacSettings(threshold=1.0))
+    >>> result.num_inliers, np.round(result.affine, 6).tolist()
+    (20, [[1.0, 0.0, 5.0], [0.0, 1.0, 5.0]])
     """
+    settings = settings or RansacSettings()
     src = np.asarray(src, np.float64).reshape(-1, 2)
     dst = np.asarray(dst, np.float64).reshape(-1, 2)
     if len(src) != len(dst):
@@ -414,33 +440,37 @@ def ransac_affine(
             f"src and dst must have the same length, got {len(src)} and "
             f"{len(dst)}"
         )
-    if threshold <= 0:
-        raise ValueError(f"threshold must be positive, got {threshold}")
     n = len(src)
     none = Verification(None, np.zeros(n, bool), 0)
     if n < 3:
         return none
+    src_h = np.concatenate([src, np.ones((n, 1))], axis=1)  # (N, 3)
     rng = np.random.default_rng(seed)
-    thr2 = float(threshold) ** 2
-    ones = np.ones((n, 1))
-    src_h = np.concatenate([src, ones], axis=1)  # (N, 3)
+    best_affine = _best_hypothesis(src_h, dst, settings, rng)
+    if best_affine is None:
+        return none
+    best_affine, inliers = _refine(src_h, dst, best_affine, settings)
+    count = min(_unique_count(src[inliers]), _unique_count(dst[inliers]))
+    return Verification(best_affine, inliers, count)
+
+
+def _best_hypothesis(src_h, dst, settings, rng) -> np.ndarray | None:
+    """The sampling loop: the best plausible affine map of 3-point samples."""
+    n = len(src_h)
+    thr2 = float(settings.threshold) ** 2
     best_affine, best_count, best_cost = None, 0, np.inf
-    needed = max_iterations
+    needed = max_iterations = settings.max_iterations
     drawn = 0
     while drawn < min(needed, max_iterations):
-        batch = min(batch_size, max_iterations - drawn)
+        batch = min(settings.batch_size, max_iterations - drawn)
         drawn += batch
         # Three distinct indices per hypothesis.
-        sample = _three_distinct(rng, n, batch)
-        design = src_h[sample]  # (B, 3, 3)
-        target = dst[sample]  # (B, 3, 2)
-        det = np.linalg.det(design)
-        ok = np.abs(det) > 1e-6
-        if not ok.any():
+        affine = _hypotheses(src_h, dst, _three_distinct(rng, n, batch))
+        if affine is None:
             continue
-        design, target = design[ok], target[ok]
-        affine = np.swapaxes(np.linalg.solve(design, target), 1, 2)  # B,2,3
-        ok = _plausible_batch(affine[:, :, :2], max_scale, max_anisotropy)
+        ok = _plausible_batch(
+            affine[:, :, :2], settings.max_scale, settings.max_anisotropy
+        )
         if not ok.any():
             continue
         affine = affine[ok]
@@ -457,29 +487,46 @@ def ransac_affine(
         ):
             best_affine = affine[top]
             best_count, best_cost = int(counts[top]), float(cost[top])
-            ratio = best_count / n
-            if ratio >= 1.0:
-                needed = 0
-            else:
-                needed = math.log(1.0 - confidence) / math.log(1.0 - ratio**3)
-    if best_affine is None:
-        return none
-    inliers = _residual2(src_h, dst, best_affine) <= thr2
-    for _ in range(refine_steps):
+            needed = _needed_iterations(best_count / n, settings.confidence)
+    return best_affine
+
+
+def _hypotheses(src_h, dst, sample) -> np.ndarray | None:
+    """Affine maps (B, 2, 3) through each non-degenerate 3-point sample."""
+    design = src_h[sample]  # (B, 3, 3)
+    target = dst[sample]  # (B, 3, 2)
+    ok = np.abs(np.linalg.det(design)) > 1e-6
+    if not ok.any():
+        return None
+    return np.swapaxes(np.linalg.solve(design[ok], target[ok]), 1, 2)
+
+
+def _needed_iterations(ratio: float, confidence: float) -> float:
+    """Samples for `confidence` of one all-inlier draw at this ratio."""
+    if ratio >= 1.0:
+        return 0
+    return math.log(1.0 - confidence) / math.log(1.0 - ratio**3)
+
+
+def _refine(src_h, dst, affine, settings):
+    """Least-squares refits on the inliers while they do not lose any."""
+    thr2 = float(settings.threshold) ** 2
+    src = src_h[:, :2]
+    inliers = _residual2(src_h, dst, affine) <= thr2
+    for _ in range(settings.refine_steps):
         refit = fit_affine(src[inliers], dst[inliers])
         if refit is None or not affine_is_plausible(
-            refit, max_scale, max_anisotropy
+            refit, settings.max_scale, settings.max_anisotropy
         ):
             break
         refit_inliers = _residual2(src_h, dst, refit) <= thr2
         if refit_inliers.sum() < inliers.sum():
             break
         same = np.array_equal(refit_inliers, inliers)
-        best_affine, inliers = refit, refit_inliers
+        affine, inliers = refit, refit_inliers
         if same:
             break
-    count = min(_unique_count(src[inliers]), _unique_count(dst[inliers]))
-    return Verification(best_affine, inliers, count)
+    return affine, inliers
 
 
 def _three_distinct(rng: np.random.Generator, n: int, size: int) -> np.ndarray:

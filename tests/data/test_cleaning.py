@@ -1,4 +1,4 @@
-"""Tests for keras_rmac.data.cleaning and keras_rmac.data.local_features."""
+"""Tests for keras_rmac.data.cleaning (local features: test_local_features)."""
 
 import argparse
 import dataclasses
@@ -8,208 +8,19 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from PIL import ImageDraw
 
 from keras_rmac.data import cleaning
 from keras_rmac.data import local_features as lf
-
-# ----------------------------------------------------------------- helpers
-
-
-def _textured(seed, size=160):
-    """A random picture of many coloured shapes: plenty of SIFT corners."""
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGB", (size, size), tuple(rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(60):
-        x0, y0 = rng.integers(0, size - 8, 2)
-        w, h = rng.integers(6, size // 3, 2)
-        color = tuple(int(c) for c in rng.integers(0, 256, 3))
-        shape = (int(x0), int(y0), int(x0 + w), int(y0 + h))
-        if rng.random() < 0.5:
-            draw.rectangle(shape, fill=color)
-        else:
-            draw.ellipse(shape, fill=color)
-    return np.asarray(image)
-
-
-def _warp(image, affine, out_size):
-    """Warps with a 2x3 affine (original -> output pixel centres)."""
-    cv2 = lf.require_cv2()
-    return cv2.warpAffine(
-        image,
-        np.asarray(affine, np.float64),
-        (out_size[1], out_size[0]),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=(0, 0, 0),
-    )
-
-
-def _rotation(degrees, scale, center, shift):
-    t = np.deg2rad(degrees)
-    linear = scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-    center = np.asarray(center, np.float64)
-    offset = center + np.asarray(shift, np.float64) - linear @ center
-    return np.concatenate([linear, offset[:, None]], axis=1)
-
-
-def _save(path, array):
-    Image.fromarray(array).save(path)
-    return str(path)
-
-
-def _view(base, k, out=200):
-    """k-th view of a textured object pasted on black, slightly rotated."""
-    rng = np.random.default_rng(1000 + k)
-    affine = _rotation(
-        rng.uniform(-12, 12),
-        rng.uniform(0.9, 1.1),
-        (80, 80),
-        (20 + rng.uniform(-8, 8), 20 + rng.uniform(-8, 8)),
-    )
-    return _warp(base, affine, (out, out))
-
-
-# --------------------------------------------------- pure NumPy components
-
-
-def test_fit_affine_recovers_exact_map():
-    rng = np.random.default_rng(0)
-    affine = np.array([[1.2, -0.3, 5.0], [0.4, 0.9, -7.0]])
-    src = rng.uniform(0, 100, (10, 2))
-    dst = src @ affine[:, :2].T + affine[:, 2]
-    np.testing.assert_allclose(lf.fit_affine(src, dst), affine, atol=1e-9)
-    # Collinear points do not determine an affine map.
-    line = np.stack([np.arange(5.0), 2 * np.arange(5.0)], axis=1)
-    assert lf.fit_affine(line, line) is None
-    assert lf.fit_affine(src[:2], dst[:2]) is None
-
-
-@pytest.mark.parametrize(
-    "linear,plausible",
-    [
-        ([[1, 0], [0, 1]], True),
-        ([[0, -1], [1, 0]], True),  # 90-degree rotation
-        ([[-1, 0], [0, 1]], False),  # mirror
-        ([[9, 0], [0, 9]], False),  # scale 9 > 8
-        ([[1 / 9, 0], [0, 1 / 9]], False),  # scale 1/9 < 1/8
-        ([[4, 0], [0, 0.5]], False),  # anisotropy 8 > 4
-        ([[2, 0], [0, 1]], True),  # anisotropy 2
-        ([[0, 0], [0, 0]], False),  # degenerate
-    ],
-)
-def test_affine_is_plausible(linear, plausible):
-    affine = np.concatenate([np.asarray(linear, float), np.zeros((2, 1))], 1)
-    assert lf.affine_is_plausible(affine, 8.0, 4.0) is plausible
-    # The vectorised check used inside RANSAC agrees.
-    batch = lf._plausible_batch(affine[None, :, :2], 8.0, 4.0)
-    assert bool(batch[0]) is plausible
-
-
-def test_three_distinct_is_uniform_over_triples():
-    rng = np.random.default_rng(0)
-    triples = lf._three_distinct(rng, 5, 60000)
-    assert np.all(triples[:, 0] != triples[:, 1])
-    assert np.all(triples[:, 0] != triples[:, 2])
-    assert np.all(triples[:, 1] != triples[:, 2])
-    assert triples.min() == 0 and triples.max() == 4
-    # 5 * 4 * 3 = 60 ordered triples, each about 1000 times.
-    codes = triples[:, 0] * 25 + triples[:, 1] * 5 + triples[:, 2]
-    counts = np.unique(codes, return_counts=True)[1]
-    assert len(counts) == 60
-    assert counts.min() > 850 and counts.max() < 1150
-
-
-def test_ransac_affine_finds_inliers_among_outliers():
-    rng = np.random.default_rng(1)
-    affine = _rotation(20, 1.1, (100, 100), (10, -5))
-    src = rng.uniform(0, 200, (60, 2))
-    dst = src @ affine[:, :2].T + affine[:, 2]
-    dst[:40] += rng.normal(0, 0.5, (40, 2))  # inliers, with noise
-    dst[40:] = rng.uniform(0, 200, (20, 2))  # outliers
-    residual = np.linalg.norm(
-        src @ affine[:, :2].T + affine[:, 2] - dst, axis=1
-    )
-    truth = residual <= 4.0
-    result = lf.ransac_affine(src, dst, threshold=4.0, seed=0)
-    np.testing.assert_array_equal(result.inliers, truth)
-    assert result.num_inliers == truth.sum()
-    np.testing.assert_allclose(result.affine[:, :2], affine[:, :2], atol=0.02)
-    np.testing.assert_allclose(result.affine[:, 2], affine[:, 2], atol=2.0)
-    # Deterministic for a given seed.
-    again = lf.ransac_affine(src, dst, threshold=4.0, seed=0)
-    np.testing.assert_array_equal(again.affine, result.affine)
-
-
-def test_ransac_affine_rejects_mirror_and_counts_duplicates_once():
-    rng = np.random.default_rng(2)
-    src = rng.uniform(0, 100, (30, 2))
-    mirrored = src * np.array([-1.0, 1.0]) + np.array([100.0, 0.0])
-    result = lf.ransac_affine(src, mirrored, threshold=2.0, seed=0)
-    assert result.num_inliers < 3  # no plausible map explains them
-    # The same correspondence repeated (SIFT orientations) counts once.
-    shift = src + 3.0
-    dup_src = np.concatenate([src[:5], src[:5], src[:5]])
-    dup_dst = np.concatenate([shift[:5], shift[:5], shift[:5]])
-    result = lf.ransac_affine(dup_src, dup_dst, threshold=1.0, seed=0)
-    assert result.inliers.all()
-    assert result.num_inliers == 5
-    too_few = lf.ransac_affine(src[:2], src[:2])
-    assert too_few.affine is None and too_few.num_inliers == 0
-
-
-def test_match_descriptors_against_brute_force():
-    rng = np.random.default_rng(3)
-    b = rng.normal(size=(40, 16)).astype(np.float32)
-    b /= np.linalg.norm(b, axis=1, keepdims=True)
-    a = b[rng.permutation(40)[:25]] + rng.normal(0, 0.15, (25, 16))
-    # Near-duplicates compete for the same b (no exact ties).
-    a = np.concatenate([a, a[:3] + rng.normal(0, 0.05, (3, 16))])
-    a = (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
-    ratio = 0.8
-    got = lf.match_descriptors(a, b, ratio)
-    # Oracle: explicit loops.
-    candidates = {}
-    for i in range(len(a)):
-        d = sorted((np.linalg.norm(a[i] - b[j]), j) for j in range(len(b)))
-        if d[0][0] < ratio * d[1][0]:
-            j = d[0][1]
-            if j not in candidates or d[0][0] < candidates[j][0]:
-                candidates[j] = (d[0][0], i)
-    expected = sorted((i, j) for j, (_, i) in candidates.items())
-    assert [tuple(p) for p in got.tolist()] == expected
-    assert len(expected) > 10
-    assert lf.match_descriptors(a, b[:1]).shape == (0, 2)
-
-
-def test_root_sift_is_hellinger():
-    x = np.array([[1.0, 3.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
-    got = lf.root_sift(x)
-    np.testing.assert_allclose(got[0], [0.5, np.sqrt(0.75), 0, 0], atol=1e-6)
-    np.testing.assert_allclose(got[1], 0.0)
-
-
-def test_working_size():
-    assert lf.working_size(128, 128, 256, 1024) == (256, 256)
-    assert lf.working_size(100, 300, 256, 1024) == (256, 768)
-    assert lf.working_size(100, 400, 256, 800) == (200, 800)  # max wins
-    assert lf.working_size(2000, 1000, 256, 1024) == (1024, 512)
-    assert lf.working_size(300, 500, 256, 1024) == (300, 500)
-    assert lf.working_size(128, 128, 0, 0) == (128, 128)
-
-
-def test_to_original_inverts_resize_mapping():
-    feats = lf.LocalFeatures(
-        keypoints=np.zeros((0, 2), np.float32),
-        descriptors=np.zeros((0, 128), np.float32),
-        image_size=(100, 50),
-        scale=(4.0, 2.0),
-    )
-    # x_work = (x + 0.5) * s - 0.5
-    work = np.array([[(10 + 0.5) * 4 - 0.5, (20 + 0.5) * 2 - 0.5]])
-    np.testing.assert_allclose(feats.to_original(work), [[10.0, 20.0]])
-
+from keras_rmac.data.cleaning import resume
+from keras_rmac.data.cleaning import workers
+from keras_rmac.data.labelled import LabelledImages
+from keras_rmac.data.labelled import read_image_list
+from keras_rmac.data.labelled import write_image_list
+from tests.data.helpers import rotation
+from tests.data.helpers import save
+from tests.data.helpers import textured
+from tests.data.helpers import view
+from tests.data.helpers import warp
 
 # -------------------------------------------------------------- box step
 
@@ -308,38 +119,38 @@ def test_shortlist_pairs_against_brute_force():
 # --------------------------------------------------------------- CSV I/O
 
 
-def test_csv_round_trip(tmp_path):
+def test_clean_lists_are_labelled_lists(tmp_path, monkeypatch):
+    # The input and the output of the cleaning use the one labelled-list
+    # reader and writer (keras_rmac.data.labelled).
+    monkeypatch.chdir(tmp_path)
     noisy = tmp_path / "noisy.csv"
     noisy.write_text("path,label\na.jpg,x\n\n'b c.png',y\n")
-    rows = cleaning.read_labelled_list(noisy)
-    assert rows == [
-        cleaning.LabelledImage("a.jpg", "x"),
-        cleaning.LabelledImage("'b c.png'", "y"),
-    ]
+    rows = read_image_list(noisy, root="")
+    assert rows.paths == ["a.jpg", "'b c.png'"]
+    assert rows.label_names() == ["x", "y"]
     no_header = tmp_path / "plain.csv"
     no_header.write_text("a.jpg,x\n")
-    assert cleaning.read_labelled_list(no_header)[0].path == "a.jpg"
+    assert read_image_list(no_header, root="").paths[0] == "a.jpg"
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\na.jpg\n")
     with pytest.raises(ValueError, match="bad.csv:2"):
-        cleaning.read_labelled_list(bad)
+        read_image_list(bad)
 
     out = tmp_path / "clean.csv"
-    rows = [
-        cleaning.CleanImage("dir/a,1.jpg", "x", (1, 2, 30, 40)),
-        cleaning.CleanImage("b.jpg", "lab el", (0, 0, 5, 6)),
-    ]
-    cleaning.write_clean_list(out, rows)
+    rows = LabelledImages.from_labels(
+        ["dir/a,1.jpg", "b.jpg"],
+        ["x", "lab el"],
+        np.array([(1, 2, 30, 40), (0, 0, 5, 6)]),
+    )
+    write_image_list(out, rows)
     text = out.read_text()
     assert text.splitlines()[0] == "path,label,x0,y0,x1,y1"
     assert '"dir/a,1.jpg",x,1,2,30,40' in text
-    assert cleaning.read_clean_list(out) == rows
-    # A clean list also reads as a labelled list (extra columns ignored).
-    assert [r.path for r in cleaning.read_labelled_list(out)] == [
-        "dir/a,1.jpg",
-        "b.jpg",
+    assert _clean_rows(out) == [
+        ("dir/a,1.jpg", "x", (1, 2, 30, 40)),
+        ("b.jpg", "lab el", (0, 0, 5, 6)),
     ]
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
 
 def test_missing_opencv_says_how_to_install(monkeypatch, tmp_path):
@@ -375,12 +186,12 @@ def test_synthetic_affine_warp_verified_and_boxed():
     # A textured 160 x 160 square on a black 200 x 200 canvas, warped by
     # a known rotation + scale + shift into a larger black frame.
     base = np.zeros((200, 200, 3), np.uint8)
-    base[20:180, 20:180] = _textured(0)
-    affine = _rotation(15, 0.9, (100, 100), (50, 30))
-    warped = _warp(base, affine, (260, 300))
+    base[20:180, 20:180] = textured(0)
+    affine = rotation(15, 0.9, (100, 100), (50, 30))
+    warped = warp(base, affine, (260, 300))
     config = cleaning.CleaningConfig()
-    fa = cleaning._extract(base, config)
-    fb = cleaning._extract(warped, config)
+    fa = cleaning.extract_features(base, config)
+    fb = cleaning.extract_features(warped, config)
     assert len(fa) > 50 and len(fb) > 50
     count, pts_a, pts_b = cleaning.verify_pair(fa, fb, config, seed=0)
     assert count >= 30
@@ -407,7 +218,7 @@ def test_synthetic_affine_warp_verified_and_boxed():
     assert x0 < centre[0] < x1 and y0 < centre[1] < y1
     assert (x1 - x0) * (y1 - y0) > 0.6 * np.prod(hi - lo)
     # An unrelated texture does not verify.
-    other = cleaning._extract(_textured(99), config)
+    other = cleaning.extract_features(textured(99), config)
     count, _, _ = cleaning.verify_pair(fa, other, config, seed=0)
     assert count < config.min_inliers
 
@@ -420,7 +231,7 @@ def test_coil_views_verify_and_other_objects_do_not(coil_dir):
     config = cleaning.CleaningConfig()
 
     def feats(obj, deg):
-        return cleaning._extract(
+        return cleaning.extract_features(
             load_image(coil_dir / f"obj{obj}__{deg}.png"), config
         )
 
@@ -446,12 +257,12 @@ def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     rows = []
     for c, label in enumerate(("alpha", "beta")):
-        base = _textured(10 + c)
+        base = textured(10 + c)
         for k in range(5):
             name = f"{label}_{k}.png"
-            _save(root / name, _view(base, 10 * c + k))
+            save(root / name, view(base, 10 * c + k))
             rows.append((name, label))
-        _save(root / f"{label}_noise.png", _textured(50 + c, 200))
+        save(root / f"{label}_noise.png", textured(50 + c, 200))
         rows.append((f"{label}_noise.png", label))
     (root / "broken.png").write_bytes(b"not a png at all")
     rows.append(("broken.png", "alpha"))
@@ -462,7 +273,14 @@ def tiny_dataset(tmp_path_factory):
 
 
 def _clean_rows(path):
-    return [(r.path, r.label, r.box) for r in cleaning.read_clean_list(path)]
+    """`(path as written, label, int box)` of each row of a clean list."""
+    images = read_image_list(path, root="")
+    return [
+        (p, label, tuple(int(v) for v in box))
+        for p, label, box in zip(
+            images.paths, images.label_names(), images.boxes
+        )
+    ]
 
 
 def test_clean_list_keeps_views_drops_noise_and_unreadable(tiny_dataset):
@@ -503,7 +321,7 @@ def test_resume_skips_finished_classes(tiny_dataset, monkeypatch):
 
     # Spoil the result of "beta" only (as if it had never been written):
     # a rerun recomputes just that one.
-    beta = cleaning._work_file(str(out) + ".work", "beta")
+    beta = resume.work_file(str(out) + ".work", "beta")
     with open(beta, "w") as f:
         f.write('{"fingerprint": ')
     calls = []
@@ -513,7 +331,7 @@ def test_resume_skips_finished_classes(tiny_dataset, monkeypatch):
         calls.append(label)
         return real(label, *args, **kwargs)
 
-    monkeypatch.setattr(cleaning, "clean_class", spy)
+    monkeypatch.setattr(workers, "clean_class", spy)
     second = cleaning.clean_list(csv_path, out, verbose=0)
     assert calls == ["beta"]
     assert _clean_rows(out) == expected
@@ -597,7 +415,7 @@ def test_cli_run(tiny_dataset, capsys, monkeypatch):
     )
     assert args.run is clean_cli.run
     assert clean_cli.run(args) == 0
-    assert len(cleaning.read_clean_list(out)) == 10
+    assert len(read_image_list(out)) == 10
     assert "Images: 13 in, 10 kept" in capsys.readouterr().out
     saved = json.loads(
         (tiny_dataset / "cli" / "clean.csv.report.json").read_text()

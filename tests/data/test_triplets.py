@@ -1,146 +1,33 @@
-"""Labelled lists, the triplet table and the tf.data triplet pipeline."""
-
-import os
+"""The tf.data triplet pipeline: order, resume, bad files, boxes."""
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from keras_rmac.data import triplets as T
+from tests.data.helpers import write_image as _write
 
 
-def _write(path, array):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(np.asarray(array, np.uint8)).save(path)
-    return path
+def test_moved_names_are_still_importable_from_triplets():
+    # mining.py, training.py and the benchmarks import these from here.
+    from keras_rmac import data
+    from keras_rmac.data import bad_files
+    from keras_rmac.data import labelled
+    from keras_rmac.data import triplet_table
 
-
-def _solid(colour, size=(12, 16)):
-    image = np.zeros(size + (3,), np.uint8)
-    image[:] = colour
-    return image
-
-
-@pytest.fixture
-def folder(tmp_path):
-    """3 classes x 3 solid-colour images; class c has value 40 * (c + 1)."""
-    root = tmp_path / "train"
-    for c in range(3):
-        for i in range(3):
-            _write(str(root / f"c{c}" / f"{i}.png"), _solid(40 * (c + 1) + i))
-    return str(root)
-
-
-# ---------------------------------------------------------------------------
-# Lists.
-
-
-def test_read_image_list_layouts(tmp_path):
-    plain = tmp_path / "plain.csv"
-    plain.write_text("a.jpg,7\nsub/b.jpg,3\n/abs/c.jpg,7\n")
-    images = T.read_image_list(plain)
-    assert images.paths == [
-        str(tmp_path / "a.jpg"),
-        str(tmp_path / "sub" / "b.jpg"),
-        "/abs/c.jpg",
-    ]
-    assert images.class_names == ["3", "7"]
-    assert images.labels.tolist() == [1, 0, 1]
-    assert images.boxes is None
-
-    clean = tmp_path / "clean.csv"
-    clean.write_text("path,label,x0,y0,x1,y1\na.jpg,x,1,2,30,40\nb.jpg,y,,,,\n")
-    images = T.read_image_list(clean, root="/data")
-    assert images.paths == ["/data/a.jpg", "/data/b.jpg"]
-    np.testing.assert_array_equal(images.boxes[0], [1, 2, 30, 40])
-    assert np.isnan(images.boxes[1]).all()
-
-    gld = tmp_path / "train.csv"
-    gld.write_text("id,url,landmark_id\nabcdef,http://x,12\n0123ff,None,5\n")
-    images = T.read_image_list(gld, root="/gld/train")
-    assert images.paths == [
-        "/gld/train/a/b/c/abcdef.jpg",
-        "/gld/train/0/1/2/0123ff.jpg",
-    ]
-    assert [images.class_names[i] for i in images.labels] == ["12", "5"]
-
-    gld_clean = tmp_path / "train_clean.csv"
-    gld_clean.write_text("landmark_id,images\n9,aaa111 bbb222\n4,ccc333\n")
-    images = T.read_image_list(gld_clean, root="/r")
-    assert images.paths == [
-        "/r/a/a/a/aaa111.jpg",
-        "/r/b/b/b/bbb222.jpg",
-        "/r/c/c/c/ccc333.jpg",
-    ]
-    assert [images.class_names[i] for i in images.labels] == ["9", "9", "4"]
-
-    bad = tmp_path / "bad.csv"
-    bad.write_text("a.jpg,1\nonly_a_path\n")
-    with pytest.raises(ValueError, match="bad.csv:2"):
-        T.read_image_list(bad)
-
-
-def test_folder_per_class_and_validation(folder, tmp_path):
-    images = T.folder_per_class(folder)
-    assert len(images) == 9
-    assert images.class_names == ["c0", "c1", "c2"]
-    assert images.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    broken = os.path.join(folder, "c1", "zz.png")
-    with open(broken, "wb") as f:
-        f.write(b"<html>not found</html>")
-    images = T.folder_per_class(folder)
-    report = tmp_path / "bad.txt"
-    good, errors = T.validate_images(images, num_workers=2, report_path=report)
-    assert len(good) == 9 and [e.path for e in errors] == [broken]
-    assert broken not in good.paths
-    lines = report.read_text().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(broken + "\t")
-    with pytest.raises(FileNotFoundError):
-        T.folder_per_class(tmp_path / "missing")
-
-
-def test_random_triplets_are_valid():
-    labels = np.array([0, 0, 0, 1, 1, 2])  # class 2 has a single image
-    rows = T.random_triplets(labels, 200, seed=1)
-    assert rows.shape == (200, 3)
-    q, p, n = rows.T
-    assert np.all(labels[q] == labels[p]) and np.all(q != p)
-    assert np.all(labels[q] != labels[n])
-    assert not np.any(q == 5)  # no positive exists for it
-    assert 5 in n  # but it is a valid negative
-    np.testing.assert_array_equal(rows, T.random_triplets(labels, 200, seed=1))
-    with pytest.raises(ValueError, match="two classes"):
-        T.random_triplets(np.array([0, 0, 0]), 5)
-
-
-def test_triplet_table(tmp_path):
-    table = T.TripletTable(np.arange(30).reshape(10, 3), seed=4)
-    order0 = table.order(0)
-    assert sorted(order0) == list(range(10))
-    np.testing.assert_array_equal(order0, table.order(0))
-    assert not np.array_equal(order0, table.order(1))
-    table.set_epoch(1)
-    row, epoch = table.lookup(0)
-    assert epoch == 1
-    np.testing.assert_array_equal(
-        row, np.arange(30).reshape(10, 3)[table.order(1)[0]]
-    )
-    with pytest.raises(ValueError, match="10 rows"):
-        table.set(np.zeros((4, 3)))
-    table.set(np.ones((10, 3)), mined_epoch=1)
-    assert table.mined_epoch == 1 and table.version == 1
-    path = str(tmp_path / "t.npz")
-    table.save(path)
-    other = T.TripletTable(np.zeros((10, 3)), seed=4)
-    other.load(path)
-    np.testing.assert_array_equal(other.snapshot(), np.ones((10, 3)))
-    assert other.mined_epoch == 1
-    with pytest.raises(ValueError, match=r"\(T, 3\)"):
-        T.TripletTable(np.zeros((3, 2)))
-
-
-# ---------------------------------------------------------------------------
-# Pipeline.
+    assert T.LabelledImages is labelled.LabelledImages is data.LabelledImages
+    assert T.read_image_list is labelled.read_image_list
+    assert T.folder_per_class is labelled.folder_per_class
+    assert T.BadFiles is bad_files.BadFiles
+    assert T.validate_images is bad_files.validate_images
+    for name in ("TripletTable", "check_trainable", "random_triplets"):
+        assert getattr(T, name) is getattr(triplet_table, name)
+        assert getattr(data, name) is getattr(triplet_table, name)
+    assert data.image_dataset is T.image_dataset
+    assert T.STREAMS is triplet_table.STREAMS is data.STREAMS
+    assert data.STREAMS == ("query", "positive", "negative")
+    assert set(data.__all__) <= set(dir(data))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        data.nothing  # noqa: B018
 
 
 def _collect(ds):
