@@ -34,7 +34,9 @@ from keras_rmac.indexing.errors import IndexMismatchError
 from keras_rmac.indexing.layout import MODEL_FILE
 from keras_rmac.indexing.layout import REPORT_FILE
 from keras_rmac.indexing.layout import SETTINGS_FILE
+from keras_rmac.indexing.layout import Version
 from keras_rmac.indexing.layout import current_generation
+from keras_rmac.indexing.layout import current_version
 from keras_rmac.indexing.layout import recorded_settings
 from keras_rmac.indexing.layout import saved_model_path
 from keras_rmac.indexing.report import IndexReport
@@ -63,7 +65,9 @@ __all__ = [
     "IndexSettings",
     "PhotoIndex",
     "SearchResult",
+    "Version",
     "current_generation",
+    "current_version",
     "index_folder",
     "load_rmac_model",
     "recorded_settings",

@@ -68,16 +68,10 @@ def adopt_legacy(job) -> layout.Version:
     legacy = layout.Version(job.index_dir, 0)
     version = layout.new_generation(job.index_dir)
     shutil.copytree(
-        legacy.searchable, version.searchable, copy_function=_link_or_copy2
+        legacy.searchable,
+        version.searchable,
+        copy_function=layout.link_or_copy,
     )
     layout.link_or_copy(job.model_path, version.model_path)
     _fsync_tree(version.directory)
     return version
-
-
-def _link_or_copy2(source: str, target: str) -> str:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-    return target
