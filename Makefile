@@ -5,7 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   ?= $(abspath ../shared/data)
 PHOTOS ?= $(DATA)/coil100
-INDEX  ?= out/index
+# One index per photo folder, named after it (out/index-coil100 by default).
+INDEX  ?= out/index-$(notdir $(abspath $(PHOTOS)))
 QUERY  ?= $(PHOTOS)/obj42__0.png
 
 .PHONY: setup demo test lint bench clean
@@ -20,6 +21,8 @@ setup: $(BIN)/keras-rmac
 
 # The main job: index a folder of photos (incremental, resumable) and
 # search it with one photo; writes out/results.png and out/results.html.
+# `make demo PHOTOS=~/Pictures QUERY=...` keeps its own index beside the
+# COIL-100 one (out/index-Pictures); INDEX=DIR chooses another.
 demo: setup
 	$(BIN)/keras-rmac index $(PHOTOS) --index $(INDEX) --max-size 224
 	$(BIN)/keras-rmac search --index $(INDEX) $(QUERY) -k 10 \

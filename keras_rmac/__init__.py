@@ -4,6 +4,8 @@ Gordo, Almazan, Revaud, Larlus. "End-to-end Learning of Deep Visual
 Representations for Image Retrieval". IJCV 2017. arXiv:1610.07940.
 """
 
+from keras_rmac.indexing import PhotoIndex
+from keras_rmac.indexing import index_folder
 from keras_rmac.layers import GeMPooling
 from keras_rmac.layers import L2Normalize
 from keras_rmac.layers import MACPooling
@@ -19,6 +21,7 @@ __all__ = [
     "GeMPooling",
     "L2Normalize",
     "MACPooling",
+    "PhotoIndex",
     "RMACModel",
     "RMACPooling",
     "RegionProposal",
@@ -26,4 +29,5 @@ __all__ = [
     "ShiftPCA",
     "TripletModel",
     "__version__",
+    "index_folder",
 ]

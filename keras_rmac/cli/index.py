@@ -1,12 +1,12 @@
 """`keras-rmac index`: index a folder of photos, incrementally."""
 
 import argparse
-import json
 import logging
 import os
 
 from keras_rmac import indexing
 from keras_rmac.cli import _common
+from keras_rmac.search import KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     group = parser.add_argument_group("search index")
     group.add_argument(
         "--mode",
-        choices=indexing.MODES,
+        choices=KINDS,
         default=None,
         help="'fast': ScaNN with float re-ranking; 'compact': ScaNN codes "
         "only (--bytes-per-vector bytes per photo); 'exact': brute force "
@@ -88,8 +88,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument(
         "--rebuild",
         action="store_true",
-        help="Discard the existing index and start afresh (needed to change "
-        "the model, --max-size or --scales of an index).",
+        help="Index everything afresh, aside, then switch to it (needed to "
+        "change the model, --max-size or --scales of an index); the "
+        "previous version stays searchable until then.",
     )
     runtime.add_argument(
         "--pca-images",
@@ -124,14 +125,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _recorded_settings(index_dir: str) -> dict | None:
-    path = os.path.join(index_dir, indexing.SETTINGS_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _adapt_pca(model, photos_dir: str, count: int, max_size: int) -> None:
     """Learns shift + PCA-whitening on up to `count` photos of the folder."""
     import numpy as np
@@ -163,14 +156,14 @@ def _adapt_pca(model, photos_dir: str, count: int, max_size: int) -> None:
 def run(args: argparse.Namespace) -> int:
     """Runs `keras-rmac index`; returns the exit status."""
     index_dir = os.path.abspath(args.index_dir)
-    settings = None if args.rebuild else _recorded_settings(index_dir)
+    settings = None if args.rebuild else indexing.recorded_settings(index_dir)
     recorded_spec = (settings or {}).get("model_spec")
     spec = _common.model_spec(args, recorded_spec)
     reuse = (
         settings is not None
         and spec == recorded_spec
         and args.model is None
-        and os.path.isfile(os.path.join(index_dir, indexing.MODEL_FILE))
+        and indexing.saved_model_path(index_dir) is not None
     )
     model = None  # None: the index's own model.keras.
     if not reuse:
@@ -192,18 +185,20 @@ def run(args: argparse.Namespace) -> int:
         report = indexing.index_folder(
             args.photos_dir,
             index_dir,
-            model,
-            max_size=args.max_size,
-            scales=args.scales,
-            mode=args.mode,
-            bytes_per_vector=args.bytes_per_vector,
-            keep_descriptors=args.keep_descriptors,
-            hash_contents=args.hash_contents,
+            indexing.IndexSettings(
+                mode=args.mode,
+                bytes_per_vector=args.bytes_per_vector,
+                max_size=args.max_size,
+                scales=args.scales,
+                keep_descriptors=args.keep_descriptors,
+                hash_contents=args.hash_contents,
+                shard_size=args.shard_size,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                model_spec=spec,
+            ),
+            model=model,
             rebuild=args.rebuild,
-            shard_size=args.shard_size,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            model_spec=spec,
             verbose=0 if args.quiet else 1,
         )
     except (

@@ -142,7 +142,7 @@ def test_pca_dim_learned_once(tmp_path, monkeypatch):
     assert built == [("mobilenet_v1", None)]
     with open(index_dir / "index.json") as f:
         settings = json.load(f)
-    assert settings["descriptor_dim"] == 8
+    assert settings["dimension"] == 8
     assert settings["model_spec"]["pca_dim"] == 8
     saved = indexing.load_rmac_model(index_dir / "model.keras")
     kernel, bias = (w.numpy() for w in saved.shift_pca.weights)

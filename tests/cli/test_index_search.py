@@ -3,20 +3,17 @@
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from keras_rmac import indexing
+from keras_rmac.indexing import layout
 from keras_rmac.models.rmac_model import RMACModel
 from tests.cli import photos
 from tests.cli.photos import cli
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+from tests.indexing import interrupt
 
 
 @pytest.fixture(scope="module")
@@ -157,24 +154,6 @@ def test_incremental_run_describes_only_new_or_changed(
     assert (report["extracted"], report["rebuilt"]) == (0, False)
 
 
-def _run_cli(args, env_extra):
-    env = dict(os.environ, **env_extra)
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from tests.cli.photos import cli; "
-            "sys.exit(cli(sys.argv[1:]))",
-            *args,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, tiny_keras):
     root = tmp_path / "photos"
     for i in range(10):
@@ -182,11 +161,10 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, tiny_keras):
     (root / "p03.png").write_bytes(b"")  # A bad file in the first shard.
     crashed = tmp_path / "crashed"
     args = _index_args(root, crashed, tiny_keras, "--shard-size", "3")
-    result = _run_cli(args, {indexing.CRASH_AFTER_ENV: "2"})
-    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    interrupt.kill_at("commit:2", args, tmp_path)  # kill -9 after shard 2
     shards = sorted(os.listdir(crashed / ".work" / "shards"))
     assert shards == ["000001.json", "000001.npy", "000002.json", "000002.npy"]
-    assert not (crashed / "searchable").exists()
+    assert indexing.current_generation(crashed) is None
 
     assert cli(args) == 0  # Restart: finishes the job.
     report = _report(crashed)
@@ -287,7 +265,7 @@ def test_search_json_and_query_expansion(mixed, capsys):
     # ranked by inner product with every stored descriptor.
     index = indexing.PhotoIndex(index_dir)
     db = index.stored_descriptors(np.arange(len(index)))
-    q = index.describe(query)
+    q = index.extract(query)
     top2 = np.argsort(-(db @ q), kind="stable")[:2]
     expected_query = q + db[top2].sum(axis=0)
     expected_query /= np.linalg.norm(expected_query)
@@ -364,7 +342,8 @@ def test_operating_points(tmp_path, tiny_keras, extra, params, capsys):
     args = _index_args(root, index_dir, tiny_keras)
     args[args.index("exact")] = extra[1]
     assert cli(args + extra[2:]) == 0
-    with open(index_dir / "searchable" / "manifest.json") as f:
+    version = layout.current_version(index_dir)
+    with open(os.path.join(version.searchable, "manifest.json")) as f:
         manifest = json.load(f)
     assert manifest["index_type"] == "scann"
     for key, value in params.items():

@@ -1,4 +1,4 @@
-"""keras_rmac.indexing: descriptor store, incremental runs, settings."""
+"""keras_rmac.indexing.index_folder: incremental runs and their settings."""
 
 import json
 import logging
@@ -7,9 +7,10 @@ import os
 import numpy as np
 import pytest
 
+from keras_rmac import fileio
 from keras_rmac import indexing
 from keras_rmac.indexing import DescriptorStore
-from keras_rmac.indexing import _Record
+from keras_rmac.indexing import layout
 from tests.cli import photos
 
 
@@ -24,81 +25,6 @@ def _folder(root, count, start=0):
     return root
 
 
-def _records(names):
-    return [_Record(n, 10 + i, 1000 + i) for i, n in enumerate(names)]
-
-
-# ---------------------------------------------------------------------------
-# DescriptorStore.
-
-
-def test_store_round_trip_and_latest_record_wins(tmp_path):
-    store = DescriptorStore(str(tmp_path), dim=3)
-    a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    first = _records(["x.png", "bad.png", "y.png"])
-    first[1].error = "empty file (0 bytes)"
-    store.commit(first, a)
-    b = np.full((1, 3), 7.0, np.float32)
-    store.commit([_Record("y.png", 99, 5)], b)  # y changed
-
-    reopened = DescriptorStore(str(tmp_path), dim=3)
-    assert reopened.shards == [1, 2]
-    recs = reopened.records
-    assert set(recs) == {"x.png", "bad.png", "y.png"}
-    assert recs["bad.png"].error == "empty file (0 bytes)"
-    assert not reopened.has_descriptor(recs["bad.png"])
-    assert (recs["y.png"].size, recs["y.png"].mtime_ns) == (99, 5)
-    got = reopened.descriptors([recs["y.png"], recs["x.png"]])
-    np.testing.assert_array_equal(got, np.stack([b[0], a[0]]))
-    # One live descriptor is stale: y's first version.
-    assert reopened.stale_rows({"x.png", "y.png", "bad.png"}) == 1
-
-
-def test_store_ignores_uncommitted_and_damaged_shards(tmp_path, caplog):
-    store = DescriptorStore(str(tmp_path), dim=2)
-    store.commit(_records(["a.png"]), np.ones((1, 2)))
-    shard_dir = tmp_path / "shards"
-    # A run killed while writing shard 2: descriptors, no records.
-    np.save(shard_dir / "000002.npy", np.zeros((4, 2), np.float32))
-    (shard_dir / ".tmp-xyz-000002.json").write_text("{")
-    # Shard 3: records whose descriptors have the wrong shape.
-    np.save(shard_dir / "000003.npy", np.zeros((5, 2), np.float32))
-    (shard_dir / "000003.json").write_text(
-        json.dumps({"records": [r.to_json() for r in _records(["b.png"])]})
-    )
-    before = sorted(os.listdir(shard_dir))
-    # Read-only (a search running beside an indexer): nothing is touched.
-    with caplog.at_level(logging.WARNING):
-        reader = DescriptorStore(str(tmp_path), dim=2, writable=False)
-    assert set(reader.records) == {"a.png"}
-    assert "000003.npy" in caplog.text
-    assert sorted(os.listdir(shard_dir)) == before
-    # The writer (under the index lock) cleans up.
-    reopened = DescriptorStore(str(tmp_path), dim=2)
-    assert set(reopened.records) == {"a.png"}
-    assert sorted(os.listdir(shard_dir)) == ["000001.json", "000001.npy"]
-    assert reopened.next_number == 2
-
-
-def test_store_compaction_keeps_live_descriptors(tmp_path):
-    store = DescriptorStore(str(tmp_path), dim=2)
-    for i in range(3):
-        store.commit(_records([f"f{i}.png"]), np.full((1, 2), i, np.float32))
-    live = [store.records["f0.png"], store.records["f2.png"]]
-    store.compact(live)
-    reopened = DescriptorStore(str(tmp_path), dim=2)
-    assert set(reopened.records) == {"f0.png", "f2.png"}
-    assert len(os.listdir(tmp_path / "shards")) == 2
-    got = reopened.descriptors(
-        [reopened.records["f2.png"], reopened.records["f0.png"]]
-    )
-    np.testing.assert_array_equal(got, [[2, 2], [0, 0]])
-
-
-# ---------------------------------------------------------------------------
-# index_folder.
-
-
 def test_new_index_needs_a_model(tmp_path):
     _folder(tmp_path / "photos", 1)
     with pytest.raises(ValueError, match="pass `model=`"):
@@ -108,7 +34,9 @@ def test_new_index_needs_a_model(tmp_path):
 def test_settings_mismatch_refused(tmp_path, model):
     root = _folder(tmp_path / "photos", 3)
     index_dir = tmp_path / "index"
-    indexing.index_folder(root, index_dir, model, max_size=64, mode="exact")
+    indexing.index_folder(
+        root, index_dir, model=model, max_size=64, mode="exact"
+    )
     with pytest.raises(indexing.IndexMismatchError, match="max_size=64"):
         indexing.index_folder(root, index_dir, max_size=96)
     with pytest.raises(indexing.IndexMismatchError, match="scales"):
@@ -121,7 +49,9 @@ def test_settings_mismatch_refused(tmp_path, model):
 def test_mode_change_rebuilds_without_describing(tmp_path, model):
     root = _folder(tmp_path / "photos", 4)
     index_dir = tmp_path / "index"
-    indexing.index_folder(root, index_dir, model, max_size=64, mode="exact")
+    indexing.index_folder(
+        root, index_dir, model=model, max_size=64, mode="exact"
+    )
     report = indexing.index_folder(root, index_dir, mode="fast", verbose=0)
     assert (report.extracted, report.rebuilt, report.mode) == (0, True, "fast")
     with open(index_dir / "index.json") as f:
@@ -134,7 +64,9 @@ def test_hash_contents(tmp_path, model):
         photos.save(root / f"p{i}.bmp", photos.photo(i))
     index_dir = tmp_path / "index"
     kwargs = dict(max_size=64, mode="exact", verbose=0)
-    indexing.index_folder(root, index_dir, model, hash_contents=True, **kwargs)
+    indexing.index_folder(
+        root, index_dir, model=model, hash_contents=True, **kwargs
+    )
     # Touched: same bytes, new mtime. Not described again with hashing.
     st0 = os.stat(root / "p0.bmp")
     os.utime(root / "p0.bmp", ns=(st0.st_atime_ns, st0.st_mtime_ns + 10**9))
@@ -162,7 +94,7 @@ def test_without_kept_descriptors(tmp_path, model, caplog):
     index_dir = tmp_path / "index"
     kwargs = dict(max_size=64, mode="exact", verbose=0)
     first = indexing.index_folder(
-        root, index_dir, model, keep_descriptors=False, **kwargs
+        root, index_dir, model=model, keep_descriptors=False, **kwargs
     )
     assert first.indexed == 4
     shards = os.listdir(index_dir / ".work" / "shards")
@@ -193,7 +125,7 @@ def test_report_file_and_summary(tmp_path, model):
     (root / "zero.jpg").write_bytes(b"")
     index_dir = tmp_path / "index"
     report = indexing.index_folder(
-        root, index_dir, model, max_size=64, mode="exact", verbose=0
+        root, index_dir, model=model, max_size=64, mode="exact", verbose=0
     )
     with open(index_dir / "report.json") as f:
         saved = json.load(f)
@@ -212,7 +144,7 @@ def test_extract_matches_model_on_files(tmp_path, model):
     indexing.index_folder(
         root,
         index_dir,
-        model,
+        model=model,
         max_size=40,
         scales=(1.0, 0.5),
         mode="exact",
@@ -232,7 +164,7 @@ def test_removed_files_are_forgotten_once(tmp_path, model):
     root = _folder(tmp_path / "photos", 4)
     index_dir = tmp_path / "index"
     kwargs = dict(max_size=64, mode="exact", verbose=0)
-    indexing.index_folder(root, index_dir, model, **kwargs)
+    indexing.index_folder(root, index_dir, model=model, **kwargs)
     os.remove(root / "p01.png")
     report = indexing.index_folder(root, index_dir, **kwargs)
     assert (report.removed, report.indexed, report.rebuilt) == (1, 3, True)
@@ -250,7 +182,7 @@ def test_moved_folder(tmp_path, model):
     root = _folder(tmp_path / "photos", 3)
     index_dir = tmp_path / "index"
     kwargs = dict(max_size=64, mode="exact", verbose=0)
-    indexing.index_folder(root, index_dir, model, **kwargs)
+    indexing.index_folder(root, index_dir, model=model, **kwargs)
     moved = tmp_path / "moved"
     os.rename(root, moved)  # Keeps sizes and modification times.
     report = indexing.index_folder(moved, index_dir, **kwargs)
@@ -263,8 +195,8 @@ def test_second_indexer_is_refused(tmp_path, model):
     root = _folder(tmp_path / "photos", 1)
     index_dir = tmp_path / "index"
     index_dir.mkdir()
-    with indexing._Lock(str(index_dir)):
+    with fileio.FileLock(index_dir / layout.LOCK_FILE):
         with pytest.raises(indexing.IndexBusyError, match="Another process"):
-            indexing.index_folder(root, index_dir, model, verbose=0)
+            indexing.index_folder(root, index_dir, model=model, verbose=0)
     # Released: a run now goes through.
-    indexing.index_folder(root, index_dir, model, max_size=64, verbose=0)
+    indexing.index_folder(root, index_dir, model=model, max_size=64, verbose=0)

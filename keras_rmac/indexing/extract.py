@@ -1,0 +1,119 @@
+"""The extract step: photos -> descriptors, committed to the store by shard.
+
+Batches are aligned to shard starts, so a resumed run computes bit for bit
+what an uninterrupted one computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from keras_rmac import progress
+from keras_rmac.data import image_io
+from keras_rmac.indexing.store import Record
+
+logger = logging.getLogger(__name__)
+
+
+def extract_images(model, images, max_size, scales, batch_size=1):
+    """Descriptors `(N, D)` of decoded images, as the index computes them."""
+    return model.extract(
+        images,
+        max_size=max_size,
+        scales=scales,
+        batch_size=batch_size,
+        num_workers=0,
+        verbose=0,
+    )
+
+
+def extract_into_store(job, todo, keys, report, verbose=1):
+    """Extracts the descriptors of `todo`, committing one shard at a time.
+
+    Args:
+        job: the run (`keras_rmac.indexing.run.Job`): model, settings,
+            store and photo folder.
+        todo: list of str. Paths (relative to the folder) to describe.
+        keys: dict. Path -> `(size, mtime_ns, sha256)` of each file.
+        report: `IndexReport`, updated.
+        verbose: int. 1 shows progress. Defaults to 1.
+    """
+    shard_size = job.settings.shard_size
+    bar = progress.progress_bar(
+        len(todo), verbose, unit_name="photo", label="indexing"
+    )
+    done = 0
+
+    def tick():
+        nonlocal done
+        done += 1
+        if bar is not None and (
+            done % job.settings.batch_size == 0 or done == len(todo)
+        ):
+            bar.update(done)
+
+    for start in range(0, len(todo), shard_size):
+        chunk = todo[start : start + shard_size]
+        records, descriptors = _extract_chunk(job, chunk, keys, report, tick)
+        descriptors = _drop_degenerate(records, descriptors, report)
+        job.store.commit(records, descriptors)
+
+
+def _extract_chunk(job, chunk, keys, report, tick):
+    settings = job.settings
+    batch_size = settings.batch_size
+
+    def run(images):
+        report.extracted += len(images)
+        return extract_images(
+            job.model, images, settings.max_size, settings.scales, batch_size
+        )
+
+    records, images, descriptors = [], [], []
+    loader = image_io.load_images(
+        [os.path.join(job.photos_dir, rel) for rel in chunk],
+        num_workers=settings.num_workers,
+    )
+    for i, result in loader:
+        rel = chunk[i]
+        record = Record(rel, *keys[rel])
+        if isinstance(result, image_io.ImageError):
+            record.error = result.reason
+            report.new_failures += 1
+            logger.debug("Skipping %s", result)
+        else:
+            images.append(result)
+            if len(images) == batch_size:
+                descriptors.append(run(images))
+                images = []
+        records.append(record)
+        tick()
+    if images:
+        descriptors.append(run(images))
+    if not descriptors:
+        return records, np.zeros((0, job.store.dimension), np.float32)
+    return records, np.concatenate(descriptors)
+
+
+def _drop_degenerate(records, descriptors, report):
+    """Turns photos whose descriptor is not unit-norm into failures.
+
+    A blank image can give an all-zero feature map, hence an all-zero
+    descriptor that search indexes refuse (and that matches nothing).
+    """
+    norms = np.linalg.norm(descriptors, axis=1)
+    bad = np.abs(norms - 1.0) > 1e-3
+    if not bad.any():
+        return descriptors
+    ok = [r for r in records if r.error is None]
+    for record, is_bad, norm in zip(ok, bad, norms):
+        if is_bad:
+            record.error = (
+                f"descriptor has norm {norm:.3g} instead of 1 (a blank or "
+                "featureless image?); not indexed"
+            )
+            report.new_failures += 1
+    return descriptors[~bad]
