@@ -41,6 +41,7 @@ __all__ = [
     "atomic_write_text",
     "file_sha256",
     "fsync_path",
+    "fsync_tree",
 ]
 
 
@@ -64,6 +65,18 @@ def fsync_path(path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """`fsync_path` on every file and folder under `root` (included).
+
+    Folders are synced after what they hold, so a folder written into a
+    temporary place and renamed into view is complete on disk first.
+    """
+    for folder, _, names in os.walk(os.fspath(root), topdown=False):
+        for name in names:
+            fsync_path(os.path.join(folder, name))
+        fsync_path(folder)
 
 
 @contextlib.contextmanager

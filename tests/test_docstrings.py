@@ -29,6 +29,13 @@ NOT_RUNNABLE = {
         "indexes and searches a photo folder with a full backbone: needs "
         "photos and weights"
     ),
+    "keras_rmac.indexing.photo_index": (
+        "searches an index built from photos with a full backbone"
+    ),
+    "keras_rmac.indexing.run": (
+        "indexes a photo folder with a full backbone: needs photos and "
+        "weights"
+    ),
     "keras_rmac.models.rmac_model": (
         "extracts descriptors of image files with a full backbone"
     ),
@@ -37,9 +44,6 @@ NOT_RUNNABLE = {
     ),
 }
 
-# Examples broken on main, fixed in other branches of the issue-9
-# restructuring. TEMPORARY: the lead empties this set after merging those
-# branches. The xfail is strict, so a module fixed but still listed fails.
 NEEDS = {
     # Examples that need an optional extra (`pip install keras-rmac[clean]`).
     "keras_rmac.data.cleaning.dataset": "cv2",

@@ -247,21 +247,13 @@ def _write_version(path, version, model, serving, warmup):
         if warmup:
             write_warmup_file(os.path.join(extra, WARMUP_FILE), warmup)
         _write_metadata(extra, model, serving, len(warmup))
-        _fsync_tree(tmp)
+        fileio.fsync_tree(tmp)
         os.rename(tmp, final)
         fileio.fsync_path(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def _fsync_tree(folder):
-    """Flushes every file and folder under `folder` (included) to disk."""
-    for parent, _, files in os.walk(folder, topdown=False):
-        for name in files:
-            fileio.fsync_path(os.path.join(parent, name))
-        fileio.fsync_path(parent)
 
 
 def _write_metadata(folder, model, serving, warmup_count):

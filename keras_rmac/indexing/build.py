@@ -9,7 +9,6 @@ caller then switches the version marker (`layout.switch_to`).
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import numpy as np
@@ -17,13 +16,6 @@ import numpy as np
 from keras_rmac import fileio
 from keras_rmac.indexing import layout
 from keras_rmac.search import make_index
-
-
-def _fsync_tree(root: str) -> None:
-    for folder, _, names in os.walk(root):
-        for name in names:
-            fileio.fsync_path(os.path.join(folder, name))
-        fileio.fsync_path(folder)
 
 
 def build_version(job, records) -> layout.Version:
@@ -59,7 +51,7 @@ def build_version(job, records) -> layout.Version:
     version = layout.new_generation(job.index_dir)
     index.save(version.searchable)  # Written aside, fsynced, renamed in.
     layout.link_or_copy(job.model_path, version.model_path)
-    _fsync_tree(version.directory)
+    fileio.fsync_tree(version.directory)
     return version
 
 
@@ -73,5 +65,5 @@ def adopt_legacy(job) -> layout.Version:
         copy_function=layout.link_or_copy,
     )
     layout.link_or_copy(job.model_path, version.model_path)
-    _fsync_tree(version.directory)
+    fileio.fsync_tree(version.directory)
     return version

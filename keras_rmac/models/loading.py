@@ -68,14 +68,8 @@ def ensure_built(model):
 
 
 def model_dimension(model) -> int:
-    """The descriptor dimension D of an `RMACModel`.
-
-    Reads `model.dimension`, or `descriptor_dim` on models of keras_rmac
-    versions that named it so.
-    """
-    if hasattr(model, "dimension"):
-        return int(model.dimension)
-    return int(model.descriptor_dim)
+    """The descriptor dimension D of an `RMACModel` (`model.dimension`)."""
+    return int(model.dimension)
 
 
 def resolve_index_model(

@@ -57,14 +57,6 @@ class IndexMismatchError(ValueError):
     """
 
 
-def _fsync_tree(root: str) -> None:
-    """`fileio.fsync_path` on every file and folder under `root`."""
-    for folder, _, files in os.walk(root):
-        for name in files:
-            fileio.fsync_path(os.path.join(folder, name))
-        fileio.fsync_path(folder)
-
-
 def is_index_directory(directory: str) -> bool:
     """Whether `directory` holds a complete index (has a manifest)."""
     return os.path.isfile(os.path.join(directory, MANIFEST))
@@ -110,7 +102,7 @@ def atomic_write_directory(
         write(tmp)
         if not is_index_directory(tmp):
             raise RuntimeError(f"Index writer left no {MANIFEST} in {tmp}.")
-        _fsync_tree(tmp)
+        fileio.fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

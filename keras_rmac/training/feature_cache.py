@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rmac.backbones import graph_signature
+from keras_rmac.backbones import update_with_weights
 from keras_rmac.data import triplets as triplet_data
 from keras_rmac.fileio import atomic_save_npy
 from keras_rmac.models.triplet_model import FeatureEmbedding
@@ -43,9 +44,7 @@ def cache_key(head: FeatureEmbedding, images, config: TrainConfig) -> str:
     the cut layer, the image size and resizing, the image list and, when
     images are cropped, their boxes.
     """
-    digest = hashlib.sha256()
-    for weight in head.prefix.weights:
-        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    digest = update_with_weights(hashlib.sha256(), head.prefix.weights)
     digest.update(graph_signature(head.prefix).encode())
     key = [
         head.rmac.preprocessing,
