@@ -33,8 +33,7 @@ NOT_RUNNABLE = {
         "searches an index built from photos with a full backbone"
     ),
     "keras_rmac.indexing.run": (
-        "indexes a photo folder with a full backbone: needs photos and "
-        "weights"
+        "indexes a photo folder with a full backbone: needs photos and weights"
     ),
     "keras_rmac.models.rmac_model": (
         "extracts descriptors of image files with a full backbone"
