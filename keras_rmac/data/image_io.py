@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
+from keras_rmac.checks import check_int
 from keras_rmac.data import colour
 
 logger = logging.getLogger(__name__)
@@ -137,19 +138,6 @@ class ImageError(ValueError):
     def __reduce__(self):
         # Picklable across processes despite the two-argument constructor.
         return (type(self), (self.path, self.reason))
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"`{name}` must be an int >= {minimum}. Received: "
-            f"{name}={value!r} of type {type(value).__name__}"
-        )
-    if value < minimum:
-        raise ValueError(
-            f"`{name}` must be an int >= {minimum}. Received: {name}={value}"
-        )
-    return int(value)
 
 
 def _path_str(path: PathLike) -> str:
@@ -351,8 +339,8 @@ def load_image(
     (10, 20, 3)
     """
     path = _path_str(path)
-    max_pixels = _check_int("max_pixels", max_pixels, 1)
-    min_side = _check_int("min_side", min_side, 1)
+    max_pixels = check_int("max_pixels", max_pixels, 1)
+    min_side = check_int("min_side", min_side, 1)
     try:
         return _load(path, max_pixels, min_side)
     except ImageError:
@@ -409,12 +397,12 @@ def load_images(
     ...     if isinstance(image, ImageError):
     ...         errors.append(image)
     """
-    num_workers = _check_int("num_workers", num_workers, 0)
-    max_pixels = _check_int("max_pixels", max_pixels, 1)
-    min_side = _check_int("min_side", min_side, 1)
+    num_workers = check_int("num_workers", num_workers, 0)
+    max_pixels = check_int("max_pixels", max_pixels, 1)
+    min_side = check_int("min_side", min_side, 1)
     if prefetch is None:
         prefetch = max(1, 2 * num_workers)
-    prefetch = _check_int("prefetch", prefetch, 1)
+    prefetch = check_int("prefetch", prefetch, 1)
     load = functools.partial(
         _load_or_error, max_pixels=max_pixels, min_side=min_side
     )

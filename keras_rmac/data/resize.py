@@ -10,7 +10,7 @@ do not import TensorFlow.
 
 import tensorflow as tf
 
-from keras_rmac.data.image_io import _check_int
+from keras_rmac.checks import check_int
 
 __all__ = ["resize_longest_side", "target_size"]
 
@@ -41,11 +41,11 @@ def target_size(
     >>> target_size(4, 2, 5)  # 2 * 5 / 4 = 2.5 rounds up
     (5, 3)
     """
-    height = _check_int("height", height, 1)
-    width = _check_int("width", width, 1)
+    height = check_int("height", height, 1)
+    width = check_int("width", width, 1)
     if max_size is None:
         return height, width
-    max_size = _check_int("max_size", max_size, 1)
+    max_size = check_int("max_size", max_size, 1)
     longest = max(height, width)
 
     def side(s):
@@ -105,7 +105,7 @@ def resize_longest_side(image, max_size: int | None):
     if max_size is None:
         return image
     if not tf.is_tensor(max_size):
-        max_size = _check_int("max_size", max_size, 1)
+        max_size = check_int("max_size", max_size, 1)
     height, width = image.shape[-3], image.shape[-2]
     if height is not None and width is not None and isinstance(max_size, int):
         # Static shape known: compute in Python so the output shape is static.

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rmac import fileio
+from keras_rmac.checks import check_int
 from keras_rmac.data import image_io
 from keras_rmac.export.decode import decode_image_bytes
 from keras_rmac.export.serving import BYTES_INPUT
@@ -67,22 +68,6 @@ METADATA_FILE = "keras_rmac_export.json"
 _TMP_PREFIX = ".keras_rmac_export-"  # Not an integer: TF Serving skips it.
 
 
-def _check_positive_int(name, value, allow_none=True, minimum=1):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"`{name}` must be an int >= {minimum}"
-            + (" or None" if allow_none else "")
-            + f". Received: {name}={value!r}"
-        )
-    if value < minimum:
-        raise ValueError(
-            f"`{name}` must be an int >= {minimum}. Received: {name}={value}"
-        )
-    return int(value)
-
-
 def existing_versions(path) -> list[int]:
     """Integer version directories under a TF Serving model base path.
 
@@ -112,7 +97,7 @@ def _resolve_version(path, version):
     next_free = (versions[-1] + 1) if versions else 1
     if version is None:
         return next_free
-    version = _check_positive_int("version", version, False, minimum=0)
+    version = check_int("version", version, minimum=0)
     if version in versions or os.path.exists(os.path.join(path, str(version))):
         raise FileExistsError(
             f"Version directory {os.path.join(path, str(version))!r} "
@@ -187,9 +172,9 @@ def export_saved_model(
             f"{type(model).__name__}"
         )
     scales = validate_scales(scales)
-    max_size = _check_positive_int("max_size", max_size)
-    max_pixels = _check_positive_int("max_pixels", max_pixels, False)
-    min_side = _check_positive_int("min_side", min_side, False)
+    max_size = check_int("max_size", max_size, allow_none=True)
+    max_pixels = check_int("max_pixels", max_pixels)
+    min_side = check_int("min_side", min_side)
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(

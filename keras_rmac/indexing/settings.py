@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from keras_rmac.checks import check_int
+
 __all__ = [
     "BYTES_PER_VECTOR",
     "DEFAULT_BYTES_PER_VECTOR",
@@ -33,14 +35,6 @@ def _kinds() -> tuple[str, ...]:
     from keras_rmac.search import KINDS
 
     return KINDS
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an int >= {minimum}. Received: {value!r}"
-        )
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +123,8 @@ class IndexSettings:
                 )
             object.__setattr__(self, "scales", scales)
         for name in ("shard_size", "batch_size"):
-            _positive_int(name, getattr(self, name))
-        _positive_int("num_workers", self.num_workers, minimum=0)
+            check_int(name, getattr(self, name))
+        check_int("num_workers", self.num_workers, minimum=0)
 
     def replace(self, **changes: Any) -> IndexSettings:
         """A copy with `changes` applied (and validated)."""

@@ -48,7 +48,7 @@ import logging
 import math
 from typing import Any
 
-import numpy as np
+from keras_rmac.checks import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -93,21 +93,6 @@ COMPACT_BYTES_PER_VECTOR = 64
 COMPACT_ANISOTROPIC_THRESHOLD = 0.2
 
 
-def _positive_int(name: str, value: Any, allow_zero: bool = False):
-    """None, or `value` as an int >= 1 (>= 0 with `allow_zero`)."""
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < (0 if allow_zero else 1)
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive int. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
 @dataclasses.dataclass(frozen=True)
 class ScannOptions:
     """What the user asked of a `ScannIndex`; None leaves a knob to the policy.
@@ -149,7 +134,9 @@ class ScannOptions:
             "projection_dim": True,  # 0 asks for no projection
         }
         for name, allow_zero in ints.items():
-            value = _positive_int(name, getattr(self, name), allow_zero)
+            value = check_int(
+                name, getattr(self, name), int(not allow_zero), allow_none=True
+            )
             object.__setattr__(self, name, value)
         for name in ("dimensions_per_block", "projection_dim"):
             if (getattr(self, name) or 0) > self.dimension:

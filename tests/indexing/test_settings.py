@@ -28,10 +28,15 @@ from tests.indexing.interrupt import REPO_ROOT
     ],
 )
 def test_invalid_settings_refused(field, value, match):
-    with pytest.raises(ValueError, match=match):
+    # A wrong type is a TypeError (keras_rmac.checks), a bad value a
+    # ValueError.
+    error = TypeError if isinstance(value, float) else ValueError
+    if field in ("max_size", "mode", "bytes_per_vector", "scales"):
+        error = ValueError  # Checked by the settings' own rules.
+    with pytest.raises(error, match=match):
         IndexSettings(**{field: value})
     # Also through replace() and index_folder's keyword overrides.
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         IndexSettings().replace(**{field: value})
 
 
