@@ -2,18 +2,29 @@
 
 Gordo, Almazan, Revaud, Larlus. "End-to-end Learning of Deep Visual
 Representations for Image Retrieval". IJCV 2017. arXiv:1610.07940.
+
+The names below are imported on first use (PEP 562), so that importing a
+light module of the package (`keras_rmac.cli.main`, `keras_rmac.fileio`)
+does not import TensorFlow: the command line sets TensorFlow's log level
+before that import, and `keras-rmac --help` stays fast.
 """
 
-from keras_rmac.layers import GeMPooling
-from keras_rmac.layers import L2Normalize
-from keras_rmac.layers import MACPooling
-from keras_rmac.layers import RegionProposal
-from keras_rmac.layers import RMACPooling
-from keras_rmac.layers import ShiftPCA
-from keras_rmac.layers import SPoCPooling
-from keras_rmac.models import RMACModel
-from keras_rmac.models import TripletModel
+import importlib
+
 from keras_rmac.version import __version__
+
+_EXPORTS = {
+    "GeMPooling": "keras_rmac.layers",
+    "L2Normalize": "keras_rmac.layers",
+    "MACPooling": "keras_rmac.layers",
+    "RegionProposal": "keras_rmac.layers",
+    "RMACPooling": "keras_rmac.layers",
+    "ShiftPCA": "keras_rmac.layers",
+    "SPoCPooling": "keras_rmac.layers",
+    "RMACModel": "keras_rmac.models",
+    "TripletModel": "keras_rmac.models",
+}
+"""Public name -> the module it is imported from."""
 
 __all__ = [
     "GeMPooling",
@@ -27,3 +38,21 @@ __all__ = [
     "TripletModel",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:  # A sub-package used as an attribute: keras_rmac.layers.
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
