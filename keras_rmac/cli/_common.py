@@ -316,6 +316,17 @@ def model_spec(args: argparse.Namespace, recorded: dict | None = None) -> dict:
     }
 
 
+def network_settings(args: argparse.Namespace) -> dict:
+    """`backbone`, `weights`, `pooling`, `pca_dim` with defaults applied.
+
+    For sub-commands whose options come from `add_network_arguments(parser,
+    saved_model=False)` (no `--model`), e.g. `train`: the same values as
+    `model_spec`, under the same names as `RMACModel`'s arguments.
+    """
+    spec = model_spec(args)
+    return {name: spec[name] for name in NETWORK_OPTIONS}
+
+
 def build_model(spec: dict):
     """Builds (or loads) the `RMACModel` described by `model_spec`.
 
