@@ -17,12 +17,14 @@ _EXPORTS = {
     "GeMPooling": "keras_rmac.layers",
     "L2Normalize": "keras_rmac.layers",
     "MACPooling": "keras_rmac.layers",
+    "PhotoIndex": "keras_rmac.indexing",
     "RegionProposal": "keras_rmac.layers",
     "RMACPooling": "keras_rmac.layers",
     "ShiftPCA": "keras_rmac.layers",
     "SPoCPooling": "keras_rmac.layers",
     "RMACModel": "keras_rmac.models",
     "TripletModel": "keras_rmac.models",
+    "index_folder": "keras_rmac.indexing",
 }
 """Public name -> the module it is imported from."""
 
@@ -30,6 +32,7 @@ __all__ = [
     "GeMPooling",
     "L2Normalize",
     "MACPooling",
+    "PhotoIndex",
     "RMACModel",
     "RMACPooling",
     "RegionProposal",
@@ -37,6 +40,7 @@ __all__ = [
     "ShiftPCA",
     "TripletModel",
     "__version__",
+    "index_folder",
 ]
 
 
