@@ -1,7 +1,10 @@
 # One-command set-up and jobs. Everything installs into ./.venv from the
 # package index; nothing needs to be installed by hand.
+#
+# Another supported Python (3.11 to 3.13) gets its own environment:
+#   make test PYTHON=python3.13        # in .venv-python3.13
 PYTHON ?= python3.11
-VENV   ?= .venv
+VENV   ?= $(if $(filter python3.11,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN    := $(VENV)/bin
 DATA   ?= $(abspath ../shared/data)
 PHOTOS ?= $(DATA)/coil100
@@ -42,4 +45,4 @@ bench: setup
 	$(BIN)/python -m benchmarks.cleaning
 
 clean:
-	rm -rf $(VENV) out *.egg-info
+	rm -rf .venv .venv-* out *.egg-info

@@ -22,7 +22,7 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11,<3.14",
     packages=find_packages(include=["keras_rmac", "keras_rmac.*"]),
     install_requires=[
         # scann 1.4.2's TF ops are built against TF 2.20: 2.21 fails to
@@ -43,7 +43,11 @@ setup(
         "console_scripts": ["keras-rmac=keras_rmac.cli.main:main"],
     },
     classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
         "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "Topic :: Scientific/Engineering :: Image Recognition",
     ],
 )

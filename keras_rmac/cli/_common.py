@@ -1,26 +1,31 @@
 """Helpers shared by the `keras-rmac` sub-commands: model options.
 
 `add_model_arguments` registers the options that choose the descriptor
-network (`--model`, `--backbone`, `--weights`, `--pooling`, `--pca-dim`)
-and how images are described (`--max-size`, `--scales`); `model_spec`
-turns parsed arguments into a plain dict that `build_model` builds and that
-an index records, so a later run can tell whether it was asked for the same
-network.
+network (`--model`, `--backbone`, `--weights`, `--pooling`, `--pca-dim`,
+see `add_network_arguments`) and how images are described (`--max-size`,
+`--scales`, see `add_image_arguments`), with the same defaults for every
+sub-command; `model_spec` turns parsed arguments into a plain dict that
+`build_model` builds and that an index records, so a later run can tell
+whether it was asked for the same network.
+
+Importing this module does not import TensorFlow: the backbone and pooling
+names are read from their modules only when a sub-command's options are
+checked or its help is printed.
 """
 
 import argparse
+import importlib
 import logging
 import os
 import pathlib
-
-from keras_rmac.backbones import BACKBONES
-from keras_rmac.models.rmac_model import POOLINGS
+import urllib.error
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 DEFAULT_POOLING = "rmac"
 DEFAULT_MAX_SIZE = 512
+DEFAULT_SCALES = (1.0,)
 
 SHARED_WEIGHTS = {
     "mobilenet_v1": "mobilenet_v1_1.0_224_imagenet.weights.h5",
@@ -117,30 +122,92 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the descriptor-network and image-size options to `parser`.
+class LazyChoices:
+    """argparse `choices` read from `module.attribute` when first needed.
 
+    argparse only tests membership (a given value) and iterates (help and
+    error messages), so the module, which imports Keras, is imported then
+    and not when the parser is built.
+
+    Args:
+        module: str. Module name.
+        attribute: str. A collection of names in that module.
+    """
+
+    def __init__(self, module: str, attribute: str):
+        self.module = module
+        self.attribute = attribute
+
+    def _names(self) -> list[str]:
+        names = getattr(importlib.import_module(self.module), self.attribute)
+        return sorted(names)
+
+    def __contains__(self, value) -> bool:
+        return value in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
+BACKBONE_CHOICES = LazyChoices("keras_rmac.backbones", "BACKBONES")
+POOLING_CHOICES = LazyChoices("keras_rmac.models.rmac_model", "POOLINGS")
+
+NETWORK_OPTIONS = ("backbone", "weights", "pooling", "pca_dim")
+"""Destinations of the options that a `--model` file already fixes."""
+
+
+class _NetworkOption(argparse.Action):
+    """Stores the value; `--model` and `NETWORK_OPTIONS` exclude each other."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        others = NETWORK_OPTIONS if self.dest == "model" else ("model",)
+        given = [n for n in others if getattr(namespace, n, None) is not None]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            parser.error(
+                f"{option_string} cannot be combined with {flags}: a --model "
+                "file holds its own backbone, weights, pooling and whitening."
+            )
+
+
+def add_network_arguments(
+    parser: argparse.ArgumentParser, saved_model: bool = True
+) -> None:
+    """Adds the descriptor-network options to `parser`, in one group.
+
+    `--model` (unless `saved_model` is False), `--backbone`, `--weights`,
+    `--pooling`, `--pca-dim`; `--model` cannot be combined with the others.
     Every option defaults to None so that `model_spec` can tell an option
     the user gave from one left out (left-out options take the value an
     existing index recorded, else the package default).
+
+    Args:
+        parser: an `argparse.ArgumentParser` (or sub-command parser).
+        saved_model: bool. Whether to offer `--model MODEL.keras`.
+            Defaults to True.
     """
     group = parser.add_argument_group("descriptor network")
-    group.add_argument(
-        "--model",
-        metavar="MODEL.keras",
-        default=None,
-        help="A saved RMACModel (e.g. with shift + PCA-whitening already "
-        "adapted). Overrides --backbone/--weights/--pooling/--pca-dim.",
-    )
+    if saved_model:
+        group.add_argument(
+            "--model",
+            metavar="MODEL.keras",
+            default=None,
+            action=_NetworkOption,
+            help="A saved RMACModel (e.g. with shift + PCA-whitening already "
+            "adapted), instead of --backbone/--weights/--pooling/--pca-dim.",
+        )
     group.add_argument(
         "--backbone",
-        choices=sorted(BACKBONES),
+        choices=BACKBONE_CHOICES,
         default=None,
+        action=_NetworkOption,
         help=f"Backbone CNN (default: {DEFAULT_BACKBONE}).",
     )
     group.add_argument(
         "--weights",
         default=None,
+        action=_NetworkOption,
         metavar="PATH|imagenet|none",
         help="Backbone weights: a local file, 'imagenet' (Keras download) "
         "or 'none' (random, for tests). Default: the offline file in "
@@ -149,18 +216,29 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--pooling",
-        choices=POOLINGS,
+        choices=POOLING_CHOICES,
         default=None,
+        action=_NetworkOption,
         help=f"Global pooling (default: {DEFAULT_POOLING}).",
     )
     group.add_argument(
         "--pca-dim",
         type=positive_int,
         default=None,
+        action=_NetworkOption,
         metavar="D",
-        help="Learn shift + PCA-whitening to D dimensions on the indexed "
-        "photos before indexing (default: none, plain R-MAC).",
+        help="Learn shift + PCA-whitening to D dimensions on the photos "
+        "before using the model (default: none, plain R-MAC).",
     )
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds `--max-size` and `--scales` (how images are described).
+
+    Both default to None: `image_settings` gives the package defaults, and
+    `index` the values an existing index was built with.
+    """
+    group = parser.add_argument_group("image size")
     group.add_argument(
         "--max-size",
         type=positive_int,
@@ -179,6 +257,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the options every sub-command that describes images shares.
+
+    `add_network_arguments` then `add_image_arguments`: the same options
+    with the same defaults in `index`, `export` and `clean`.
+    """
+    add_network_arguments(parser)
+    add_image_arguments(parser)
+
+
+def image_settings(args: argparse.Namespace) -> tuple[int, tuple]:
+    """`(max_size, scales)` given on the command line, else the defaults."""
+    return args.max_size or DEFAULT_MAX_SIZE, args.scales or DEFAULT_SCALES
+
+
 def model_spec(args: argparse.Namespace, recorded: dict | None = None) -> dict:
     """The network the user asked for, as a JSON-serialisable dict.
 
@@ -195,10 +288,10 @@ def model_spec(args: argparse.Namespace, recorded: dict | None = None) -> dict:
     Returns:
         dict with keys `model`, `backbone`, `weights`, `pooling`, `pca_dim`.
     """
-    names = ("model", "backbone", "weights", "pooling", "pca_dim")
-    if recorded and all(getattr(args, n) is None for n in names):
+    names = ("model",) + NETWORK_OPTIONS
+    if recorded and all(getattr(args, n, None) is None for n in names):
         return dict(recorded)
-    if args.model is not None:
+    if getattr(args, "model", None) is not None:
         return {
             "model": str(pathlib.Path(args.model).resolve()),
             "backbone": None,
@@ -223,6 +316,17 @@ def model_spec(args: argparse.Namespace, recorded: dict | None = None) -> dict:
     }
 
 
+def network_settings(args: argparse.Namespace) -> dict:
+    """`backbone`, `weights`, `pooling`, `pca_dim` with defaults applied.
+
+    For sub-commands whose options come from `add_network_arguments(parser,
+    saved_model=False)` (no `--model`), e.g. `train`: the same values as
+    `model_spec`, under the same names as `RMACModel`'s arguments.
+    """
+    spec = model_spec(args)
+    return {name: spec[name] for name in NETWORK_OPTIONS}
+
+
 def build_model(spec: dict):
     """Builds (or loads) the `RMACModel` described by `model_spec`.
 
@@ -233,12 +337,20 @@ def build_model(spec: dict):
         FileNotFoundError: a `--model` or `--weights` file does not exist.
         TypeError: the `--model` file holds something other than an
             RMACModel.
+        Exception: `weights="imagenet"` could not be downloaded (see
+            `is_download_failure`).
     """
     from keras_rmac.indexing import load_rmac_model
     from keras_rmac.models.rmac_model import RMACModel
 
     if spec.get("model"):
         return load_rmac_model(spec["model"])
+    weights = spec["weights"]
+    if weights not in (None, "imagenet") and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"--weights file not found: {weights}. Pass a weights file, "
+            "'imagenet' (download) or 'none' (random)."
+        )
     logger.info(
         "Building RMACModel(backbone=%r, weights=%r, pooling=%r)",
         spec["backbone"],
@@ -251,3 +363,29 @@ def build_model(spec: dict):
         pooling=spec["pooling"],
         pca_dim=spec["pca_dim"],
     )
+
+
+DOWNLOAD_HINT = (
+    "could not download the backbone weights (no internet connection?): "
+    "pass --weights FILE with a local weights file, or --weights none for "
+    "random weights"
+)
+"""The one line printed when `is_download_failure`."""
+
+
+def is_download_failure(error: BaseException) -> bool:
+    """Whether `error` comes from a download that could not be made.
+
+    Keras's `get_file` turns `urllib` errors into a plain `Exception`
+    whose message starts with "URL fetch failure"; the `urllib` error is
+    kept as its context.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, urllib.error.URLError):
+            return True
+        if str(error).startswith("URL fetch failure"):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

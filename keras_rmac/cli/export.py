@@ -1,13 +1,12 @@
 """`keras-rmac export`: a SavedModel that TF Serving serves from image bytes."""
 
 import argparse
+import json
 import logging
 import os
 
-from keras_rmac.backbones import BACKBONES
 from keras_rmac.cli import _common
 from keras_rmac.data.image_io import DEFAULT_MAX_PIXELS
-from keras_rmac.models.rmac_model import POOLINGS
 
 logger = logging.getLogger(__name__)
 
@@ -51,30 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--model",
-        metavar="MODEL.keras",
-        help="A saved RMACModel (e.g. with PCA-whitening adapted).",
-    )
-    source.add_argument(
-        "--backbone",
-        choices=sorted(BACKBONES),
-        help="Build a plain R-MAC model on this backbone instead.",
-    )
-    parser.add_argument(
-        "--weights",
-        default="imagenet",
-        metavar="PATH|imagenet|none",
-        help="With --backbone: a local weights file, 'imagenet' (Keras "
-        "download) or 'none' (random). Default: imagenet.",
-    )
-    parser.add_argument(
-        "--pooling",
-        choices=POOLINGS,
-        default="rmac",
-        help="With --backbone: global pooling (default: rmac).",
-    )
+    _common.add_model_arguments(parser)
     parser.add_argument(
         "--out",
         required=True,
@@ -88,21 +64,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="N",
         help="Version directory (default: the next free integer, 1 for a "
         "new DIR). An existing version is never overwritten.",
-    )
-    parser.add_argument(
-        "--max-size",
-        type=_common.positive_int,
-        default=None,
-        metavar="PIXELS",
-        help="Longest image side at scale 1 (default: each image's own "
-        "size). Use the value the index was built with.",
-    )
-    parser.add_argument(
-        "--scales",
-        type=_common.parse_scales,
-        default=(1.0,),
-        metavar="S[,S...]",
-        help="Multi-resolution scales, e.g. '1,0.707' (default: 1).",
     )
     warmup = parser.add_mutually_exclusive_group()
     warmup.add_argument(
@@ -131,47 +92,66 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _load_model(args: argparse.Namespace):
-    import keras
-
-    from keras_rmac.models.rmac_model import RMACModel
-
-    if args.model is not None:
-        if not os.path.isfile(args.model):
-            raise FileNotFoundError(
-                f"--model file not found: {args.model!r}. Pass a model saved "
-                "with RMACModel.save('model.keras')."
-            )
-        if args.weights != "imagenet" or args.pooling != "rmac":
-            logger.warning(
-                "--weights/--pooling are ignored with --model: the saved "
-                "model has its own."
-            )
-        model = keras.saving.load_model(args.model)
-        if not isinstance(model, keras.Model):
-            raise TypeError(
-                f"{args.model!r} holds a {type(model).__name__}, not a "
-                "Keras model."
-            )
-        return model
-    weights = args.weights
-    if weights.lower() == "none":
-        weights = None
-    elif weights != "imagenet" and not os.path.isfile(weights):
-        raise FileNotFoundError(
-            f"--weights file not found: {weights!r}. Pass a weights file, "
-            "'imagenet' or 'none'."
+    """The model of the shared model options (`_common.build_model`)."""
+    spec = _common.model_spec(args)
+    if spec["pca_dim"]:
+        raise ValueError(
+            "--pca-dim needs photos to learn the whitening from, which "
+            "export has not: learn it with `keras-rmac index --pca-dim D` "
+            "(then pass --model INDEX_DIR/model.keras) or "
+            "RMACModel.adapt_pca, and pass the saved model with --model."
         )
-    logger.info(
-        "Building RMACModel(%r, weights=%r, pooling=%r)",
-        args.backbone,
-        weights,
-        args.pooling,
+    return _common.build_model(spec)
+
+
+def _size_text(size: int) -> str:
+    for unit in ("bytes", "KB", "MB"):
+        if size < 1000:
+            break
+        size /= 1000
+    else:
+        unit = "GB"
+    return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+
+
+def summary(version_dir: str) -> str:
+    """A few lines on the SavedModel in `version_dir`: what it serves.
+
+    Read from the metadata file `export_saved_model` writes in its
+    `assets.extra` folder.
+    """
+    from keras_rmac.export import saved_model
+
+    extra = os.path.join(version_dir, saved_model.ASSETS_EXTRA)
+    with open(os.path.join(extra, saved_model.METADATA_FILE)) as f:
+        metadata = json.load(f)
+    size = sum(
+        os.path.getsize(os.path.join(folder, name))
+        for folder, _, names in os.walk(version_dir)
+        for name in names
     )
-    return RMACModel(args.backbone, weights=weights, pooling=args.pooling)
+    dimension = metadata.get("dimension", metadata.get("descriptor_dim"))
+    signatures = "; ".join(
+        f"{name} ({', '.join(spec['inputs'])} -> {saved_model.OUTPUT})"
+        for name, spec in metadata["signatures"].items()
+    )
+    max_size = metadata["max_size"]
+    scales = ", ".join(f"{s:g}" for s in metadata["scales"])
+    lines = [
+        f"Exported SavedModel: {version_dir} ({_size_text(size)})",
+        f"  signatures: {signatures}",
+        f"  descriptor: {dimension} float32 values, L2-normalised",
+        f"  images: longest side {max_size} px at scale 1, scales {scales}",
+        f"  warm-up requests: {metadata['warmup_requests']}",
+    ]
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs `keras-rmac export` with parsed arguments.
+
+    Prints a summary: the version directory written, its signatures, the
+    descriptor dimension and size, and the image sizes it describes at.
 
     Args:
         args: the namespace from the parser built by `add_parser`.
@@ -182,13 +162,14 @@ def run(args: argparse.Namespace) -> int:
     """
     from keras_rmac.export import export_saved_model
 
+    max_size, scales = _common.image_settings(args)
     try:
         model = _load_model(args)
         out = export_saved_model(
             model,
             args.out,
-            scales=args.scales,
-            max_size=args.max_size,
+            scales=scales,
+            max_size=max_size,
             version=args.version,
             warmup_images=() if args.no_warmup else args.warmup,
             max_pixels=args.max_pixels,
@@ -196,5 +177,5 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError) as error:
         logger.error("keras-rmac export: %s", error)
         return 1
-    print(out)  # CLI output: the version directory written.
+    print(summary(out))  # CLI output: what was written where.
     return 0

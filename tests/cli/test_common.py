@@ -78,9 +78,80 @@ def test_model_spec(tmp_path, monkeypatch):
     assert spec["weights"] is None
     spec = _common.model_spec(_parse("--weights", "w.h5"))
     assert spec["weights"] == str(tmp_path / "w.h5")
-    spec = _common.model_spec(_parse("--model", "m.keras", "--pooling", "mac"))
-    assert spec["model"] == str(tmp_path / "m.keras")
-    assert spec["pooling"] is None
+    spec = _common.model_spec(_parse("--model", "m.keras"))
+    assert spec == {
+        "model": str(tmp_path / "m.keras"),
+        "backbone": None,
+        "weights": None,
+        "pooling": None,
+        "pca_dim": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--model", "m.keras", "--pooling", "mac"],
+        ["--pooling", "mac", "--model", "m.keras"],
+        ["--weights", "none", "--model", "m.keras"],
+        ["--model", "m.keras", "--pca-dim", "8"],
+        ["--model", "m.keras", "--backbone", "vgg16"],
+    ],
+)
+def test_model_excludes_network_options(argv, capsys):
+    # A --model file fixes its network: other network options are an error
+    # (they used to be ignored without a word).
+    with pytest.raises(SystemExit) as info:
+        _parse(*argv)
+    assert info.value.code == 2
+    assert "cannot be combined with" in capsys.readouterr().err
+
+
+def test_lazy_choices(capsys):
+    from keras_rmac.backbones import BACKBONES
+
+    assert list(_common.BACKBONE_CHOICES) == sorted(BACKBONES)
+    assert list(_common.POOLING_CHOICES) == sorted(rmac_model.POOLINGS)
+    assert _parse("--backbone", "vgg16").backbone == "vgg16"
+    with pytest.raises(SystemExit):
+        _parse("--backbone", "vgg17")
+    assert "invalid choice: 'vgg17'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse("--pooling", "max")
+
+
+def test_image_settings():
+    assert _common.image_settings(_parse()) == (512, (1.0,))
+    args = _parse("--max-size", "64", "--scales", "1,0.5")
+    assert _common.image_settings(args) == (64, (1.0, 0.5))
+
+
+def test_weights_file_checked_before_building(tmp_path):
+    spec = {
+        "model": None,
+        "backbone": "mobilenet_v2",
+        "weights": str(tmp_path / "w.h5"),
+        "pooling": "rmac",
+        "pca_dim": None,
+    }
+    with pytest.raises(FileNotFoundError, match="--weights file not found"):
+        _common.build_model(spec)
+
+
+def test_is_download_failure():
+    import urllib.error
+
+    assert _common.is_download_failure(urllib.error.URLError("no route"))
+    # What keras.utils.get_file raises: a plain Exception, URLError context.
+    try:
+        try:
+            raise urllib.error.URLError("[Errno -3] name resolution")
+        except urllib.error.URLError:
+            raise Exception("URL fetch failure on https://x/w.h5: None")
+    except Exception as error:
+        assert _common.is_download_failure(error)
+    assert not _common.is_download_failure(ValueError("bad value"))
+    assert not _common.is_download_failure(FileNotFoundError("w.h5"))
 
 
 def test_build_model_errors(tmp_path):
