@@ -20,11 +20,12 @@ import os
 import pathlib
 import urllib.error
 
+from keras_rmac.indexing.settings import DEFAULT_MAX_SIZE
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "mobilenet_v2"
 DEFAULT_POOLING = "rmac"
-DEFAULT_MAX_SIZE = 512
 DEFAULT_SCALES = (1.0,)
 
 SHARED_WEIGHTS = {

@@ -32,9 +32,6 @@ it resumes from the last checkpoint with the same data order.
 # (flag, TrainConfig field, type, help)
 _OPTIONS = (
     ("--image-root", "image_root", str, "Folder CSV paths are relative to."),
-    ("--backbone", "backbone", str, "Backbone name."),
-    ("--weights", "weights", str, "Weights file, 'imagenet' or 'none'."),
-    ("--pca-dim", "pca_dim", int, "Output dimension of shift + PCA."),
     ("--pca-images", "pca_images", int, "Images to learn shift + PCA from."),
     ("--image-size", "image_size", int, "Side S of training images."),
     ("--resize", "resize", str, "'square' (SxS) or 'longest' (batch 1)."),
@@ -120,6 +117,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             metavar={int: "N", float: "X"}.get(kind, "NAME"),
             help=f"{text} (default: {default}).",
         )
+    _common.add_network_arguments(parser, saved_model=False)
     parser.add_argument(
         "--trainable-from",
         default=None,
@@ -173,15 +171,12 @@ def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
         cache_features=args.cache_features,
         mining=not args.no_mining,
         freeze_batchnorm=not args.train_batchnorm,
+        **_common.network_settings(args),
     )
     for _, field, _, _ in _OPTIONS:
         value = getattr(args, field)
         if value is not None:
             setattr(config, field, value)
-    if args.weights is None:
-        config.weights = _common.default_weights(config.backbone)
-    elif args.weights.lower() == "none":
-        config.weights = None
     return config
 
 
