@@ -14,9 +14,10 @@ Layout: `<path>/<version>/` with `saved_model.pb`, `variables/`,
 `assets.extra/tf_serving_warmup_requests` (TFRecord of
 `tensorflow.serving.PredictionLog` protos that TF Serving replays before it
 reports the model ready) and `assets.extra/keras_rmac_export.json` (what was
-exported: fingerprint, dimension, sizes, scales). The version directory is
-written under a temporary name, flushed to disk and renamed into place, so
-a server watching `<path>` never loads a half-written version.
+exported: fingerprint, dimension, sizes, scales, the pixel `value_range` of
+`serving_images`). The version directory is written under a temporary name,
+flushed to disk and renamed into place, so a server watching `<path>` never
+loads a half-written version.
 """
 
 import json
@@ -44,6 +45,8 @@ from keras_rmac.export.warmup import WARMUP_FILE
 from keras_rmac.export.warmup import load_warmup_images
 from keras_rmac.export.warmup import write_warmup_file
 from keras_rmac.models.multiscale import validate_scales
+from keras_rmac.models.value_range import DEFAULT_VALUE_RANGE
+from keras_rmac.models.value_range import validate_value_range
 from keras_rmac.version import __version__
 
 __all__ = [
@@ -107,7 +110,10 @@ def _resolve_version(path, version):
     return version
 
 
-def export_saved_model(
+# Nine arguments: the public entry point of 0.2.0, whose positional and
+# keyword arguments callers already use; each one fixes one property of
+# the exported graph and maps to one `keras-rmac export` flag.
+def export_saved_model(  # noqa: PLR0913 - documented public entry point
     model,
     path,
     scales: Sequence[float] = (1.0,),
@@ -117,6 +123,7 @@ def export_saved_model(
     *,
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
     min_side: int = image_io.MIN_SIDE,
+    value_range: Sequence[float] | None = DEFAULT_VALUE_RANGE,
 ) -> str:
     """Exports a descriptor model as a SavedModel for TF Serving.
 
@@ -124,10 +131,11 @@ def export_saved_model(
     signature maps encoded image files (`image_bytes`, string `(B,)`) to
     L2-normalised descriptors (`descriptor`, float32 `(B, D)`) and whose
     `serving_images` signature does the same from float32 RGB pixels
-    (`images`, `(B, H, W, 3)`, values in `[0, 255]`). Resizing and
-    multi-resolution follow `RMACModel.extract(max_size=..., scales=...)`
-    exactly, so the served descriptors match an index built with the same
-    settings. See the module docstring for decoding and bad input.
+    (`images`, `(B, H, W, 3)`, values in `value_range`, `[0, 255]` by
+    default). Resizing and multi-resolution follow
+    `RMACModel.extract(max_size=..., scales=...)` exactly, so the served
+    descriptors match an index built with the same settings. See the module
+    docstring for decoding and bad input.
 
     Args:
         model: `RMACModel` (or any `keras.Model` mapping float32 RGB images
@@ -150,6 +158,15 @@ def export_saved_model(
             Defaults to `image_io.DEFAULT_MAX_PIXELS` (100 megapixels).
         min_side: int. Smallest accepted width or height. Defaults to
             `image_io.MIN_SIDE` (8).
+        value_range: `(low, high)`. Range of the pixels that the
+            `serving_images` signature takes, fixed in the graph: they
+            are mapped linearly onto [0, 255] before resizing, as
+            `RMACModel.extract(..., value_range=...)` does; `(0, 1)` for
+            clients that send floats in [0, 1]. The graph cannot warn
+            about pixels in another range (they give wrong descriptors),
+            so the range is written to the metadata file. Encoded files
+            (`serving_default`) are not affected. None means `(0, 255)`.
+            Defaults to `(0, 255)`.
 
     Returns:
         str: the version directory written.
@@ -157,8 +174,9 @@ def export_saved_model(
     Raises:
         FileExistsError: `<path>/<version>` already exists.
         FileNotFoundError: a warm-up image cannot be read.
-        ValueError: invalid `scales`, `max_size` or `version`, or a warm-up
-            image that the exported graph cannot decode.
+        ValueError: invalid `scales`, `max_size`, `version` or
+            `value_range`, or a warm-up image that the exported graph
+            cannot decode.
 
     Example:
 
@@ -175,6 +193,7 @@ def export_saved_model(
     max_size = check_int("max_size", max_size, allow_none=True)
     max_pixels = check_int("max_pixels", max_pixels)
     min_side = check_int("min_side", min_side)
+    value_range = validate_value_range(value_range) or DEFAULT_VALUE_RANGE
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(
@@ -193,7 +212,9 @@ def export_saved_model(
     warmup = load_warmup_images(warmup_images, max_size, max_pixels, min_side)
     if not model.built:
         model(np.zeros((1, 64, 64, 3), np.float32))
-    serving = Serving(model, scales, max_size, max_pixels, min_side)
+    serving = Serving(
+        model, scales, max_size, max_pixels, min_side, value_range
+    )
     final = _write_version(path, version, model, serving, warmup)
     logger.info(
         "Exported SavedModel version %d to %s (signatures %s, %s; %d warm-up "
@@ -254,10 +275,16 @@ def _write_metadata(folder, model, serving, warmup_count):
         "scale_sizes": serving.sizes,
         "max_pixels": serving.max_pixels,
         "min_side": serving.min_side,
+        # The pixel range `serving_images` takes (the graph cannot warn).
+        "value_range": list(serving.value_range),
         "signatures": {
             SERVING_SIGNATURE: {"inputs": {BYTES_INPUT: "string (B,)"}},
             IMAGES_SIGNATURE: {
-                "inputs": {IMAGES_INPUT: "float32 (B, H, W, 3), RGB 0-255"}
+                "inputs": {
+                    IMAGES_INPUT: "float32 (B, H, W, 3), RGB {:g}-{:g}".format(
+                        *serving.value_range
+                    )
+                }
             },
         },
         "outputs": {OUTPUT: f"float32 (B, {serving.dimension}), L2-normalised"},

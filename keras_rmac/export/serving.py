@@ -6,7 +6,11 @@
   Images of one request may have different sizes: each image runs through
   the network on its own (`tf.map_fn`).
 - `serving_images`: input `images`, float32 `(B, H, W, 3)` RGB pixels in
-  `[0, 255]` (one size per request); output `descriptor`, float32 `(B, D)`.
+  the `value_range` fixed at export, `[0, 255]` unless the export said
+  otherwise (one size per request); output `descriptor`, float32 `(B, D)`.
+  A graph cannot warn: pixels in another range than the exported one give
+  wrong descriptors silently. The range is recorded in the export's
+  metadata file (`value_range`).
 
 Both resize and combine scales by the rule of `keras_rmac.models.multiscale`
 that `RMACModel.extract` follows, so they serve the descriptors `extract`
@@ -20,6 +24,8 @@ from keras_rmac.export.decode import decode_image_bytes
 from keras_rmac.models.multiscale import scale_size_tensor
 from keras_rmac.models.multiscale import scale_sizes
 from keras_rmac.models.multiscale import sum_over_scales
+from keras_rmac.models.value_range import DEFAULT_VALUE_RANGE
+from keras_rmac.models.value_range import rescale_to_255
 
 SERVING_SIGNATURE = "serving_default"
 """Signature on encoded image files (TF Serving's default)."""
@@ -42,10 +48,21 @@ class Serving:
         max_size: int or None. Longest side at scale 1.
         max_pixels: int. Largest accepted width x height.
         min_side: int. Smallest accepted width or height.
+        value_range: `(low, high)`. Validated range of the pixels the
+            `serving_images` signature takes. Defaults to `(0.0, 255.0)`.
     """
 
-    def __init__(self, model, scales, max_size, max_pixels, min_side):
+    def __init__(
+        self,
+        model,
+        scales,
+        max_size,
+        max_pixels,
+        min_side,
+        value_range=DEFAULT_VALUE_RANGE,
+    ):
         self.model = model
+        self.value_range = value_range
         self.scales = scales
         self.max_size = max_size
         self.sizes = scale_sizes(max_size, scales)
@@ -93,8 +110,13 @@ class Serving:
         return {OUTPUT: descriptors}
 
     def from_images(self, images):
-        """`{OUTPUT: descriptors}` of float32 pixels `(B, H, W, 3)`."""
-        return {OUTPUT: self._extract(tf.cast(images, tf.float32))}
+        """`{OUTPUT: descriptors}` of float32 pixels `(B, H, W, 3)`.
+
+        The pixels are in `value_range`; they are mapped onto [0, 255]
+        before resizing, as `RMACModel.extract(..., value_range=...)` does.
+        """
+        images = tf.cast(images, tf.float32)
+        return {OUTPUT: self._extract(rescale_to_255(images, self.value_range))}
 
     def signatures(self):
         """The concrete functions to save, by signature name.

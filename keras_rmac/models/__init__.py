@@ -12,18 +12,26 @@ from keras_rmac.models.triplet_model import make_optimizer
 from keras_rmac.models.triplet_model import optimizer_step
 from keras_rmac.models.triplet_model import set_trainable
 from keras_rmac.models.triplet_model import split_backbone
+from keras_rmac.models.value_range import DEFAULT_VALUE_RANGE
+from keras_rmac.models.value_range import ValueRangeWarning
+from keras_rmac.models.value_range import rescale_to_255
+from keras_rmac.models.value_range import validate_value_range
 
 __all__ = [
     "DEFAULT_LEARNING_RATE",
+    "DEFAULT_VALUE_RANGE",
     "POOLINGS",
     "FeatureEmbedding",
     "RMACModel",
     "TripletModel",
+    "ValueRangeWarning",
     "make_optimizer",
     "optimizer_step",
+    "rescale_to_255",
     "scale_sizes",
     "set_trainable",
     "split_backbone",
     "sum_over_scales",
     "validate_scales",
+    "validate_value_range",
 ]

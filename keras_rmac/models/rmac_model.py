@@ -1,6 +1,7 @@
 """The R-MAC descriptor network of Gordo et al. (2017) as a Keras model."""
 
 import hashlib
+import itertools
 import json
 import os
 import warnings
@@ -24,6 +25,11 @@ from keras_rmac.layers.spoc_pooling import SPoCPooling
 from keras_rmac.models.multiscale import scale_sizes
 from keras_rmac.models.multiscale import sum_over_scales
 from keras_rmac.models.multiscale import validate_scales
+from keras_rmac.models.value_range import ValueRangeWarning
+from keras_rmac.models.value_range import rescale_to_255
+from keras_rmac.models.value_range import unit_range_message
+from keras_rmac.models.value_range import unit_range_peak
+from keras_rmac.models.value_range import validate_value_range
 from keras_rmac.progress import progress_bar
 
 POOLINGS = ("rmac", "mac", "spoc", "gem")
@@ -119,6 +125,7 @@ class RMACModel(keras.Model):
         self.pca_l2 = L2Normalize(name="pca_l2")
         self.descriptor_l2 = L2Normalize(name="descriptor_l2")
         self._functions = {}
+        self._value_range_warned = False
         # Create every weight now (ShiftPCA's are lazy), so the fingerprint
         # is stable and a model adapted but never called saves its PCA.
         self.build((None, None, None, 3))
@@ -232,6 +239,7 @@ class RMACModel(keras.Model):
         batch_size=8,
         num_workers=4,
         verbose="auto",
+        value_range=None,
     ):
         """Computes L2-normalised descriptors of images.
 
@@ -246,7 +254,8 @@ class RMACModel(keras.Model):
             images: image paths (list of str / Path), a NumPy array `(N, H,
                 W, 3)` or `(H, W, 3)`, a list of `(H, W, 3)` arrays of
                 different sizes, or a `tf.data.Dataset` of `(H, W, 3)`
-                images or `(B, H, W, 3)` batches. RGB values in [0, 255].
+                images or `(B, H, W, 3)` batches. RGB values in [0, 255],
+                or in `value_range`.
             max_size: int or None. Longest side at scale 1; None keeps each
                 image's own size. Defaults to `None`.
             scales: sequence of float. Multi-resolution scales. Defaults to
@@ -256,6 +265,15 @@ class RMACModel(keras.Model):
             num_workers: int. Threads decoding image files. Defaults to `4`.
             verbose: `"auto"`, 0 or 1. Progress bar. Defaults to `"auto"`
                 (shown for more than 100 images).
+            value_range: None or `(low, high)`. Range of the pixel values
+                of arrays and datasets, mapped linearly onto [0, 255]
+                before preprocessing: `(0, 1)` for float images from
+                `tf.image.convert_image_dtype`, `(0, 255)` for plain RGB.
+                Image files are always decoded to 0..255 and not affected.
+                None means `(0, 255)`, with a `ValueRangeWarning` (once per
+                model) when float pixels look like [0, 1] (maximum in
+                (0, 1]; for a dataset, its first element is checked).
+                Defaults to `None`.
 
         Returns:
             float32 NumPy array `(N, D)`.
@@ -263,9 +281,13 @@ class RMACModel(keras.Model):
         Raises:
             keras_rmac.data.image_io.ImageError: an image file cannot be
                 read (the message names the file and the reason).
+            ValueError: invalid `scales` or `value_range`, or an array
+                that is not RGB.
         """
         scales = validate_scales(scales)
-        source, count = _image_source(images, num_workers)
+        source, count = self._pixels(
+            images, num_workers, value_range, "RMACModel.extract"
+        )
         progress = _progress(count, verbose, "extract")
         fn = self._function("descriptor")
         rows = []
@@ -292,6 +314,7 @@ class RMACModel(keras.Model):
         batch_size=8,
         num_workers=4,
         verbose="auto",
+        value_range=None,
     ):
         """Learns shift + PCA-whitening from the region vectors of images.
 
@@ -307,11 +330,15 @@ class RMACModel(keras.Model):
             batch_size: int. Defaults to `8`.
             num_workers: int. Defaults to `4`.
             verbose: `"auto"`, 0 or 1. Defaults to `"auto"`.
+            value_range: None or `(low, high)`. As in `extract`. Defaults
+                to `None`.
 
         Returns:
             The number of region vectors used.
         """
-        source, count = _image_source(images, num_workers)
+        source, count = self._pixels(
+            images, num_workers, value_range, "RMACModel.adapt_pca"
+        )
         progress = _progress(count, verbose, "adapt_pca")
         fn = self._function("regions")
         size = _size_fn(max_size, 1.0)
@@ -332,6 +359,31 @@ class RMACModel(keras.Model):
         )
         self._functions.clear()
         return used[0]
+
+    def _pixels(self, images, num_workers, value_range, where):
+        """`(iterator over (H, W, 3) RGB arrays in [0, 255], count)`.
+
+        Arrays and datasets in `value_range` are rescaled; without one,
+        float pixels that look like [0, 1] warn once per model (the check
+        of `keras_rmac.models.value_range`) and pass unchanged.
+        """
+        value_range = validate_value_range(value_range)
+        source, count, sample = _image_source(images, num_workers)
+        if sample is None:  # Decoded image files: always 0..255.
+            return source, count
+        if value_range is not None:
+            return (rescale_to_255(im, value_range) for im in source), count
+        if not self._value_range_warned:
+            peak = unit_range_peak(sample)
+            if peak is not None:
+                self._value_range_warned = True
+                # Points at the caller of extract / adapt_pca.
+                warnings.warn(
+                    unit_range_message(peak, where),
+                    ValueRangeWarning,
+                    stacklevel=3,
+                )
+        return source, count
 
     def fingerprint(self):
         """sha256 of the weights and of what else decides the output (hex).
@@ -406,22 +458,29 @@ def _progress(count, verbose, label):
 
 
 def _image_source(images, num_workers):
-    """`(iterator over (H, W, 3) arrays, count or None)` for any input."""
+    """`(iterator over (H, W, 3) arrays, count or None, sample)`.
+
+    `sample` is what the value-range check looks at: a list of the arrays
+    given (for a dataset, its first element: an image or a batch), or
+    None for image files.
+    """
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     if isinstance(images, tf.data.Dataset):
+        items = _dataset_items(images)
+        first = next(items, None)
+        if first is None:
+            return iter(()), 0, []
 
         def from_dataset():
-            for item in images.as_numpy_iterator():
-                if isinstance(item, tuple):
-                    item = item[0]
+            for item in itertools.chain([first], items):
                 if item.ndim == 4:
                     yield from item
                 else:
                     yield item
 
         card = int(images.cardinality())
-        return from_dataset(), (card if card >= 0 else None)
+        return from_dataset(), (card if card >= 0 else None), [first]
     if isinstance(images, np.ndarray):
         if images.ndim == 3:
             images = images[None]
@@ -430,7 +489,7 @@ def _image_source(images, num_workers):
                 "Image arrays must be (N, H, W, 3) or (H, W, 3) RGB, got "
                 f"shape {images.shape}."
             )
-        return iter(images), len(images)
+        return iter(images), len(images), [images]
     images = list(images)
     if images and isinstance(images[0], (str, os.PathLike)):
 
@@ -442,11 +501,17 @@ def _image_source(images, num_workers):
                     raise item
                 yield item
 
-        return from_files(), len(images)
+        return from_files(), len(images), None
     for i, image in enumerate(images):
         shape = np.shape(image)
         if len(shape) != 3 or shape[-1] != 3:
             raise ValueError(
                 f"Image {i} must be (H, W, 3) RGB, got shape {shape}."
             )
-    return iter(images), len(images)
+    return iter(images), len(images), images
+
+
+def _dataset_items(dataset):
+    """The images (or batches) of a dataset, without labels, as arrays."""
+    for item in dataset.as_numpy_iterator():
+        yield item[0] if isinstance(item, tuple) else item

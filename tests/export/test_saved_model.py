@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -191,6 +192,49 @@ def test_metadata(exports, tiny_model):
     assert meta["scales"] == [1.0, 0.707, 0.5]
     assert meta["scale_sizes"] == [48, 34, 24]
     assert meta["warmup_requests"] == 2
+    # The published contract of serving_images: RGB 0..255.
+    assert meta["value_range"] == [0.0, 255.0]
+    inputs = meta["signatures"]["serving_images"]["inputs"]
+    assert inputs == {"images": "float32 (B, H, W, 3), RGB 0-255"}
+
+
+def test_value_range_fixed_at_export(tiny_model, image_files, tmp_path):
+    # serving_images of an export with value_range=(0, 1) serves, for
+    # floats in [0, 1], what extract(..., value_range=(0, 1)) computes;
+    # encoded files are decoded to 0..255 as before.
+    path = export_saved_model(
+        tiny_model,
+        tmp_path / "m",
+        scales=(1.0, 0.5),
+        max_size=40,
+        warmup_images=(),
+        value_range=(0, 1),
+    )
+    served = tf.saved_model.load(path)
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (2, 36, 52, 3), dtype=np.uint8)
+    floats = tf.image.convert_image_dtype(pixels, tf.float32)
+    got = served.signatures["serving_images"](images=floats)["descriptor"]
+    kwargs = {"max_size": 40, "scales": (1.0, 0.5)}
+    want = tiny_model.extract(floats.numpy(), value_range=(0, 1), **kwargs)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+    # The same as the uint8 pixels through extract's default range.
+    np.testing.assert_allclose(
+        got.numpy(), tiny_model.extract(pixels, **kwargs), atol=1e-5
+    )
+    files = image_files[:3]
+    np.testing.assert_allclose(
+        _serve(served, _file_bytes(files)),
+        tiny_model.extract(files, **kwargs),
+        atol=1e-5,
+    )
+    with open(
+        os.path.join(path, "assets.extra", "keras_rmac_export.json")
+    ) as f:
+        meta = json.load(f)
+    assert meta["value_range"] == [0.0, 1.0]
+    inputs = meta["signatures"]["serving_images"]["inputs"]
+    assert inputs == {"images": "float32 (B, H, W, 3), RGB 0-1"}
 
 
 def test_warmup_file_presence(exports):
@@ -219,10 +263,15 @@ def test_warmup_file_presence(exports):
         ({"scales": ()}, ValueError),
         ({"scales": (1.0, -0.5)}, ValueError),
         ({"max_pixels": 0}, ValueError),
+        ({"value_range": (1, 0)}, ValueError),
+        ({"value_range": (0, 1, 2)}, ValueError),
+        ({"value_range": 255}, ValueError),
     ],
 )
 def test_invalid_arguments(tiny_model, tmp_path, kwargs, error):
-    with pytest.raises(error):
+    # The message names the argument and the value received.
+    [(name, value)] = kwargs.items()
+    with pytest.raises(error, match=f"{name}.*{re.escape(repr(value))}"):
         export_saved_model(tiny_model, tmp_path / "m", **kwargs)
     assert not os.path.exists(tmp_path / "m" / "1")
 
