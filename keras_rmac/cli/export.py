@@ -21,8 +21,9 @@ Writes OUT/VERSION/ (VERSION: --version, else the next free integer), the
 layout TF Serving's --model_base_path expects. Signature `serving_default`
 takes `image_bytes` (encoded JPEG/PNG/GIF/BMP/WebP files) and returns
 `descriptor` (float32, L2-normalised); `serving_images` takes float32 RGB
-pixels `images` (B, H, W, 3) in [0, 255]. Use the --max-size and --scales
-the index was built with, so served descriptors match it.
+pixels `images` (B, H, W, 3) in [0, 255] (or --value-range). Use the
+--max-size and --scales the index was built with, so served descriptors
+match it.
 
 Serve it:
 
@@ -87,8 +88,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="Largest accepted width x height of a request image "
         f"(default: {DEFAULT_MAX_PIXELS:,}).",
     )
+    parser.add_argument(
+        "--value-range",
+        type=_value_range,
+        default=None,
+        metavar="LOW,HIGH",
+        help="Pixel range of the serving_images signature's float input, "
+        "e.g. 0,1 (default: 0,255). serving_default (encoded images) is "
+        "not affected.",
+    )
     parser.set_defaults(run=run)
     return parser
+
+
+def _value_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LOW,HIGH such as 0,1; received {text!r}"
+        ) from None
+    return low, high
 
 
 def _load_model(args: argparse.Namespace):
@@ -173,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
             version=args.version,
             warmup_images=() if args.no_warmup else args.warmup,
             max_pixels=args.max_pixels,
+            value_range=args.value_range,
         )
     except (OSError, ValueError, TypeError) as error:
         logger.error("keras-rmac export: %s", error)

@@ -122,6 +122,8 @@ def test_errors_return_1(tmp_path, tiny_model, caplog):
         ["--model", "m.keras", "--out", "x", "--max-size", "0"],
         ["--model", "m.keras", "--out", "x", "--version", "-1"],
         ["--model", "m.keras", "--out", "x", "--warmup", "a", "--no-warmup"],
+        ["--model", "m.keras", "--out", "x", "--value-range", "0"],
+        ["--model", "m.keras", "--out", "x", "--value-range", "a,b"],
     ],
 )
 def test_bad_arguments_exit(argv, capsys):
@@ -141,6 +143,8 @@ def test_parsed_defaults(tmp_path, monkeypatch):
     assert args.weights is None and args.pooling is None
     assert args.version is None
     assert args.warmup is None and not args.no_warmup
+    assert args.value_range is None
+    assert _parse(["--out", "x", "--value-range", "0,1"]).value_range == (0, 1)
     parser = argparse.ArgumentParser(prog="keras-rmac")
     index.add_parser(parser.add_subparsers(dest="command"))
     index_args = parser.parse_args(["index", "photos", "--index", "i"])
