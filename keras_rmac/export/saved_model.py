@@ -161,8 +161,11 @@ def export_saved_model(
             warm-up file. Each image is run through the exported graph first,
             so a bad warm-up image fails here, not at server start.
             Defaults to `None`.
-        max_pixels: int. Largest accepted width x height of a request image.
-            Defaults to `image_io.DEFAULT_MAX_PIXELS` (100 megapixels).
+        max_pixels: int. Largest accepted width x height of a request image
+            (as decoded: JPEGs declaring more than
+            `image_io.DEFAULT_DRAFT_ABOVE` pixels are decoded at reduced
+            scale, as `RMACModel.extract` does by default). Defaults to
+            `image_io.DEFAULT_MAX_PIXELS` (100 megapixels).
         min_side: int. Smallest accepted width or height. Defaults to
             `image_io.MIN_SIDE` (8).
 
@@ -277,6 +280,7 @@ def _write_metadata(folder, model, serving, warmup_count):
         "scale_sizes": serving.sizes,
         "max_pixels": serving.max_pixels,
         "min_side": serving.min_side,
+        "draft_above": serving.draft_above,
         "signatures": {
             SERVING_SIGNATURE: {"inputs": {BYTES_INPUT: "string (B,)"}},
             IMAGES_SIGNATURE: {

@@ -232,6 +232,7 @@ class RMACModel(keras.Model):
         batch_size=8,
         num_workers=4,
         verbose="auto",
+        draft_above=image_io.DEFAULT_DRAFT_ABOVE,
     ):
         """Computes L2-normalised descriptors of images.
 
@@ -256,6 +257,12 @@ class RMACModel(keras.Model):
             num_workers: int. Threads decoding image files. Defaults to `4`.
             verbose: `"auto"`, 0 or 1. Progress bar. Defaults to `"auto"`
                 (shown for more than 100 images).
+            draft_above: int or None. Image files only: a JPEG declaring
+                more than this many pixels is decoded at reduced scale
+                (1/2, 1/4 or 1/8, never below the largest resized size;
+                see `keras_rmac.data.pixel_limits`) when `max_size` is
+                set; None decodes every file whole. Defaults to
+                `image_io.DEFAULT_DRAFT_ABOVE` (100 megapixels).
 
         Returns:
             float32 NumPy array `(N, D)`.
@@ -265,7 +272,14 @@ class RMACModel(keras.Model):
                 read (the message names the file and the reason).
         """
         scales = validate_scales(scales)
-        source, count = _image_source(images, num_workers)
+        # Files: large JPEGs decode at reduced scale, down to the largest
+        # size they are resized to.
+        draft_size = (
+            None if max_size is None else max(scale_sizes(max_size, scales))
+        )
+        source, count = _image_source(
+            images, num_workers, draft_size=draft_size, draft_above=draft_above
+        )
         progress = _progress(count, verbose, "extract")
         fn = self._function("descriptor")
         rows = []
@@ -311,7 +325,7 @@ class RMACModel(keras.Model):
         Returns:
             The number of region vectors used.
         """
-        source, count = _image_source(images, num_workers)
+        source, count = _image_source(images, num_workers, draft_size=max_size)
         progress = _progress(count, verbose, "adapt_pca")
         fn = self._function("regions")
         size = _size_fn(max_size, 1.0)
@@ -405,8 +419,9 @@ def _progress(count, verbose, label):
     return progress_bar(count, verbose, unit_name="image", label=label)
 
 
-def _image_source(images, num_workers):
-    """`(iterator over (H, W, 3) arrays, count or None)` for any input."""
+def _image_source(images, num_workers, **decode):
+    """`(iterator over (H, W, 3) arrays, count or None)` for any input;
+    files are decoded by `image_io.load_images` with options `decode`."""
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     if isinstance(images, tf.data.Dataset):
@@ -436,7 +451,7 @@ def _image_source(images, num_workers):
 
         def from_files():
             for _, item in image_io.load_images(
-                images, num_workers=num_workers
+                images, num_workers=num_workers, **decode
             ):
                 if isinstance(item, image_io.ImageError):
                     raise item
