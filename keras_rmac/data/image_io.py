@@ -352,7 +352,7 @@ def load_image(
     animated files. The file header is checked against `max_pixels` and
     `min_side` before any pixel data is decoded. A JPEG declaring more than
     `draft_above` pixels is decoded at reduced scale (1/2, 1/4 or 1/8, the
-    largest that keeps its longest side at least `draft_size`), so that
+    largest that keeps its longest side at least twice `draft_size`), so that
     only this reduced size has to fit in `max_pixels` (see
     `keras_rmac.data.pixel_limits`).
 

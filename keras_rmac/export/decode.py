@@ -146,7 +146,8 @@ def _jpeg_scale(height, width, draft_size, draft_above):
     shortest = tf.minimum(height, width)
     scale = tf.constant(1, tf.int64)
     for s in sorted(pixel_limits.JPEG_SCALES):  # The largest that fits wins.
-        fits = (longest >= s * draft_size) & (shortest >= s)
+        need = pixel_limits.DRAFT_MARGIN * s * draft_size
+        fits = (longest >= need) & (shortest >= s)
         scale = tf.where(fits, tf.constant(s, tf.int64), scale)
     scale = tf.where(height * width > draft_above, scale, 1)
     return tf.cast(scale, tf.int32)

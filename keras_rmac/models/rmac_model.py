@@ -259,7 +259,7 @@ class RMACModel(keras.Model):
                 (shown for more than 100 images).
             draft_above: int or None. Image files only: a JPEG declaring
                 more than this many pixels is decoded at reduced scale
-                (1/2, 1/4 or 1/8, never below the largest resized size;
+                (1/2, 1/4 or 1/8, at least twice the largest resized size;
                 see `keras_rmac.data.pixel_limits`) when `max_size` is
                 set; None decodes every file whole. Defaults to
                 `image_io.DEFAULT_DRAFT_ABOVE` (100 megapixels).
@@ -314,7 +314,9 @@ class RMACModel(keras.Model):
         PCA-whitening. Use images disjoint from the ones you evaluate on.
 
         Args:
-            images: as in `extract`.
+            images: as in `extract` (JPEG files above
+                `image_io.DEFAULT_DRAFT_ABOVE` pixels decoded reduced, as
+                `extract` does by default).
             max_size: int or None. Longest side. Defaults to `None`.
             power: float or None. Whitening power; None uses the model's
                 `whiten_power`. Defaults to `None`.

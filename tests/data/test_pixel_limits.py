@@ -71,29 +71,28 @@ def _pillow_draft(path, scale):
 def test_reduced_decoding_only_above_the_threshold(big):
     path = big["jpeg"]
     whole = (HEIGHT, WIDTH, 3)
-    # Above draft_above: 1/8, since 6000 >= 8 * 512; the decoded longest
-    # side 750 is still at least the 512 the resize needs.
+    # Above draft_above: 1/4, the largest reduction whose longest side
+    # (1500) is still at least twice the 512 the resize needs (1/8 would
+    # give 750 < 1024).
     reduced = load_image(path, draft_size=512, draft_above=PIXELS - 1)
-    assert reduced.shape == (500, 750, 3)
-    np.testing.assert_array_equal(reduced, _pillow_draft(path, 8))
+    assert reduced.shape == (1000, 1500, 3)
+    np.testing.assert_array_equal(reduced, _pillow_draft(path, 4))
     # Not above the threshold (equal), no threshold, no size: whole.
     assert load_image(path, draft_size=512, draft_above=PIXELS).shape == whole
     assert load_image(path, draft_size=512, draft_above=None).shape == whole
     assert load_image(path, draft_above=0).shape == whole
     # The default threshold (100 MP) leaves this 24 MP photo whole.
     assert load_image(path, draft_size=512).shape == whole
-    # The reduction never goes below the size asked for.
-    assert load_image(path, draft_size=800, draft_above=0).shape == (
-        1000,
-        1500,
-        3,
-    )
-    assert load_image(path, draft_size=2000, draft_above=0).shape == (
-        2000,
-        3000,
-        3,
-    )
-    assert load_image(path, draft_size=3001, draft_above=0).shape == whole
+    # The reduction keeps the longest side >= 2 * draft_size.
+    for draft_size, shape in [
+        (375, (500, 750, 3)),  # 6000 = 2 * 8 * 375
+        (376, (1000, 1500, 3)),
+        (800, (2000, 3000, 3)),
+        (1500, (2000, 3000, 3)),  # 6000 = 2 * 2 * 1500
+        (1501, whole),
+    ]:
+        image = load_image(path, draft_size=draft_size, draft_above=0)
+        assert image.shape == shape, draft_size
 
 
 def test_other_formats_never_reduced(big):
@@ -102,7 +101,7 @@ def test_other_formats_never_reduced(big):
 
 
 def test_big_jpeg_above_max_pixels_accepted_when_reduced(big):
-    # 24 MP declared, 10 MP allowed: decodable at 1/8 (375,000 pixels).
+    # 24 MP declared, 10 MP allowed: decodable at 1/4 (1,500,000 pixels).
     for name in ("jpeg", "gray"):
         image = load_image(
             big[name],
@@ -110,8 +109,8 @@ def test_big_jpeg_above_max_pixels_accepted_when_reduced(big):
             draft_size=512,
             draft_above=10_000_000,
         )
-        assert image.shape == (500, 750, 3)
-        np.testing.assert_array_equal(image, _pillow_draft(big[name], 8))
+        assert image.shape == (1000, 1500, 3)
+        np.testing.assert_array_equal(image, _pillow_draft(big[name], 4))
     stream = load_images(
         [big["jpeg"]],
         num_workers=1,
@@ -119,7 +118,7 @@ def test_big_jpeg_above_max_pixels_accepted_when_reduced(big):
         draft_size=512,
         draft_above=10_000_000,
     )
-    assert [image.shape for _, image in stream] == [(500, 750, 3)]
+    assert [image.shape for _, image in stream] == [(1000, 1500, 3)]
 
 
 def _assert_refused(path, *fragments, **options):
@@ -160,7 +159,7 @@ def test_jpeg_refused_when_not_reduced(big, no_decode):
         "max_pixels=5,000,000",
         "--max-pixels",
         max_pixels=5_000_000,
-        draft_size=2000,
+        draft_size=800,
         draft_above=0,
     )
 
@@ -181,8 +180,8 @@ def test_progressive_jpeg_held_to_its_declared_size(big, no_decode):
 
 def test_progressive_jpeg_reduced_within_the_limit(big):
     image = load_image(big["progressive"], draft_size=512, draft_above=0)
-    assert image.shape == (500, 750, 3)
-    np.testing.assert_array_equal(image, _pillow_draft(big["progressive"], 8))
+    assert image.shape == (1000, 1500, 3)
+    np.testing.assert_array_equal(image, _pillow_draft(big["progressive"], 4))
 
 
 def test_jpeg_above_pillows_hard_limit(big, monkeypatch):
@@ -192,7 +191,7 @@ def test_jpeg_above_pillows_hard_limit(big, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         image = load_image(big["jpeg"], draft_size=512, draft_above=0)
-    assert image.shape == (500, 750, 3)
+    assert image.shape == (1000, 1500, 3)
     # Other formats are still refused by Pillow, with the way out named.
     _assert_refused(big["png"], "PIL.Image.MAX_IMAGE_PIXELS", "--max-pixels")
 
@@ -205,7 +204,7 @@ def test_default_limits_take_big_phone_photos():
         scale = pixel_limits.jpeg_scale(width, height, 512, DEFAULT_DRAFT_ABOVE)
         assert scale == 8
         decoded = pixel_limits.reduced_size(width, height, scale)
-        assert max(decoded) >= 512
+        assert max(decoded) >= 2 * 512
         assert (
             pixel_limits.too_large(width, height, decoded, DEFAULT_MAX_PIXELS)
             is None

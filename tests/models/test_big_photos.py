@@ -24,8 +24,8 @@ def model():
 
 
 def test_extract_decodes_large_jpegs_reduced(model, photo):
-    # At scales (1, 0.5) the largest resize is 64 and 1200 >= 8 * 64: the
-    # 1200x800 file is decoded at 1/8 (150x100).
+    # At scales (1, 0.5) the largest resize is 64 and 1200 >= 2 * 8 * 64:
+    # the 1200x800 file is decoded at 1/8 (150x100).
     scales = (1.0, 0.5)
     reduced = image_io.load_image(photo, draft_size=64, draft_above=0)
     assert reduced.shape == (100, 150, 3)
@@ -52,12 +52,12 @@ def test_extract_decodes_large_jpegs_reduced(model, photo):
 
 
 def test_larger_scale_sets_the_reduction(model, photo):
-    # With a scale of 2 the largest resize is 128: 1200 >= 8 * 128 still
-    # fits 1/8; at max_size 200 (largest 400) only 1/2 fits (600 >= 400).
-    got = model.extract([photo], max_size=200, scales=(2.0,), draft_above=0)
-    reduced = image_io.load_image(photo, draft_size=400, draft_above=0)
+    # With a scale of 2 at max_size 150 the largest resize is 300: only 1/2
+    # keeps the longest side at least twice that (600 >= 600).
+    got = model.extract([photo], max_size=150, scales=(2.0,), draft_above=0)
+    reduced = image_io.load_image(photo, draft_size=300, draft_above=0)
     assert reduced.shape == (400, 600, 3)
-    expected = model.extract(reduced, max_size=200, scales=(2.0,))
+    expected = model.extract(reduced, max_size=150, scales=(2.0,))
     np.testing.assert_allclose(got, expected, atol=1e-6)
     # No max_size: images keep their size, nothing is reduced.
     native = model.extract([photo], draft_above=0)
