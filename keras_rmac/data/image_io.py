@@ -10,6 +10,13 @@ Which files are images: `IMAGE_EXTENSIONS`, the one extension set of the
 package (`list_images`, the folder-per-class listing of
 `keras_rmac.data.labelled` and the dataset loaders all use it).
 
+Memory guard: `max_pixels` limits the pixels an image is decoded to, checked
+on the header before any pixel is decoded; JPEGs declaring more than
+`draft_above` pixels are decoded at reduced scale (1/2, 1/4 or 1/8) when the
+caller says which size it needs (`draft_size`). The rules and their
+defaults, `DEFAULT_MAX_PIXELS` and `DEFAULT_DRAFT_ABOVE` (both importable
+from here), are in `keras_rmac.data.pixel_limits`.
+
 Bad-file policy: `load_image` never lets a raw Pillow or OS exception escape.
 Anything that prevents a usable RGB image (missing file, directory, empty
 file, text or HTML saved with an image extension, corrupt or truncated data,
@@ -39,10 +46,14 @@ from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
+from PIL import JpegImagePlugin
 from PIL import UnidentifiedImageError
 
 from keras_rmac.checks import check_int
 from keras_rmac.data import colour
+from keras_rmac.data import pixel_limits
+from keras_rmac.data.pixel_limits import DEFAULT_DRAFT_ABOVE
+from keras_rmac.data.pixel_limits import DEFAULT_MAX_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -55,22 +66,6 @@ Anything thinner is a spacer, tracking pixel, separator line or broken
 thumbnail, not a photo: at the backbone's stride of 32 it does not even fill
 one feature-map cell, and upscaling it to the network input size only
 produces blur. 1x1 and 7x500 images are rejected; 8x8 icons still load.
-"""
-
-DEFAULT_MAX_PIXELS = 100_000_000
-"""Default limit on declared width x height (100 megapixels, 10000x10000).
-
-The declared size is read from the file header before any pixel memory is
-allocated, so a small file that claims to be 50000x50000 is rejected without
-decoding. 100 MP covers panoramas and 108 MP phone photos' smaller modes while
-keeping a decoded RGBA buffer under about 400 MB. Pillow's own limit
-(`PIL.Image.MAX_IMAGE_PIXELS`, about 89.5 MP) only warns below twice its
-value; `load_image` applies `max_pixels` instead and turns Pillow's hard
-refusal above twice its limit into `ImageError` as well. To accept images
-larger than `2 * PIL.Image.MAX_IMAGE_PIXELS`, raise both limits. (Pillow
-warnings raised later, while decoding pixels, e.g. for GIF frames larger than
-the declared screen, are not captured; the decoded size is re-checked
-against `max_pixels` instead.)
 """
 
 IMAGE_EXTENSIONS = frozenset(
@@ -197,10 +192,22 @@ def _sniff(path: str) -> str:
 
 
 def _open_header(path: str) -> Image.Image:
-    """Image.open (header only), with Pillow's bomb warning captured."""
+    """Image.open (header only), with Pillow's bomb warning captured.
+
+    A JPEG that Pillow refuses as a possible decompression bomb (declared
+    size above twice `PIL.Image.MAX_IMAGE_PIXELS`, about 179 MP) is opened
+    all the same: it may decode at reduced scale, and `max_pixels` decides.
+    """
     with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        im = Image.open(path)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError:
+            if _header_format(path) != "JPEG header":
+                raise
+            # The JPEG plugin itself: Image.open's size check is skipped,
+            # and the first (main) image of a multi-picture file is read.
+            im = JpegImagePlugin.JpegImageFile(path)
     for w in caught:
         if issubclass(w.category, Image.DecompressionBombWarning):
             # Our own declared-size check against `max_pixels` decides; the
@@ -217,8 +224,9 @@ def _describe(exc: BaseException, what: str) -> str:
     if isinstance(exc, Image.DecompressionBombError):
         return (
             "image too large: Pillow refused it as a possible decompression "
-            f"bomb ({exc}); to accept it, raise PIL.Image.MAX_IMAGE_PIXELS "
-            "and `max_pixels`"
+            f"bomb ({exc}); if it is genuine, raise PIL.Image.MAX_IMAGE_PIXELS "
+            "and the limit (`max_pixels=` in Python, `--max-pixels` on the "
+            "command line)"
         )
     if isinstance(exc, MemoryError):
         return f"out of memory while decoding this {what}"
@@ -227,7 +235,8 @@ def _describe(exc: BaseException, what: str) -> str:
     return f"could not decode {what} ({type(exc).__name__}: {exc})"
 
 
-def _load(path: str, max_pixels: int, min_side: int) -> np.ndarray:
+def _check_file(path: str) -> None:
+    """Raises ImageError unless `path` is a non-empty regular file."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -245,6 +254,9 @@ def _load(path: str, max_pixels: int, min_side: int) -> np.ndarray:
     if st.st_size == 0:
         raise ImageError(path, "empty file (0 bytes)")
 
+
+def _load(path: str, max_pixels: int, min_side: int, draft) -> np.ndarray:
+    _check_file(path)
     try:
         im = _open_header(path)
     except UnidentifiedImageError:
@@ -256,16 +268,20 @@ def _load(path: str, max_pixels: int, min_side: int) -> np.ndarray:
 
     with im:
         what = im.format or "image"
-        # Declared size from the header: checked before any pixel memory is
-        # allocated, which is what stops decompression bombs.
+        # Declared size from the header, and the size it will be decoded
+        # to: checked before any pixel memory is allocated, which is what
+        # stops decompression bombs.
         width, height = im.size
-        if width * height > max_pixels:
-            raise ImageError(
-                path,
-                f"image too large: declared {width}x{height} pixels exceeds "
-                f"max_pixels={max_pixels:,} (possible decompression bomb); "
-                "pass a larger `max_pixels` if the image is genuine",
-            )
+        scale = 1
+        if isinstance(im, JpegImagePlugin.JpegImageFile):
+            scale = pixel_limits.jpeg_scale(width, height, *draft)
+        decoded = pixel_limits.reduced_size(width, height, scale)
+        progressive = bool(im.info.get("progressive"))
+        reason = pixel_limits.too_large(
+            width, height, decoded, max_pixels, progressive
+        )
+        if reason is not None:
+            raise ImageError(path, reason)
         if min(width, height) < min_side:
             raise ImageError(
                 path,
@@ -278,6 +294,15 @@ def _load(path: str, max_pixels: int, min_side: int) -> np.ndarray:
                 "PostScript (EPS) is not supported: decoding it runs "
                 "Ghostscript; convert it to PNG first",
             )
+        if scale > 1:
+            # Reduced (DCT-scaled) decoding, requested as the size libjpeg
+            # makes at 1/scale; Pillow picks exactly that scale.
+            im.draft(im.mode, (width // scale, height // scale))
+            if im.size != decoded:  # Not scalable (never seen): refuse.
+                raise ImageError(
+                    path,
+                    f"cannot decode this {what} at reduced scale 1/{scale}",
+                )
         try:
             im.load()
         except Exception as exc:
@@ -304,6 +329,8 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     min_side: int = MIN_SIDE,
+    draft_size: int | None = None,
+    draft_above: int | None = DEFAULT_DRAFT_ABOVE,
 ) -> np.ndarray:
     """Decodes an image file to an upright RGB `uint8` array.
 
@@ -311,14 +338,26 @@ def load_image(
     (transparency composited on white, 16-bit scaled by value; see the
     module docstring for the exact rules) and takes the first frame of
     animated files. The file header is checked against `max_pixels` and
-    `min_side` before any pixel data is decoded.
+    `min_side` before any pixel data is decoded. A JPEG declaring more than
+    `draft_above` pixels is decoded at reduced scale (1/2, 1/4 or 1/8, the
+    largest that keeps its longest side at least twice `draft_size`), so that
+    only this reduced size has to fit in `max_pixels` (see
+    `keras_rmac.data.pixel_limits`).
 
     Args:
         path: str or os.PathLike. The image file.
-        max_pixels: int. Largest accepted declared width x height. Defaults
-            to `DEFAULT_MAX_PIXELS` (100 megapixels).
+        max_pixels: int. Largest accepted width x height the image is
+            decoded to (the declared size, or the reduced size of a JPEG
+            decoded at reduced scale). Defaults to `DEFAULT_MAX_PIXELS`
+            (100 megapixels).
         min_side: int. Smallest accepted width or height. Defaults to
             `MIN_SIDE` (8).
+        draft_size: int or None. The longest side the caller will resize
+            the image to (the largest, with several scales); None decodes
+            every image at full size. Defaults to `None`.
+        draft_above: int or None. Declared width x height above which a
+            JPEG is decoded at reduced scale; None never reduces. Defaults
+            to `DEFAULT_DRAFT_ABOVE` (100 megapixels).
 
     Returns:
         `np.ndarray` of shape `(H, W, 3)` and dtype `uint8`, RGB, upright.
@@ -341,8 +380,9 @@ def load_image(
     path = _path_str(path)
     max_pixels = check_int("max_pixels", max_pixels, 1)
     min_side = check_int("min_side", min_side, 1)
+    draft = pixel_limits.check_draft_options(draft_size, draft_above)
     try:
-        return _load(path, max_pixels, min_side)
+        return _load(path, max_pixels, min_side, draft)
     except ImageError:
         raise
     except Exception as exc:  # Policy: no raw exception escapes.
@@ -350,10 +390,10 @@ def load_image(
 
 
 def _load_or_error(
-    path: PathLike, max_pixels: int, min_side: int
+    path: PathLike, max_pixels: int, **options
 ) -> np.ndarray | ImageError:
     try:
-        return load_image(path, max_pixels, min_side=min_side)
+        return load_image(path, max_pixels, **options)
     except ImageError as err:
         logger.debug("%s", err)
         return err
@@ -366,6 +406,8 @@ def load_images(
     *,
     min_side: int = MIN_SIDE,
     prefetch: int | None = None,
+    draft_size: int | None = None,
+    draft_above: int | None = DEFAULT_DRAFT_ABOVE,
 ) -> Iterator[tuple[int, np.ndarray | ImageError]]:
     """Decodes many images in a thread pool, yielding them in input order.
 
@@ -384,6 +426,9 @@ def load_images(
         min_side: int. As in `load_image`. Defaults to `MIN_SIDE`.
         prefetch: int or None. Maximum number of images in flight (submitted
             but not yet yielded). Defaults to `2 * num_workers`.
+        draft_size: int or None. As in `load_image`. Defaults to `None`.
+        draft_above: int or None. As in `load_image`. Defaults to
+            `DEFAULT_DRAFT_ABOVE`.
 
     Returns:
         An iterator of `(index, result)` where `index` is the position in
@@ -403,8 +448,15 @@ def load_images(
     if prefetch is None:
         prefetch = max(1, 2 * num_workers)
     prefetch = check_int("prefetch", prefetch, 1)
+    draft_size, draft_above = pixel_limits.check_draft_options(
+        draft_size, draft_above
+    )
     load = functools.partial(
-        _load_or_error, max_pixels=max_pixels, min_side=min_side
+        _load_or_error,
+        max_pixels=max_pixels,
+        min_side=min_side,
+        draft_size=draft_size,
+        draft_above=draft_above,
     )
     if num_workers == 0:
         return ((i, load(p)) for i, p in enumerate(paths))

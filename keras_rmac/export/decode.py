@@ -16,6 +16,15 @@ on the JPEG, PNG and GIF headers before any pixel is decoded (the
 decompression-bomb guard of `image_io.load_image`); BMP and WebP are
 checked after decoding.
 
+Large JPEGs: as `load_image`, a JPEG declaring more than `draft_above`
+pixels is decoded at reduced scale (`tf.io.decode_jpeg(ratio=...)`, which
+gives Pillow's `Image.draft` output pixel for pixel: both are libjpeg's
+DCT scaling), and only its reduced size must fit in `max_pixels` (its
+declared size for a progressive JPEG); the rules are in
+`keras_rmac.data.pixel_limits`. The export passes the largest size it
+resizes to as `draft_size`, so served descriptors stay equal to
+`RMACModel.extract`'s.
+
 Decoding follows `keras_rmac.data.image_io.load_image`, pixel for pixel,
 for JPEG (grayscale, RGB and CMYK: accurate integer DCT with fancy
 upsampling, as Pillow), PNG of every colour type (8-bit, palette, gray,
@@ -30,6 +39,7 @@ differ by 1 level, and for animated files both use the first frame.
 import tensorflow as tf
 
 from keras_rmac.data import image_io
+from keras_rmac.data import pixel_limits
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _HEAD = 32  # Header bytes read to find the declared size.
@@ -62,9 +72,85 @@ def _decode_png(data):
     return tf.cast(out, tf.uint8)
 
 
-def _decode_jpeg(data):
-    # Accurate integer DCT and fancy upsampling: Pillow's libjpeg defaults.
-    return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+def _decode_jpeg(data, scale):
+    """JPEG decoded at DCT scale 1/`scale` (int32 tensor: 1, 2, 4 or 8)."""
+
+    def at(ratio):
+        # Accurate integer DCT and fancy upsampling: Pillow's libjpeg
+        # defaults, with or without its draft scaling.
+        return lambda: tf.io.decode_jpeg(
+            data, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"
+        )
+
+    ratios = (1,) + tuple(sorted(pixel_limits.JPEG_SCALES))
+    index = tf.argmax(
+        tf.equal(tf.constant(ratios), scale), output_type=tf.int32
+    )
+    return tf.switch_case(index, [at(r) for r in ratios])
+
+
+# SOF markers of progressive JPEGs (SOF2, SOF6, SOF10, SOF14), as Pillow.
+_PROGRESSIVE = (0xC2, 0xC6, 0xCA, 0xCE)
+_MAX_SEGMENTS = 1000  # Markers walked before giving up (not progressive).
+
+
+def _jpeg_progressive(data):
+    """Whether a JPEG's frame header (SOF marker) is a progressive one.
+
+    Walks the marker segments from the start of the file up to the first
+    SOF marker, as Pillow's JPEG parser does.
+    """
+    length = tf.strings.length(data)
+
+    def cond(pos, marker, steps):
+        return (
+            (pos + 4 <= length) & tf.equal(marker, 0) & (steps < _MAX_SEGMENTS)
+        )
+
+    def body(pos, marker, steps):
+        b = tf.cast(
+            tf.io.decode_raw(tf.strings.substr(data, pos, 4), tf.uint8),
+            tf.int32,
+        )
+        code = b[1]
+        is_sof = (
+            (code >= 0xC0)
+            & (code <= 0xCF)
+            & tf.logical_not(
+                tf.equal(code, 0xC4)
+                | tf.equal(code, 0xC8)
+                | tf.equal(code, 0xCC)
+            )
+        )
+        standalone = tf.equal(code, 0x01) | ((code >= 0xD0) & (code <= 0xD7))
+        step = tf.where(
+            tf.equal(code, 0xFF) | standalone, 1, 2 + b[2] * 256 + b[3]
+        )
+        step = tf.where(standalone, 2, step)
+        marker = tf.where(
+            tf.not_equal(b[0], 0xFF), -1, tf.where(is_sof, code, 0)
+        )
+        return pos + step, marker, steps + 1
+
+    _, marker, _ = tf.while_loop(
+        cond, body, (tf.constant(2), tf.constant(0), tf.constant(0))
+    )
+    return tf.reduce_any(tf.equal(marker, tf.constant(_PROGRESSIVE)))
+
+
+def _jpeg_scale(height, width, draft_size, draft_above):
+    """`pixel_limits.jpeg_scale` on int64 tensors, as an int32 tensor."""
+    if draft_size is None or draft_above is None:
+        return tf.constant(1, tf.int32)
+    longest = tf.maximum(height, width)
+    shortest = tf.minimum(height, width)
+    scale = tf.constant(1, tf.int64)
+    for s in sorted(pixel_limits.JPEG_SCALES):  # The largest that fits wins.
+        need = pixel_limits.DRAFT_MARGIN * s * draft_size
+        fits = (longest >= need) & (shortest >= s)
+        scale = tf.where(fits, tf.constant(s, tf.int64), scale)
+    scale = tf.where(height * width > draft_above, scale, 1)
+    return tf.cast(scale, tf.int32)
 
 
 def _decode_other(data):
@@ -120,6 +206,9 @@ def decode_image_bytes(
     data,
     max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
     min_side: int = image_io.MIN_SIDE,
+    *,
+    draft_size: int | None = None,
+    draft_above: int | None = image_io.DEFAULT_DRAFT_ABOVE,
 ):
     """Decodes one encoded image file to RGB `uint8`, with TensorFlow ops.
 
@@ -131,11 +220,17 @@ def decode_image_bytes(
 
     Args:
         data: scalar string tensor. The bytes of an image file.
-        max_pixels: int. Largest accepted width x height; JPEG, PNG and GIF
-            are checked on the header, before decoding. Defaults to
-            `image_io.DEFAULT_MAX_PIXELS`.
+        max_pixels: int. Largest accepted width x height the image is
+            decoded to; JPEG, PNG and GIF are checked on the header, before
+            decoding. Defaults to `image_io.DEFAULT_MAX_PIXELS`.
         min_side: int. Smallest accepted width or height. Defaults to
             `image_io.MIN_SIDE`.
+        draft_size: int or None. As in `load_image`: the longest side the
+            image will be resized to; None decodes at full size. Defaults
+            to `None`.
+        draft_above: int or None. As in `load_image`: declared pixels above
+            which a JPEG is decoded at reduced scale. Defaults to
+            `image_io.DEFAULT_DRAFT_ABOVE`.
 
     Returns:
         `uint8` tensor `(H, W, 3)`.
@@ -151,22 +246,53 @@ def decode_image_bytes(
     >>> decode_image_bytes(png).shape
     TensorShape([10, 20, 3])
     """
+    draft_size, draft_above = pixel_limits.check_draft_options(
+        draft_size, draft_above
+    )
     data = tf.convert_to_tensor(data, tf.string)
     declared_h, declared_w = _declared_size(data)
-    data = _check(
-        declared_h * declared_w <= max_pixels,
+    is_jpeg = tf.io.is_jpeg(data)
+    # JPEG: reduced decoding above `draft_above`, as image_io.load_image.
+    scale = tf.cond(
+        is_jpeg,
+        lambda: _jpeg_scale(declared_h, declared_w, draft_size, draft_above),
+        lambda: tf.constant(1, tf.int32),
+    )
+    s = tf.cast(scale, tf.int64)
+    decoded_h, decoded_w = -(-declared_h // s), -(-declared_w // s)
+    # A progressive JPEG decoded reduced still holds the whole image's
+    # coefficients: its declared size counts.
+    whole = tf.cond(
+        scale > 1, lambda: _jpeg_progressive(data), lambda: tf.constant(False)
+    )
+    pixels = tf.where(whole, declared_h * declared_w, decoded_h * decoded_w)
+    reduced = tf.where(
+        scale > 1,
         tf.strings.format(
-            "image too large: header declares {}x{} pixels, more than "
-            "max_pixels=" + str(max_pixels) + " (possible decompression "
-            "bomb); export with a larger max_pixels if it is genuine",
-            (declared_w, declared_h),
+            " (decoded at scale 1/{} to {}x{})", (scale, decoded_w, decoded_h)
+        ),
+        "",
+    )
+    data = _check(
+        pixels <= max_pixels,
+        tf.strings.join(
+            [
+                tf.strings.format(
+                    "image too large: header declares {}x{} pixels",
+                    (declared_w, declared_h),
+                ),
+                reduced,
+                ", more than max_pixels=" + str(max_pixels) + " (possible "
+                "decompression bomb); export with a larger max_pixels if "
+                "it is genuine",
+            ]
         ),
         data,
     )
     is_png = tf.equal(tf.strings.substr(data, 0, 8), _PNG_MAGIC)
     image = tf.cond(
-        tf.io.is_jpeg(data),
-        lambda: _decode_jpeg(data),
+        is_jpeg,
+        lambda: _decode_jpeg(data, scale),
         lambda: tf.cond(
             is_png, lambda: _decode_png(data), lambda: _decode_other(data)
         ),

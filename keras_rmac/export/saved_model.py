@@ -154,8 +154,11 @@ def export_saved_model(  # noqa: PLR0913 - documented public entry point
             warm-up file. Each image is run through the exported graph first,
             so a bad warm-up image fails here, not at server start.
             Defaults to `None`.
-        max_pixels: int. Largest accepted width x height of a request image.
-            Defaults to `image_io.DEFAULT_MAX_PIXELS` (100 megapixels).
+        max_pixels: int. Largest accepted width x height of a request image
+            (as decoded: JPEGs declaring more than
+            `image_io.DEFAULT_DRAFT_ABOVE` pixels are decoded at reduced
+            scale, as `RMACModel.extract` does by default). Defaults to
+            `image_io.DEFAULT_MAX_PIXELS` (100 megapixels).
         min_side: int. Smallest accepted width or height. Defaults to
             `image_io.MIN_SIDE` (8).
         value_range: `(low, high)`. Range of the pixels that the
@@ -277,6 +280,7 @@ def _write_metadata(folder, model, serving, warmup_count):
         "min_side": serving.min_side,
         # The pixel range `serving_images` takes (the graph cannot warn).
         "value_range": list(serving.value_range),
+        "draft_above": serving.draft_above,
         "signatures": {
             SERVING_SIGNATURE: {"inputs": {BYTES_INPUT: "string (B,)"}},
             IMAGES_SIGNATURE: {

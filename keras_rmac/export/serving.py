@@ -50,6 +50,9 @@ class Serving:
         min_side: int. Smallest accepted width or height.
         value_range: `(low, high)`. Validated range of the pixels the
             `serving_images` signature takes. Defaults to `(0.0, 255.0)`.
+        draft_above: int or None. Declared pixels above which a JPEG is
+            decoded at reduced scale, as `RMACModel.extract` does. Defaults
+            to `image_io.DEFAULT_DRAFT_ABOVE`.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class Serving:
         max_pixels,
         min_side,
         value_range=DEFAULT_VALUE_RANGE,
+        draft_above=image_io.DEFAULT_DRAFT_ABOVE,
     ):
         self.model = model
         self.value_range = value_range
@@ -68,6 +72,10 @@ class Serving:
         self.sizes = scale_sizes(max_size, scales)
         self.max_pixels = max_pixels
         self.min_side = min_side
+        self.draft_above = draft_above
+        # Large JPEGs decode at reduced scale down to the largest size they
+        # are resized to, as in RMACModel.extract.
+        self.draft_size = None if max_size is None else max(self.sizes)
         self.dimension = getattr(model, "dimension", None)
         # The network as one function, traced once and called from every
         # scale of both signatures (instead of one trace per call site).
@@ -96,7 +104,13 @@ class Serving:
 
     @tf.autograph.experimental.do_not_convert
     def _extract_one(self, data):
-        image = decode_image_bytes(data, self.max_pixels, self.min_side)
+        image = decode_image_bytes(
+            data,
+            self.max_pixels,
+            self.min_side,
+            draft_size=self.draft_size,
+            draft_above=self.draft_above,
+        )
         image = tf.cast(image, tf.float32)
         return self._extract(image[None])[0]
 

@@ -240,6 +240,7 @@ class RMACModel(keras.Model):
         num_workers=4,
         verbose="auto",
         value_range=None,
+        draft_above=image_io.DEFAULT_DRAFT_ABOVE,
     ):
         """Computes L2-normalised descriptors of images.
 
@@ -274,6 +275,12 @@ class RMACModel(keras.Model):
                 model) when float pixels look like [0, 1] (maximum in
                 (0, 1]; for a dataset, its first element is checked).
                 Defaults to `None`.
+            draft_above: int or None. Image files only: a JPEG declaring
+                more than this many pixels is decoded at reduced scale
+                (1/2, 1/4 or 1/8, at least twice the largest resized size;
+                see `keras_rmac.data.pixel_limits`) when `max_size` is
+                set; None decodes every file whole. Defaults to
+                `image_io.DEFAULT_DRAFT_ABOVE` (100 megapixels).
 
         Returns:
             float32 NumPy array `(N, D)`.
@@ -285,8 +292,18 @@ class RMACModel(keras.Model):
                 that is not RGB.
         """
         scales = validate_scales(scales)
+        # Files: large JPEGs decode at reduced scale, down to the largest
+        # size they are resized to.
+        draft_size = (
+            None if max_size is None else max(scale_sizes(max_size, scales))
+        )
         source, count = self._pixels(
-            images, num_workers, value_range, "RMACModel.extract"
+            images,
+            num_workers,
+            value_range,
+            "RMACModel.extract",
+            draft_size=draft_size,
+            draft_above=draft_above,
         )
         progress = _progress(count, verbose, "extract")
         fn = self._function("descriptor")
@@ -323,7 +340,9 @@ class RMACModel(keras.Model):
         PCA-whitening. Use images disjoint from the ones you evaluate on.
 
         Args:
-            images: as in `extract`.
+            images: as in `extract` (JPEG files above
+                `image_io.DEFAULT_DRAFT_ABOVE` pixels decoded reduced, as
+                `extract` does by default).
             max_size: int or None. Longest side. Defaults to `None`.
             power: float or None. Whitening power; None uses the model's
                 `whiten_power`. Defaults to `None`.
@@ -337,7 +356,11 @@ class RMACModel(keras.Model):
             The number of region vectors used.
         """
         source, count = self._pixels(
-            images, num_workers, value_range, "RMACModel.adapt_pca"
+            images,
+            num_workers,
+            value_range,
+            "RMACModel.adapt_pca",
+            draft_size=max_size,
         )
         progress = _progress(count, verbose, "adapt_pca")
         fn = self._function("regions")
@@ -360,7 +383,7 @@ class RMACModel(keras.Model):
         self._functions.clear()
         return used[0]
 
-    def _pixels(self, images, num_workers, value_range, where):
+    def _pixels(self, images, num_workers, value_range, where, **decode):
         """`(iterator over (H, W, 3) RGB arrays in [0, 255], count)`.
 
         Arrays and datasets in `value_range` are rescaled; without one,
@@ -368,7 +391,7 @@ class RMACModel(keras.Model):
         of `keras_rmac.models.value_range`) and pass unchanged.
         """
         value_range = validate_value_range(value_range)
-        source, count, sample = _image_source(images, num_workers)
+        source, count, sample = _image_source(images, num_workers, **decode)
         if sample is None:  # Decoded image files: always 0..255.
             return source, count
         if value_range is not None:
@@ -457,9 +480,10 @@ def _progress(count, verbose, label):
     return progress_bar(count, verbose, unit_name="image", label=label)
 
 
-def _image_source(images, num_workers):
+def _image_source(images, num_workers, **decode):
     """`(iterator over (H, W, 3) arrays, count or None, sample)`.
 
+    Files are decoded by `image_io.load_images` with options `decode`.
     `sample` is what the value-range check looks at: a list of the arrays
     given (for a dataset, its first element: an image or a batch), or
     None for image files.
@@ -495,7 +519,7 @@ def _image_source(images, num_workers):
 
         def from_files():
             for _, item in image_io.load_images(
-                images, num_workers=num_workers
+                images, num_workers=num_workers, **decode
             ):
                 if isinstance(item, image_io.ImageError):
                     raise item

@@ -522,7 +522,7 @@ def test_load_images_mixed_order(tmp_path, good_jpeg, num_workers):
 def test_load_images_threads_keep_order_and_bound_lookahead(monkeypatch):
     threads = set()
 
-    def fake_load(path, max_pixels, min_side):
+    def fake_load(path, max_pixels, min_side, **draft):
         threads.add(threading.current_thread().name)
         time.sleep(0.02 * (path % 3 == 0))  # some slow, finishing late
         return np.full((1, 1, 3), path, np.uint8)
@@ -549,7 +549,7 @@ def test_load_images_threads_keep_order_and_bound_lookahead(monkeypatch):
 def test_load_images_early_close(monkeypatch):
     calls = []
 
-    def fake_load(path, max_pixels, min_side):
+    def fake_load(path, max_pixels, min_side, **draft):
         calls.append(path)
         time.sleep(0.01)
         return np.zeros((1, 1, 3), np.uint8)
