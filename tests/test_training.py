@@ -156,6 +156,51 @@ def test_cached_features_mode_trains_the_tail_only(tmp_path):
         toy_config(data, "x", cache_features=True).validate()
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_adapt_pca_from_few_regions_warns_and_does_not_whiten(
+    tmp_path, caplog, cached
+):
+    # Issue 10 item 3: both training paths go through ShiftPCA.adapt, so
+    # from no more region vectors than dimensions they warn with the counts
+    # and learn shift + PCA without whitening (orthogonal kernel columns of
+    # one norm), instead of a whitening that makes the training images'
+    # descriptors nearly orthogonal.
+    import logging
+
+    from keras_rmac.models.triplet_model import FeatureEmbedding
+    from keras_rmac.training import adapt_pca
+    from keras_rmac.training import adapt_pca_from_features
+    from keras_rmac.training import cached_features
+    from keras_rmac.training import load_training_images
+
+    data = make_images(str(tmp_path / "data"))
+    config = toy_config(data, str(tmp_path / "run"), pca_images=2)
+    images = load_training_images(config)
+    embedding = tiny_embedding(config)
+    with caplog.at_level(logging.WARNING, logger="keras_rmac"):
+        if cached:
+            head = FeatureEmbedding(embedding, "conv2")
+            features = cached_features(head, images, config, str(tmp_path))
+            used = adapt_pca_from_features(head, features, config)
+        else:
+            used = adapt_pca(embedding, images, config)
+    channels = 16
+    assert 2 <= used <= channels
+    assert f"{used} vectors for {channels} dimensions" in caplog.text
+    assert "without whitening" in caplog.text
+    kernel = np.asarray(embedding.shift_pca.kernel, np.float64)
+    gram = kernel.T @ kernel
+    np.testing.assert_allclose(
+        gram, np.eye(channels) * gram[0, 0], atol=1e-5 * gram[0, 0]
+    )
+    # With enough images the same path whitens as before, without a word.
+    caplog.clear()
+    config = toy_config(data, str(tmp_path / "run"), pca_images=24)
+    with caplog.at_level(logging.WARNING, logger="keras_rmac"):
+        assert adapt_pca(tiny_embedding(config), images, config) > channels
+    assert "vectors for" not in caplog.text
+
+
 def test_config_validation(tmp_path):
     from keras_rmac.training import TrainConfig
 

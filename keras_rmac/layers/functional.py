@@ -350,11 +350,24 @@ def shift_pca(x, kernel, bias):
     return ops.matmul(x, kernel) + bias
 
 
-def whitening_from_moments(mean, cov, units, power=0.5, epsilon=1e-6):
+def whitening_from_moments(
+    mean, cov, units, power=0.5, epsilon=1e-6, shrinkage=0.0
+):
     """Shift + PCA-whitening from the mean and covariance, in float64.
 
     NumPy, not `keras.ops`: it runs once on statistics (see
     `keras_rmac.stats.mean_and_covariance`), not in the graph.
+
+    With `shrinkage=a > 0` the eigenvalues `l` of `cov` are replaced by
+    those of the covariance shrunk toward isotropy,
+    `(1 - a) * cov + a * mu * I` with `mu = trace(cov) / C` (the target of
+    Ledoit and Wolf, 2004): `(1 - a) * l + a * mu`, on the same principal
+    directions. `a = 1` keeps the PCA rotation (and the choice of the
+    `units` directions of largest variance) but scales every direction
+    alike: shift + PCA without whitening. Use it when the covariance is
+    estimated from too few vectors (see `ShiftPCA`). If the covariance is
+    zero (all vectors equal, up to rounding), a shrunk whitening is the
+    shift alone (identity kernel).
 
     Args:
         mean: array `(C,)`. Mean of the vectors.
@@ -366,6 +379,8 @@ def whitening_from_moments(mean, cov, units, power=0.5, epsilon=1e-6):
         epsilon: float. Eigenvalues are floored at `epsilon` times the
             largest, so near-empty directions are not blown up. Defaults to
             `1e-6`.
+        shrinkage: float in [0, 1]. Shrinkage intensity `a` above; 0 uses
+            `cov` as it is. Defaults to `0.0`.
 
     Returns:
         `(kernel, bias)`: `(C, units)` and `(units,)` float64 arrays with
@@ -378,8 +393,22 @@ def whitening_from_moments(mean, cov, units, power=0.5, epsilon=1e-6):
     ... )
     >>> kernel.round(6).tolist(), bias.round(6).tolist()
     ([[0.0], [0.25]], [-0.5])
+    >>> kernel, _ = whitening_from_moments(
+    ...     np.array([1.0, 2.0]), np.diag([4.0, 16.0]), units=2, shrinkage=1
+    ... )
+    >>> kernel.round(6).tolist()  # mu = 10: rotation, one scale 10^-0.5
+    [[0.0, 0.316228], [0.316228, 0.0]]
     """
     eigval, eigvec = principal_components(cov, units)
+    if shrinkage:
+        target = float(np.trace(cov)) / len(cov)
+        # No variance beyond the rounding of `E[x x^T] - mean mean^T`
+        # (equal vectors): no direction to prefer, nothing to whiten by.
+        second = target + float(np.dot(mean, mean)) / len(cov)
+        if not target > 1e-10 * second:
+            kernel = np.eye(len(cov))[:, : eigvec.shape[1]]
+            return kernel, -np.asarray(mean, np.float64) @ kernel
+        eigval = (1.0 - shrinkage) * eigval + shrinkage * target
     floor = epsilon * max(float(eigval[0]), np.finfo(np.float64).tiny)
     scale = np.maximum(eigval, floor) ** (-power)
     kernel = eigvec * scale[None, :]
