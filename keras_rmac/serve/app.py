@@ -26,8 +26,6 @@ request must carry it (`Authorization: Bearer TOKEN` or `?token=TOKEN`).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import contextlib
 import dataclasses
@@ -35,8 +33,6 @@ import hmac
 import importlib.resources
 import io
 import json
-import math
-import tempfile
 import threading
 import time
 
@@ -53,8 +49,10 @@ from starlette.routing import Route
 
 from keras_rmac.data import image_io
 from keras_rmac.display import display_path
+from keras_rmac.serve import inputs
 from keras_rmac.serve.engine import EngineBusy
 from keras_rmac.serve.engine import PhotoNotFound
+from keras_rmac.serve.inputs import ApiError
 from keras_rmac.serve.stats import RequestStats
 
 __all__ = ["ServeConfig", "create_app"]
@@ -80,16 +78,6 @@ class ServeConfig:
     max_k: int = 100
     thumbnail_size: int = 256
     thumbnail_cache: int = 1024
-
-
-class ApiError(Exception):
-    """An answer with a 4xx/5xx status and a reason."""
-
-    def __init__(self, status: int, reason: str, headers=None):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers
 
 
 class _Json(JSONResponse):
@@ -160,93 +148,6 @@ class _Gate:
             )
 
 
-def _int(value, name: str, low: int, high: int) -> int:
-    try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        raise ApiError(
-            400, f"`{name}` must be an integer; received {value!r}"
-        ) from None
-    if not low <= number <= high:
-        raise ApiError(
-            400, f"`{name}` must be in [{low}, {high}]; received {number}"
-        )
-    return number
-
-
-def _options(fields, max_k: int) -> dict:
-    """`k`, `qe` and `alpha` from request fields, checked."""
-    options = {
-        "k": _int(fields.get("k", 10), "k", 1, max_k),
-        "qe": _int(fields.get("qe", 0), "qe", 0, max_k),
-        "alpha": None,
-    }
-    alpha = fields.get("alpha")
-    if alpha not in (None, ""):
-        try:
-            options["alpha"] = float(alpha)
-        except (TypeError, ValueError):
-            raise ApiError(
-                400, f"`alpha` must be a number; received {alpha!r}"
-            ) from None
-        if not (math.isfinite(options["alpha"]) and options["alpha"] >= 0):
-            raise ApiError(400, f"`alpha` must be >= 0; received {alpha!r}")
-    return options
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 beyond `limit` bytes."""
-    too_large = ApiError(413, f"request body over the limit of {limit} bytes")
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _replay(body: bytes):
-    """An ASGI `receive` that hands over `body` once."""
-    sent = False
-
-    async def receive():
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
-
-
-def _decode(data: bytes, max_pixels: int):
-    """Uploaded bytes -> RGB array, with `image_io`'s bad-file policy."""
-    if not data:
-        raise ApiError(400, "empty upload: no image bytes")
-    with tempfile.NamedTemporaryFile(suffix=".upload") as f:
-        f.write(data)
-        f.flush()
-        try:
-            return image_io.load_image(f.name, max_pixels)
-        except image_io.ImageError as err:
-            raise ApiError(400, f"not a usable image: {err.reason}") from None
-
-
-def _base64(text) -> bytes:
-    if not isinstance(text, str):
-        raise ApiError(400, "`image` must be a base64 string")
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "`image` is not valid base64") from None
-
-
 def _page() -> str:
     source = importlib.resources.files("keras_rmac.serve") / "page.html"
     return source.read_text(encoding="utf-8")
@@ -285,6 +186,196 @@ class _Thumbnails:
         return data
 
 
+class _Service:
+    """The endpoints, around one engine."""
+
+    def __init__(self, engine, config: ServeConfig, stats: RequestStats):
+        self.engine = engine
+        self.config = config
+        self.stats = stats
+        self.thumbnails = _Thumbnails(
+            config.thumbnail_size, config.thumbnail_cache, config.max_pixels
+        )
+        self.page = _page()
+
+    async def on_model(self, fn, *args, **kwargs):
+        """`fn(*args, **kwargs)` on the engine's model thread, awaited."""
+        try:
+            future = self.engine.submit(lambda: fn(*args, **kwargs))
+        except EngineBusy as exc:
+            raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
+        try:
+            return await asyncio.wrap_future(future)
+        except PhotoNotFound as exc:
+            raise ApiError(404, str(exc)) from None
+        except ValueError as exc:  # e.g. qe on a compact index
+            raise ApiError(400, str(exc)) from None
+
+    def answer(self, version, hits, query, options, started):
+        snap = self.engine.retained(version)
+        results = [
+            {
+                "rank": h.rank,
+                "id": h.id,
+                "score": h.score,
+                "path": h.path,
+                "name": display_path(h.relative),
+                "thumbnail": f"/api/photos/{h.id}/thumbnail?version={version}",
+            }
+            for h in hits
+        ]
+        took = round((time.perf_counter() - started) * 1000, 2)
+        return _Json(
+            {
+                "version": version,
+                "photos": len(snap),
+                "query": query,
+                **options,
+                "took_ms": took,
+                "results": results,
+            }
+        )
+
+    async def _body_query(self, request, ctype, fields):
+        """The uploaded image bytes, or `{"id": ...}` from a JSON body."""
+        body = await inputs.read_body(request, self.config.max_upload_bytes)
+        if ctype == "multipart/form-data":
+            form_request = Request(request.scope, inputs.replay(body))
+            try:
+                form = await form_request.form(max_files=1, max_fields=16)
+            except (HTTPException, ValueError, KeyError) as exc:
+                detail = getattr(exc, "detail", exc)
+                raise ApiError(400, f"bad multipart form: {detail}") from None
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "the form needs an `image` file field")
+            fields.update((k, v) for k, v in form.items() if k != "image")
+            return await upload.read()
+        if ctype == "application/json":
+            try:
+                payload = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise ApiError(400, "the body is not valid JSON") from None
+            if not isinstance(payload, dict):
+                raise ApiError(400, "the JSON body must be an object")
+            fields.update(payload)
+            if "id" in payload:
+                return {"id": inputs.integer(payload["id"], "id", 0, _BIG)}
+            if "image" not in payload:
+                raise ApiError(400, "the JSON body needs `image` or `id`")
+            return inputs.from_base64(payload["image"])
+        if ctype.startswith("image/") or ctype == "application/octet-stream":
+            return body
+        raise ApiError(
+            415,
+            f"unsupported content type {ctype or 'none'!r}: send "
+            "multipart/form-data, application/json or image/*",
+        )
+
+    async def search(self, request: Request):
+        started = time.perf_counter()
+        ctype = request.headers.get("content-type", "").split(";")[0]
+        fields = dict(request.query_params)
+        data = await self._body_query(request, ctype.strip().lower(), fields)
+        if isinstance(data, dict):
+            version = fields.get("version")
+            return await self._similar(data["id"], version, fields, started)
+        options = inputs.options(fields, self.config.max_k)
+        image = await run_in_threadpool(
+            inputs.decode_upload, data, self.config.max_pixels
+        )
+        version, hits = await self.on_model(
+            self.engine.search_image, image, **options
+        )
+        return self.answer(version, hits, {"upload": True}, options, started)
+
+    async def _similar(self, photo_id, version, fields, started):
+        if version in (None, ""):
+            version = None
+        else:
+            version = inputs.integer(version, "version", 0, _BIG)
+        options = inputs.options(fields, self.config.max_k)
+        found, hits = await self.on_model(
+            self.engine.search_id, photo_id, version, **options
+        )
+        query = {"id": photo_id, "version": version}
+        return self.answer(found, hits, query, options, started)
+
+    async def similar(self, request: Request):
+        started = time.perf_counter()
+        fields = dict(request.query_params)
+        photo_id = request.path_params["photo_id"]
+        version = fields.pop("version", None)
+        return await self._similar(photo_id, version, fields, started)
+
+    async def thumbnail(self, request: Request):
+        photo_id = request.path_params["photo_id"]
+        version = request.query_params.get("version")
+        if version in (None, ""):
+            version = None
+        else:
+            version = inputs.integer(version, "version", 0, _BIG)
+        try:
+            snap, _, full = self.engine.photo(photo_id, version)
+        except PhotoNotFound as exc:
+            raise ApiError(404, str(exc)) from None
+        data = await run_in_threadpool(
+            self.thumbnails.get, (snap.version, photo_id), full
+        )
+        return Response(
+            data,
+            media_type="image/jpeg",
+            headers={"Cache-Control": "private, max-age=86400"},
+        )
+
+    async def health(self, request: Request):
+        snap = self.engine.snapshot
+        return _Json(
+            {"status": "ok", "version": snap.version, "photos": len(snap)}
+        )
+
+    async def stats_page(self, request: Request):
+        engine = self.engine
+        snap = engine.snapshot
+        index = snap.index
+        searchable = index.index
+        return _Json(
+            {
+                "uptime_s": round(time.time() - engine.started_at, 1),
+                "index": {
+                    "directory": display_path(engine.index_dir),
+                    "version": snap.version,
+                    "photos": len(snap),
+                    "dimension": index.dimension,
+                    "fingerprint": index.fingerprint,
+                    "operating_point": searchable.metadata.get("mode")
+                    or searchable.kind,
+                    "loaded_at": snap.loaded_at,
+                    "reloads": engine.reloads,
+                    "last_reload_error": engine.last_reload_error,
+                },
+                "queue": {"waiting": engine.queued},
+                "requests": self.stats.summary(),
+            }
+        )
+
+    async def home(self, request: Request):
+        return HTMLResponse(
+            self.page, headers={"Content-Security-Policy": _PAGE_POLICY}
+        )
+
+
+async def _api_error(request, exc: ApiError):
+    return _error(exc.status, exc.reason, exc.headers)
+
+
+async def _http_error(request, exc: HTTPException):
+    reason = {404: "no such resource", 405: "method not allowed"}.get(
+        exc.status_code, str(exc.detail)
+    )
+    return _error(exc.status_code, reason)
+
+
 def create_app(engine, config: ServeConfig | None = None, close_engine=True):
     """The Starlette application serving `engine`.
 
@@ -300,182 +391,7 @@ def create_app(engine, config: ServeConfig | None = None, close_engine=True):
     """
     config = config or ServeConfig()
     stats = RequestStats()
-    thumbnails = _Thumbnails(
-        config.thumbnail_size, config.thumbnail_cache, config.max_pixels
-    )
-    page = _page()
-
-    async def on_model(fn, *args, **kwargs):
-        try:
-            future = engine.submit(lambda: fn(*args, **kwargs))
-        except EngineBusy as exc:
-            raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
-        try:
-            return await asyncio.wrap_future(future)
-        except PhotoNotFound as exc:
-            raise ApiError(404, str(exc)) from None
-        except ValueError as exc:  # e.g. qe on a compact index
-            raise ApiError(400, str(exc)) from None
-
-    def answer(version, hits, query, options, started):
-        snap = engine.retained(version)
-        return _Json(
-            {
-                "version": version,
-                "photos": len(snap),
-                "query": query,
-                **options,
-                "took_ms": round((time.perf_counter() - started) * 1000, 2),
-                "results": [
-                    {
-                        "rank": h.rank,
-                        "id": h.id,
-                        "score": h.score,
-                        "path": h.path,
-                        "name": display_path(h.relative),
-                        "thumbnail": f"/api/photos/{h.id}/thumbnail"
-                        f"?version={version}",
-                    }
-                    for h in hits
-                ],
-            }
-        )
-
-    def photo_version(request):
-        value = request.query_params.get("version")
-        if value in (None, ""):
-            return None
-        return _int(value, "version", 0, 2**62)
-
-    async def search(request: Request):
-        started = time.perf_counter()
-        ctype = request.headers.get("content-type", "").split(";")[0]
-        ctype = ctype.strip().lower()
-        fields = dict(request.query_params)
-        body = await _read_body(request, config.max_upload_bytes)
-        data = None
-        if ctype == "multipart/form-data":
-            replay = Request(request.scope, _replay(body))
-            try:
-                form = await replay.form(max_files=1, max_fields=16)
-            except (HTTPException, ValueError, KeyError) as exc:
-                detail = getattr(exc, "detail", exc)
-                raise ApiError(400, f"bad multipart form: {detail}") from None
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                raise ApiError(400, "the form needs an `image` file field")
-            data = await upload.read()
-            fields.update((k, v) for k, v in form.items() if k != "image")
-        elif ctype == "application/json":
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                raise ApiError(400, "the body is not valid JSON") from None
-            if not isinstance(payload, dict):
-                raise ApiError(400, "the JSON body must be an object")
-            fields.update(payload)
-            if "id" in payload:
-                return await similar_to(
-                    _int(payload["id"], "id", 0, 2**62),
-                    payload.get("version"),
-                    fields,
-                    started,
-                )
-            if "image" not in payload:
-                raise ApiError(400, "the JSON body needs `image` or `id`")
-            data = _base64(payload["image"])
-        elif ctype.startswith("image/") or ctype == "application/octet-stream":
-            data = body
-        else:
-            raise ApiError(
-                415,
-                f"unsupported content type {ctype or 'none'!r}: send "
-                "multipart/form-data, application/json or image/*",
-            )
-        options = _options(fields, config.max_k)
-        image = await run_in_threadpool(_decode, data, config.max_pixels)
-        version, hits = await on_model(engine.search_image, image, **options)
-        return answer(version, hits, {"upload": True}, options, started)
-
-    async def similar_to(photo_id, version, fields, started):
-        if version not in (None, ""):
-            version = _int(version, "version", 0, 2**62)
-        else:
-            version = None
-        options = _options(fields, config.max_k)
-        found, hits = await on_model(
-            engine.search_id, photo_id, version, **options
-        )
-        query = {"id": photo_id, "version": version}
-        return answer(found, hits, query, options, started)
-
-    async def similar(request: Request):
-        started = time.perf_counter()
-        fields = dict(request.query_params)
-        return await similar_to(
-            request.path_params["photo_id"],
-            fields.pop("version", None),
-            fields,
-            started,
-        )
-
-    async def thumbnail(request: Request):
-        photo_id = request.path_params["photo_id"]
-        try:
-            snap, _, full = engine.photo(photo_id, photo_version(request))
-        except PhotoNotFound as exc:
-            raise ApiError(404, str(exc)) from None
-        data = await run_in_threadpool(
-            thumbnails.get, (snap.version, photo_id), full
-        )
-        return Response(
-            data,
-            media_type="image/jpeg",
-            headers={"Cache-Control": "private, max-age=86400"},
-        )
-
-    async def health(request: Request):
-        snap = engine.snapshot
-        return _Json(
-            {"status": "ok", "version": snap.version, "photos": len(snap)}
-        )
-
-    async def stats_endpoint(request: Request):
-        snap = engine.snapshot
-        index = snap.index
-        return _Json(
-            {
-                "uptime_s": round(time.time() - engine.started_at, 1),
-                "index": {
-                    "directory": display_path(engine.index_dir),
-                    "version": snap.version,
-                    "photos": len(snap),
-                    "dimension": index.dimension,
-                    "fingerprint": index.fingerprint,
-                    "operating_point": index.index.metadata.get("mode")
-                    or index.index.kind,
-                    "loaded_at": snap.loaded_at,
-                    "reloads": engine.reloads,
-                    "last_reload_error": engine.last_reload_error,
-                },
-                "queue": {"waiting": engine.queued},
-                "requests": stats.summary(),
-            }
-        )
-
-    async def home(request: Request):
-        return HTMLResponse(
-            page, headers={"Content-Security-Policy": _PAGE_POLICY}
-        )
-
-    async def api_error(request, exc: ApiError):
-        return _error(exc.status, exc.reason, exc.headers)
-
-    async def http_error(request, exc: HTTPException):
-        reason = {404: "no such resource", 405: "method not allowed"}.get(
-            exc.status_code, str(exc.detail)
-        )
-        return _error(exc.status_code, reason)
+    service = _Service(engine, config, stats)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -483,23 +399,26 @@ def create_app(engine, config: ServeConfig | None = None, close_engine=True):
         if close_engine:
             await run_in_threadpool(engine.close)
 
+    photo = "/api/photos/{photo_id:int}"
     routes = [
-        Route("/", home),
-        Route("/api/search", search, methods=["POST"]),
-        Route("/api/photos/{photo_id:int}/similar", similar),
-        Route("/api/photos/{photo_id:int}/thumbnail", thumbnail),
-        Route("/api/health", health),
-        Route("/api/stats", stats_endpoint),
+        Route("/", service.home),
+        Route("/api/search", service.search, methods=["POST"]),
+        Route(photo + "/similar", service.similar),
+        Route(photo + "/thumbnail", service.thumbnail),
+        Route("/api/health", service.health),
+        Route("/api/stats", service.stats_page),
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={ApiError: api_error, HTTPException: http_error},
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.state.stats = stats
     return _Gate(app, config.token, stats)
 
+
+_BIG = 2**62
+"""Largest id or version number a request may name."""
 
 _PAGE_POLICY = (
     "default-src 'none'; img-src 'self' blob: data:; "

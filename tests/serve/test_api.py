@@ -63,7 +63,9 @@ def test_upload_multipart_equals_photo_index(client, reference):
     assert first["name"] == photo_name(3) and first["rank"] == 1
     assert first["score"] == pytest.approx(1.0, abs=1e-4)
     assert reference.paths[first["id"]] == photo_name(3)
-    assert first["thumbnail"] == f"/api/photos/{first['id']}/thumbnail?version=1"
+    assert (
+        first["thumbnail"] == f"/api/photos/{first['id']}/thumbnail?version=1"
+    )
 
 
 @pytest.mark.parametrize("data_url", [False, True])
@@ -144,7 +146,7 @@ def test_page_is_self_contained(client):
     assert answer.status_code == 200
     html = answer.text
     assert "<script>" in html and "<style>" in html
-    for external in ("http://", "https://", "src=\"//", "@import", "<link"):
+    for external in ("http://", "https://", 'src="//', "@import", "<link"):
         # Only the placeholder text of the paste field names an address.
         assert html.count(external) == (1 if external == "http://" else 0)
     assert "default-src 'none'" in answer.headers["content-security-policy"]
@@ -160,17 +162,38 @@ def _truncated_jpeg() -> bytes:
 @pytest.mark.parametrize(
     "files, status, reason",
     [
-        ({"image": ("a.txt", b"shopping list: eggs\n" * 9, "text/plain")},
-         400, "text"),
-        ({"image": ("t.jpg", _truncated_jpeg(), "image/jpeg")},
-         400, "truncated"),
-        ({"image": ("b.png", photos.bomb_png(), "image/png")},
-         400, "too large"),
+        (
+            {"image": ("a.txt", b"shopping list: eggs\n" * 9, "text/plain")},
+            400,
+            "text",
+        ),
+        (
+            {"image": ("t.jpg", _truncated_jpeg(), "image/jpeg")},
+            400,
+            "truncated",
+        ),
+        (
+            {"image": ("b.png", photos.bomb_png(), "image/png")},
+            400,
+            "too large",
+        ),
         ({"image": ("e.png", b"", "image/png")}, 400, "empty"),
-        ({"image": ("d.png", png_bytes(np.zeros((2, 2, 3), np.uint8)),
-                    "image/png")}, 400, "too small"),
-        ({"image": ("big.bin", b"\0" * 300_000, "image/png")},
-         413, "over the limit"),
+        (
+            {
+                "image": (
+                    "d.png",
+                    png_bytes(np.zeros((2, 2, 3), np.uint8)),
+                    "image/png",
+                )
+            },
+            400,
+            "too small",
+        ),
+        (
+            {"image": ("big.bin", b"\0" * 300_000, "image/png")},
+            413,
+            "over the limit",
+        ),
         ({"other": ("q.png", b"x", "image/png")}, 400, "`image` file field"),
     ],
 )
@@ -187,10 +210,18 @@ def test_bad_uploads_get_4xx_with_a_reason(client, files, status, reason):
         (dict(json={"image": "not base64!!"}), 400, "base64"),
         (dict(json=[1, 2]), 400, "object"),
         (dict(json={"k": 3}), 400, "`image` or `id`"),
-        (dict(content=b"{oops", headers={"content-type": "application/json"}),
-         400, "not valid JSON"),
-        (dict(content=b"hello", headers={"content-type": "text/plain"}),
-         415, "unsupported content type"),
+        (
+            dict(
+                content=b"{oops", headers={"content-type": "application/json"}
+            ),
+            400,
+            "not valid JSON",
+        ),
+        (
+            dict(content=b"hello", headers={"content-type": "text/plain"}),
+            415,
+            "unsupported content type",
+        ),
         (dict(json={"id": 0, "k": 0}), 400, "`k` must be in"),
         (dict(json={"id": 0, "k": "ten"}), 400, "`k` must be an integer"),
         (dict(json={"id": 0, "qe": -1}), 400, "`qe` must be in"),

@@ -19,9 +19,17 @@ def test_defaults_listen_on_loopback_only():
 
 @pytest.mark.parametrize(
     "host, loopback",
-    [("127.0.0.1", True), ("localhost", True), ("::1", True),
-     ("[::1]", True), ("127.0.0.2", True), ("0.0.0.0", False),
-     ("::", False), ("192.168.1.5", False), ("example.org", False)],
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("127.0.0.2", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.5", False),
+        ("example.org", False),
+    ],
 )
 def test_is_loopback(host, loopback):
     assert serve_command.is_loopback(host) is loopback

@@ -129,8 +129,13 @@ def test_a_link_out_of_the_folder_is_not_served(tmp_path, tiny_model, opened):
 def test_a_token_is_required_on_every_request(engine):
     app = create_app(engine, ServeConfig(token="s3cret"), close_engine=False)
     with TestClient(app) as client:
-        for path in ("/", "/api/health", "/api/stats", "/api/photos/0/similar",
-                     "/api/photos/0/thumbnail"):
+        for path in (
+            "/",
+            "/api/health",
+            "/api/stats",
+            "/api/photos/0/similar",
+            "/api/photos/0/thumbnail",
+        ):
             refused = client.get(path)
             assert refused.status_code == 401, path
             assert "token" in refused.json()["error"]
