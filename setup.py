@@ -36,9 +36,10 @@ setup(
         "absl-py",
     ],
     extras_require={
-        # httpx: in-process API tests; selenium: the browser test of
-        # `keras-rmac serve` (with Debian's chromium and chromium-driver).
-        "dev": ["pytest", "ruff", "httpx", "selenium>=4.11"],
+        # httpx2: Starlette's test client and the load test; selenium: the
+        # browser test of `keras-rmac serve` (with Debian's chromium and
+        # chromium-driver).
+        "dev": ["pytest", "ruff", "httpx2", "selenium>=4.11"],
         # Local features + RANSAC for `keras-rmac clean`.
         "clean": ["opencv-python-headless>=4.8,<6"],
         # `keras-rmac serve`: the HTTP search service and its page.

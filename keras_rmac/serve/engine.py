@@ -79,6 +79,13 @@ class Snapshot:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def light(self) -> "Snapshot":
+        """This version without its index and model: what links to its
+        photos need once it is no longer the one searched."""
+        copy = object.__new__(Snapshot)
+        copy.__dict__.update(self.__dict__, index=None)
+        return copy
+
     def hits(self, results) -> list[Hit]:
         """`SearchResult`s of this version as `Hit`s (with ids)."""
         out = []
@@ -179,16 +186,21 @@ class SearchEngine:
             try:
                 fresh = self._open()
             except Exception as exc:  # Keep serving the old version.
-                self.last_reload_error = f"{type(exc).__name__}: {exc}"
-                logger.warning("Keeping version %s: %s", self.version, exc)
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self.last_reload_error:  # Once, not each poll.
+                    logger.warning("Keeping version %s: %s", self.version, exc)
+                self.last_reload_error = error
                 return False
-            if fresh.version == self._snapshot.version:
+            old = self._snapshot
+            if fresh.version == old.version:
                 return False
             with self._retain_lock:
+                # Queries holding the old snapshot finish with it; links
+                # to its photos only need its photo list.
+                self._retained[old.version] = old.light()
                 self._retained[fresh.version] = fresh
                 while len(self._retained) > _RETAINED_VERSIONS:
-                    _, old = self._retained.popitem(last=False)
-                    old.index = None  # Only the photo list stays useful.
+                    self._retained.popitem(last=False)
             self._snapshot = fresh  # The switch: one reference.
             self.reloads += 1
             self.last_reload_error = None

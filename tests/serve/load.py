@@ -9,7 +9,10 @@ import dataclasses
 import threading
 import time
 
-import httpx
+try:  # Starlette's test client prefers httpx2; either has this API.
+    import httpx2 as httpx
+except ImportError:
+    import httpx
 
 
 @dataclasses.dataclass
