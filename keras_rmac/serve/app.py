@@ -246,11 +246,14 @@ class _Service:
             except (HTTPException, ValueError, KeyError) as exc:
                 detail = getattr(exc, "detail", exc)
                 raise ApiError(400, f"bad multipart form: {detail}") from None
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                raise ApiError(400, "the form needs an `image` file field")
-            fields.update((k, v) for k, v in form.items() if k != "image")
-            return await upload.read()
+            try:
+                upload = form.get("image")
+                if upload is None or isinstance(upload, str):
+                    raise ApiError(400, "the form needs an `image` file field")
+                fields.update((k, v) for k, v in form.items() if k != "image")
+                return await upload.read()
+            finally:
+                await form.close()  # The spooled temporary files.
         if ctype == "application/json":
             try:
                 payload = json.loads(body)

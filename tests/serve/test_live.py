@@ -1,6 +1,7 @@
 """Live index switching, and the bounded load test on 127.0.0.1."""
 
 import threading
+import time
 
 import numpy as np
 from starlette.testclient import TestClient
@@ -140,3 +141,24 @@ def test_load_with_a_rebuild_underneath(own_index, tiny_model):
     latencies = np.array([a.seconds for a in answers]) * 1000
     p50, p95 = np.percentile(latencies, [50, 95])
     print(f"load: p50 {p50:.1f} ms, p95 {p95:.1f} ms over {QUERIES} queries")
+
+
+def test_the_event_loop_stays_free_while_the_model_works(built_index):
+    engine = SearchEngine(built_index[1], poll_interval=0, queue_size=1)
+    release = threading.Event()
+    with TestClient(create_app(engine)) as client:
+        engine.submit(release.wait, 120)  # Holds the model thread.
+        for _ in range(200):
+            if engine.queued == 0:
+                break
+            time.sleep(0.01)
+        engine.submit(lambda: None)  # Fills the queue.
+        started = time.perf_counter()
+        assert client.get("/api/health").status_code == 200
+        assert client.get("/api/photos/0/thumbnail").status_code == 200
+        assert time.perf_counter() - started < 10
+        busy = client.get("/api/photos/0/similar")
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "waiting" in busy.json()["error"]
+        release.set()
+        assert client.get("/api/photos/0/similar").status_code == 200
