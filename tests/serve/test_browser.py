@@ -127,3 +127,29 @@ def test_pasting_a_thumbnail_address(page, site):
         ),
         "refusal",
     )
+
+
+def test_the_page_passes_its_token_on(built_index, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from keras_rmac.serve import ServeConfig
+
+    engine = SearchEngine(built_index[1], poll_interval=0)
+    app = create_app(engine, ServeConfig(token="s3cret"))
+    with server.running(app) as base, browser.chromium() as driver:
+        driver.get(base + "/")
+        assert "token" in driver.page_source  # The 401 answer, no page.
+        driver.get(base + "/?token=s3cret")
+        query = photos.save(tmp_path / "q.png", photos.photo(9))
+        driver.find_element(By.ID, "file").send_keys(str(query))
+        _wait(driver, lambda d: _search_done(d, "q.png"), "upload answer")
+        assert _results(driver)[0][0] == "p09.png"
+        first = driver.find_element(By.CSS_SELECTOR, "#results img")
+        _wait(
+            driver,
+            lambda d: d.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth",
+                first,
+            ),
+            "a thumbnail loaded with the token",
+        )
