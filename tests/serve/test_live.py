@@ -1,5 +1,9 @@
 """Live index switching, and the bounded load test on 127.0.0.1."""
 
+import os
+import pathlib
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,6 +21,7 @@ from tests.serve.conftest import add_photos
 from tests.serve.conftest import png_bytes
 from tests.serve.load import run_load
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
 QUERIES = 500
 CLIENTS = 8
 ADDED = 4
@@ -162,3 +167,33 @@ def test_the_event_loop_stays_free_while_the_model_works(built_index):
         assert "waiting" in busy.json()["error"]
         release.set()
         assert client.get("/api/photos/0/similar").status_code == 200
+
+
+def test_an_upload_takes_under_a_tenth_of_a_search_call(built_index, tmp_path):
+    """The issue's target, measured in one run: the service's p50 for a
+    search by uploaded photo against one `keras-rmac search` process."""
+    query = photos.save(tmp_path / "q.png", photos.photo(6))
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    command = [sys.executable, "-m", "keras_rmac.cli.main", "search"]
+    started = time.perf_counter()
+    subprocess.run(
+        [*command, "--index", str(built_index[1]), str(query), "-k", "5"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    search_call = time.perf_counter() - started
+    engine = SearchEngine(built_index[1], poll_interval=0)
+    data = png_bytes(photos.photo(6))
+    times = []
+    with TestClient(create_app(engine)) as client:
+        for _ in range(15):
+            started = time.perf_counter()
+            answer = client.post(
+                "/api/search", files={"image": ("q.png", data, "image/png")}
+            )
+            times.append(time.perf_counter() - started)
+            assert answer.json()["results"][0]["name"] == "p06.png"
+    upload = float(np.median(times))
+    print(f"upload p50 {upload * 1000:.1f} ms, search call {search_call:.2f} s")
+    assert upload < 0.1 * search_call
