@@ -24,6 +24,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11,<3.14",
     packages=find_packages(include=["keras_rmac", "keras_rmac.*"]),
+    package_data={"keras_rmac.serve": ["page.html"]},
     install_requires=[
         # scann 1.4.2's TF ops are built against TF 2.20: 2.21 fails to
         # import scann with an undefined symbol.
@@ -35,9 +36,14 @@ setup(
         "absl-py",
     ],
     extras_require={
-        "dev": ["pytest", "ruff"],
+        # httpx2: Starlette's test client and the load test; selenium: the
+        # browser test of `keras-rmac serve` (with Debian's chromium and
+        # chromium-driver).
+        "dev": ["pytest", "ruff", "httpx2", "selenium>=4.11"],
         # Local features + RANSAC for `keras-rmac clean`.
         "clean": ["opencv-python-headless>=4.8,<6"],
+        # `keras-rmac serve`: the HTTP search service and its page.
+        "serve": ["starlette>=0.40", "uvicorn>=0.30", "python-multipart"],
     },
     entry_points={
         "console_scripts": ["keras-rmac=keras_rmac.cli.main:main"],

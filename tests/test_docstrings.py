@@ -38,6 +38,12 @@ NOT_RUNNABLE = {
     "keras_rmac.models.rmac_model": (
         "extracts descriptors of image files with a full backbone"
     ),
+    "keras_rmac.serve": (
+        "serves an index built from photos, over HTTP (uvicorn)"
+    ),
+    "keras_rmac.serve.engine": (
+        "opens an index built from photos and searches it"
+    ),
     "keras_rmac.models.triplet_model": (
         "fine-tunes from ImageNet weights (a download) on a triplet dataset"
     ),
@@ -46,6 +52,9 @@ NOT_RUNNABLE = {
 NEEDS = {
     # Examples that need an optional extra (`pip install keras-rmac[clean]`).
     "keras_rmac.data.cleaning.dataset": "cv2",
+    # `pip install keras-rmac[serve]`.
+    "keras_rmac.serve": "starlette",
+    "keras_rmac.serve.app": "starlette",
 }
 
 

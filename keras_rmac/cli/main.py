@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 SUBCOMMANDS = {
     "index": "Index a folder of photos (incremental, resumable).",
     "search": "Find the photos of an index most similar to a query image.",
+    "serve": "Serve an index: a JSON search API and a web page.",
     "export": "Export a SavedModel for TF Serving (image bytes -> descriptor).",
     "train": "Fine-tune R-MAC with triplets and hard-negative mining.",
     "clean": "Clean a noisy labelled image list (local features + RANSAC).",

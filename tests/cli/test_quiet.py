@@ -271,6 +271,7 @@ def test_subcommand_summaries_match_modules():
 _REQUIRED = {
     "index": ["photos", "--index", "i"],
     "search": ["q.jpg", "--index", "i"],
+    "serve": ["--index", "i"],
     "export": ["--out", "o"],
     "train": ["--train-dir", "d", "--out", "o"],
     "clean": ["list.csv", "--out", "o.csv"],
