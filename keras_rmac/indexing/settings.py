@@ -107,7 +107,7 @@ class IndexSettings:
     >>> IndexSettings(batch_size=0)
     Traceback (most recent call last):
     ...
-    ValueError: `batch_size` must be an int >= 1. Received: 0
+    ValueError: `batch_size` must be an int >= 1. Received: batch_size=0
     """
 
     mode: str | None = None
