@@ -85,8 +85,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=_common.positive_int,
         default=DEFAULT_MAX_PIXELS,
         metavar="N",
-        help="Largest accepted width x height of a request image "
-        f"(default: {DEFAULT_MAX_PIXELS:,}).",
+        help="Largest width x height of a request image as decoded (JPEGs "
+        "declaring more than 100 megapixels are decoded at reduced scale, "
+        f"and only that size counts) (default: {DEFAULT_MAX_PIXELS:,}).",
     )
     parser.add_argument(
         "--value-range",

@@ -2,10 +2,13 @@
 
 import argparse
 import logging
+import math
 import os
 
 from keras_rmac import indexing
 from keras_rmac.cli import _common
+from keras_rmac.data.pixel_limits import DEFAULT_DRAFT_ABOVE
+from keras_rmac.data.pixel_limits import DEFAULT_MAX_PIXELS
 from keras_rmac.search import KINDS
 
 logger = logging.getLogger(__name__)
@@ -121,12 +124,47 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     runtime.add_argument(
         "-q", "--quiet", action="store_true", help="No progress bar."
     )
+    add_max_pixels_argument(runtime, "an image")
     parser.set_defaults(run=run)
     return parser
 
 
-def _adapt_pca(model, photos_dir: str, count: int, max_size: int) -> None:
-    """Learns shift + PCA-whitening on up to `count` photos of the folder."""
+def add_max_pixels_argument(parser, what: str) -> None:
+    """`--max-pixels N`, of `index` (`what`: "an image") and `search`."""
+    parser.add_argument(
+        "--max-pixels",
+        type=_common.positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"Largest number of pixels (width x height) {what} may be "
+        "decoded to; larger files are skipped as possible decompression "
+        f"bombs (default: {DEFAULT_MAX_PIXELS:,}). JPEGs declaring more "
+        "than 100 megapixels (108 and 200 MP phone photos) are decoded at "
+        "reduced scale, to at least twice --max-size, and only that "
+        "reduced size counts.",
+    )
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Lets Pillow open images up to `max_pixels` when asked for more.
+
+    Pillow refuses any image over twice `PIL.Image.MAX_IMAGE_PIXELS`
+    (about 179 MP by default) whatever our own limit; `--max-pixels`
+    above that raises Pillow's limit with it, so that such files (PNG,
+    TIFF...) can be read when the user asks for them.
+    """
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and (
+        max_pixels > 2 * Image.MAX_IMAGE_PIXELS
+    ):
+        Image.MAX_IMAGE_PIXELS = math.ceil(max_pixels / 2)
+
+
+def _adapt_pca(model, photos_dir: str, count: int, options: dict) -> None:
+    """Learns shift + PCA-whitening on up to `count` photos of the folder,
+    decoded with `options` (`load_images`'s `max_pixels`, `draft_size`,
+    which is also the longest side, and `draft_above`)."""
     import numpy as np
     import tensorflow as tf
 
@@ -143,20 +181,27 @@ def _adapt_pca(model, photos_dir: str, count: int, max_size: int) -> None:
     )
 
     def readable():
-        for _, image in image_io.load_images(paths):
+        for _, image in image_io.load_images(paths, **options):
             if not isinstance(image, image_io.ImageError):
                 yield image
 
     dataset = tf.data.Dataset.from_generator(
         readable, output_signature=tf.TensorSpec((None, None, 3), tf.uint8)
     )
-    model.adapt_pca(dataset, max_size=max_size)
+    model.adapt_pca(dataset, max_size=options["draft_size"])
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs `keras-rmac index`; returns the exit status."""
+    allow_pixels(args.max_pixels)
     index_dir = os.path.abspath(args.index_dir)
     settings = None if args.rebuild else indexing.recorded_settings(index_dir)
+    # The index's own reduced-decoding threshold (100 MP for a new one).
+    draft_above = (
+        indexing.recorded_draft_above(settings)
+        if settings is not None
+        else DEFAULT_DRAFT_ABOVE
+    )
     recorded_spec = (settings or {}).get("model_spec")
     spec = _common.model_spec(args, recorded_spec)
     reuse = (
@@ -177,9 +222,13 @@ def run(args: argparse.Namespace) -> int:
                 model,
                 args.photos_dir,
                 args.pca_images,
-                args.max_size
-                or (settings or {}).get("max_size")
-                or indexing.DEFAULT_MAX_SIZE,
+                {
+                    "max_pixels": args.max_pixels,
+                    "draft_size": args.max_size
+                    or (settings or {}).get("max_size")
+                    or indexing.DEFAULT_MAX_SIZE,
+                    "draft_above": draft_above,
+                },
             )
     try:
         report = indexing.index_folder(
@@ -196,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 num_workers=args.workers,
                 model_spec=spec,
+                max_pixels=args.max_pixels,
+                draft_above=draft_above,
             ),
             model=model,
             rebuild=args.rebuild,

@@ -7,6 +7,8 @@ import os
 
 from keras_rmac import indexing
 from keras_rmac.cli import _common
+from keras_rmac.cli.index import add_max_pixels_argument
+from keras_rmac.cli.index import allow_pixels
 from keras_rmac.data import image_io
 from keras_rmac.display import display_path
 
@@ -93,6 +95,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="Print the results as JSON instead of a table.",
     )
+    add_max_pixels_argument(parser, "the query image")
     parser.set_defaults(run=run)
     return parser
 
@@ -110,18 +113,20 @@ def format_table(results) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Runs `keras-rmac search`; returns the exit status."""
+    allow_pixels(args.max_pixels)
     try:
-        index = indexing.PhotoIndex(args.index_dir)
+        index = indexing.PhotoIndex(args.index_dir, max_pixels=args.max_pixels)
     except (FileNotFoundError, indexing.IndexMismatchError) as exc:
         logger.error("%s", exc)
         return 1
     try:
-        query = image_io.load_image(args.query)
+        # Decoded as the index's photos were (PhotoIndex.extract).
+        results = index.search(
+            args.query, k=args.k, qe=args.qe, alpha=args.qe_alpha
+        )
     except image_io.ImageError as err:
         logger.error("Cannot read the query image: %s", err)
         return 1
-    try:
-        results = index.search(query, k=args.k, qe=args.qe, alpha=args.qe_alpha)
     except ValueError as exc:
         logger.error("%s", exc)
         return 1

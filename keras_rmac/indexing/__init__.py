@@ -43,6 +43,7 @@ from keras_rmac.indexing.report import IndexReport
 from keras_rmac.indexing.settings import BYTES_PER_VECTOR
 from keras_rmac.indexing.settings import DEFAULT_MAX_SIZE
 from keras_rmac.indexing.settings import IndexSettings
+from keras_rmac.indexing.settings import recorded_draft_above
 
 _LAZY = {
     "DescriptorStore": "keras_rmac.indexing.store",
@@ -70,6 +71,7 @@ __all__ = [
     "current_version",
     "index_folder",
     "load_rmac_model",
+    "recorded_draft_above",
     "recorded_settings",
     "saved_model_path",
 ]

@@ -45,6 +45,7 @@ def build_version(job, records) -> layout.Version:
             "fingerprint": job.fingerprint,
             "max_size": settings.max_size,
             "scales": list(settings.scales),
+            "draft_above": settings.draft_above,
             "dimension": job.dimension,
         }
     )

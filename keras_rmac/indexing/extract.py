@@ -30,17 +30,37 @@ def extract_images(model, images, max_size, scales, batch_size=1):
     )
 
 
-def extract_into_store(job, todo, keys, report, verbose=1):
-    """Extracts the descriptors of `todo`, committing one shard at a time.
+def decode_options(max_size, scales, max_pixels, draft_above) -> dict:
+    """The keyword arguments of `image_io.load_image(s)` for the index.
+
+    Large JPEGs (above `draft_above` declared pixels) are decoded at
+    reduced scale down to the largest size they are resized to, as
+    `RMACModel.extract` decodes files, so the index's descriptors equal
+    `extract(path, max_size=..., scales=..., draft_above=...)`.
+    """
+    from keras_rmac.models.multiscale import scale_sizes
+
+    return {
+        "max_pixels": max_pixels,
+        "draft_size": max(scale_sizes(max_size, scales)),
+        "draft_above": draft_above,
+    }
+
+
+def extract_into_store(job, plan, report, verbose=1):
+    """Extracts the descriptors of `plan.todo`, one shard at a time.
 
     Args:
         job: the run (`keras_rmac.indexing.run.Job`): model, settings,
             store and photo folder.
-        todo: list of str. Paths (relative to the folder) to describe.
-        keys: dict. Path -> `(size, mtime_ns, sha256)` of each file.
+        plan: `keras_rmac.indexing.plan.Plan`: `todo`, the paths (relative
+            to the folder) to describe; `keys`, path -> `(size, mtime_ns,
+            sha256)` of each file; `retried`, the unchanged files refused
+            as too large before (refused again, they count as reused).
         report: `IndexReport`, updated.
         verbose: int. 1 shows progress. Defaults to 1.
     """
+    todo = plan.todo
     shard_size = job.settings.shard_size
     bar = progress.progress_bar(
         len(todo), verbose, unit_name="photo", label="indexing"
@@ -57,12 +77,12 @@ def extract_into_store(job, todo, keys, report, verbose=1):
 
     for start in range(0, len(todo), shard_size):
         chunk = todo[start : start + shard_size]
-        records, descriptors = _extract_chunk(job, chunk, keys, report, tick)
+        records, descriptors = _extract_chunk(job, chunk, plan, report, tick)
         descriptors = _drop_degenerate(records, descriptors, report)
         job.store.commit(records, descriptors)
 
 
-def _extract_chunk(job, chunk, keys, report, tick):
+def _extract_chunk(job, chunk, plan, report, tick):
     settings = job.settings
     batch_size = settings.batch_size
 
@@ -76,13 +96,22 @@ def _extract_chunk(job, chunk, keys, report, tick):
     loader = image_io.load_images(
         [os.path.join(job.photos_dir, rel) for rel in chunk],
         num_workers=settings.num_workers,
+        **decode_options(
+            settings.max_size,
+            settings.scales,
+            settings.max_pixels,
+            settings.draft_above,
+        ),
     )
     for i, result in loader:
         rel = chunk[i]
-        record = Record(rel, *keys[rel])
+        record = Record(rel, *plan.keys[rel])
         if isinstance(result, image_io.ImageError):
             record.error = result.reason
-            report.new_failures += 1
+            if rel in plan.retried:
+                report.reused += 1  # Still too large: as before.
+            else:
+                report.new_failures += 1
             logger.debug("Skipping %s", result)
         else:
             images.append(result)

@@ -10,7 +10,9 @@ import numpy as np
 
 from keras_rmac.data import image_io
 from keras_rmac.indexing import layout
+from keras_rmac.indexing.extract import decode_options
 from keras_rmac.indexing.extract import extract_images
+from keras_rmac.indexing.settings import recorded_draft_above
 from keras_rmac.indexing.store import DescriptorStore
 from keras_rmac.models import loading
 from keras_rmac.search import IndexMismatchError
@@ -58,7 +60,8 @@ class PhotoIndex:
 
     Opens the version the index's marker names (`layout.current_version`)
     with the model that described its photos; queries are described with
-    the same model, `max_size` and `scales` as the photos. An indexing
+    the same model, `max_size`, `scales` and decoding (`draft_above`) as
+    the photos. An indexing
     run going on meanwhile does not change what this object searches:
     reopen it when `is_current` turns False to see the new version.
 
@@ -66,11 +69,16 @@ class PhotoIndex:
         index_dir: str or os.PathLike. The index directory.
         check_model: bool. Verify that the saved model's fingerprint is the
             one the index was built with. Defaults to True.
+        max_pixels: int. Largest width x height a query file may be
+            decoded to (see `keras_rmac.data.pixel_limits`). Defaults to
+            `image_io.DEFAULT_MAX_PIXELS` (100 MP).
 
     Attributes:
         version: int. The generation opened (0: a keras_rmac 0.2.0 index).
         paths: list of str. The photos, relative to `photos_dir`.
         dimension: int. The descriptor dimension D.
+        draft_above: int or None. The index's reduced JPEG decoding
+            threshold, applied to query files too.
 
     Example:
 
@@ -79,7 +87,12 @@ class PhotoIndex:
     ...     print(hit.rank, hit.score, hit.path)
     """
 
-    def __init__(self, index_dir: str | os.PathLike, check_model: bool = True):
+    def __init__(
+        self,
+        index_dir: str | os.PathLike,
+        check_model: bool = True,
+        max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
+    ):
         self.index_dir = os.path.abspath(os.fspath(index_dir))
         try:
             self.index, found = _open(self.index_dir)
@@ -94,6 +107,8 @@ class PhotoIndex:
         self.photos_dir: str = meta["photos_dir"]
         self.max_size: int = meta["max_size"]
         self.scales: tuple[float, ...] = tuple(meta["scales"])
+        self.draft_above: int | None = recorded_draft_above(meta)
+        self.max_pixels = max_pixels
         self.fingerprint: str = meta["fingerprint"]
         self.dimension: int = int(
             meta.get("dimension", meta.get("descriptor_dim", 0))
@@ -127,11 +142,22 @@ class PhotoIndex:
     def extract(self, image) -> np.ndarray:
         """Descriptor `(D,)` of one image (a path or an RGB array).
 
+        A file is decoded as the index's photos were (`draft_above`),
+        within `max_pixels`.
+
         Raises:
             keras_rmac.data.image_io.ImageError: the file cannot be read.
         """
         if isinstance(image, (str, os.PathLike)):
-            image = image_io.load_image(image)
+            image = image_io.load_image(
+                image,
+                **decode_options(
+                    self.max_size,
+                    self.scales,
+                    self.max_pixels,
+                    self.draft_above,
+                ),
+            )
         image = np.asarray(image)
         return extract_images(self.model, [image], self.max_size, self.scales)[
             0

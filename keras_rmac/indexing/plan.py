@@ -5,7 +5,11 @@ recorded ones; with `hash_contents=True` when its size and sha256 equal
 the recorded ones instead (then `touch` or a copy does not trigger a new
 extraction, and an edit that keeps size and mtime is still seen, at the
 cost of reading every file on every run). Unreadable files are recorded as
-such and not retried until they change.
+such and not retried until they change, except those refused as too large
+(`TOO_LARGE`): whether they fit depends on the run's `max_pixels` (and
+keras_rmac 0.2.0 refused the 108 and 200 MP JPEGs now decoded at reduced
+scale), so every run tries them again, which costs a header read when
+they are still refused.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 _DIGEST_FORMAT = 1  # Part of every content digest: bump to rebuild all.
 
+TOO_LARGE = "image too large"
+"""How every too-large refusal reason starts (`keras_rmac.data.image_io`,
+`keras_rmac.data.pixel_limits.too_large`, and keras_rmac 0.2.0's
+"image too large: declared WxH pixels exceeds max_pixels=...")."""
+
 
 @dataclasses.dataclass
 class Plan:
@@ -32,11 +41,14 @@ class Plan:
             (relative paths).
         todo: list of str. Photos to extract, sorted.
         keys: dict. Path -> `(size, mtime_ns, sha256 or None)`.
+        retried: set of str. Unchanged photos of `todo` refused as too
+            large before, tried again.
     """
 
     listed: set
     todo: list
     keys: dict
+    retried: set = dataclasses.field(default_factory=set)
 
 
 def content_digest(records, job) -> str:
@@ -84,7 +96,7 @@ def plan_changes(job, paths, report) -> Plan:
         A `Plan`.
     """
     store = job.store
-    keys, todo, vanished = {}, [], []
+    keys, todo, vanished, retried = {}, [], [], set()
     for path in paths:
         rel = os.path.relpath(path, job.photos_dir)
         try:
@@ -95,7 +107,11 @@ def plan_changes(job, paths, report) -> Plan:
             continue
         record = store.records.get(rel)
         if record is not None and _unchanged(record, *keys[rel]):
-            report.reused += 1
+            if (record.error or "").startswith(TOO_LARGE):
+                retried.add(rel)
+                todo.append(rel)
+            else:
+                report.reused += 1
         else:
             todo.append(rel)
     listed = set(keys)
@@ -111,7 +127,7 @@ def plan_changes(job, paths, report) -> Plan:
         )
         report.reused -= len(missing)
         todo = sorted(set(todo) | set(missing))
-    return Plan(listed=listed, todo=todo, keys=keys)
+    return Plan(listed=listed, todo=todo, keys=keys, retried=retried)
 
 
 def _missing_descriptors(job, listed, todo, report) -> list[str]:

@@ -118,8 +118,8 @@ def index_folder(
             whose `fingerprint()` differs from the one the index was built
             with is refused (`IndexMismatchError`) unless `rebuild=True`.
         rebuild: bool. Index everything afresh, aside, then switch to it
-            (needed to change the model, `max_size` or `scales`). Defaults
-            to False.
+            (needed to change the model, `max_size`, `scales` or
+            `draft_above`). Defaults to False.
         verbose: int. 1 shows progress. Defaults to 1.
         **options: fields of `IndexSettings` overriding `settings` (e.g.
             `mode="exact"`, `max_size=384`).
@@ -129,7 +129,7 @@ def index_folder(
 
     Raises:
         IndexMismatchError: the index was built with another model,
-            `max_size` or `scales`, and `rebuild` is False.
+            `max_size`, `scales` or `draft_above`, and `rebuild` is False.
         IndexBusyError: another run holds the index.
         FileNotFoundError / NotADirectoryError: `photos_dir` is not a
             folder.
@@ -168,7 +168,7 @@ def index_folder(
         plan = plan_changes(job, paths, report)
         t0 = time.perf_counter()
         if plan.todo:
-            extract_into_store(job, plan.todo, plan.keys, report, verbose)
+            extract_into_store(job, plan, report, verbose)
         report.seconds_extracting = time.perf_counter() - t0
         build(job, plan, report)
         tidy_up(job, plan)
@@ -265,6 +265,8 @@ def _record(settings, fingerprint, dimension, photos_dir) -> dict:
         "photos_dir": photos_dir,
         "hash_contents": bool(settings.hash_contents),
         "keep_descriptors": bool(settings.keep_descriptors),
+        "max_pixels": int(settings.max_pixels),
+        "draft_above": settings.draft_above,
         "built_digest": None,
     }
 

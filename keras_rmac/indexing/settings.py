@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from keras_rmac.checks import check_int
+from keras_rmac.data.pixel_limits import DEFAULT_DRAFT_ABOVE
+from keras_rmac.data.pixel_limits import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "BYTES_PER_VECTOR",
@@ -20,6 +22,8 @@ __all__ = [
     "DEFAULT_MODE",
     "DEFAULT_SCALES",
     "IndexSettings",
+    "LEGACY_DRAFT_ABOVE",
+    "recorded_draft_above",
 ]
 
 DEFAULT_MAX_SIZE = 512
@@ -29,6 +33,18 @@ DEFAULT_MODE = "fast"
 DEFAULT_BYTES_PER_VECTOR = 64
 BYTES_PER_VECTOR = (64, 128)
 """Bytes per photo of the compact search mode."""
+LEGACY_DRAFT_ABOVE = 100_000_000
+"""`draft_above` of an index that does not record it: keras_rmac 0.2.0
+refused every image over 100 megapixels, so it decoded all its photos
+whole, as `draft_above=100_000_000` does."""
+
+
+def recorded_draft_above(recorded: Mapping[str, Any] | None) -> int | None:
+    """The `draft_above` an index was built with (from `index.json` or the
+    search index's metadata); `LEGACY_DRAFT_ABOVE` when not recorded."""
+    if not recorded or "draft_above" not in recorded:
+        return LEGACY_DRAFT_ABOVE
+    return recorded["draft_above"]
 
 
 def _kinds() -> tuple[str, ...]:
@@ -43,9 +59,11 @@ class IndexSettings:
 
     Fields left at None take the value the index was built with, or the
     default for a new index. `max_size` and `scales` of an existing index
-    cannot change (descriptors at different sizes do not mix) unless it is
-    rebuilt; `mode` and `bytes_per_vector` can (only the search index is
-    rebuilt, from the stored descriptors).
+    and `draft_above` cannot change (descriptors at different sizes, or
+    of two decodings, do not mix) unless it is rebuilt; `mode`,
+    `bytes_per_vector` and `max_pixels` can (only the search index is
+    rebuilt, from the stored descriptors; `max_pixels` only decides which
+    files are accepted).
 
     Attributes:
         mode: str or None. Search operating point, one of
@@ -70,6 +88,17 @@ class IndexSettings:
             Defaults to 4.
         model_spec: dict or None. How the model was asked for (recorded
             for the command line). None: the index's. Defaults to None.
+        max_pixels: int. Largest width x height a photo may be decoded to
+            (larger files are skipped as possible decompression bombs; see
+            `keras_rmac.data.pixel_limits`). Files refused as too large are
+            tried again by every later run (a header read), so raising it
+            indexes them. Defaults to `DEFAULT_MAX_PIXELS` (100 MP).
+        draft_above: int or None. A JPEG declaring more pixels than this
+            is decoded at reduced scale (1/2 to 1/8, at least twice the
+            largest resized size), and only that reduced size must fit
+            `max_pixels`; None decodes every photo whole. Recorded in the
+            index: an existing index cannot change it without a rebuild.
+            Defaults to `DEFAULT_DRAFT_ABOVE` (100 MP).
 
     Example:
 
@@ -78,7 +107,7 @@ class IndexSettings:
     >>> IndexSettings(batch_size=0)
     Traceback (most recent call last):
     ...
-    ValueError: `batch_size` must be an int >= 1. Received: 0
+    ValueError: `batch_size` must be an int >= 1. Received: batch_size=0
     """
 
     mode: str | None = None
@@ -91,6 +120,8 @@ class IndexSettings:
     batch_size: int = 8
     num_workers: int = 4
     model_spec: dict | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    draft_above: int | None = DEFAULT_DRAFT_ABOVE
 
     def __post_init__(self):
         kinds = _kinds()
@@ -125,6 +156,8 @@ class IndexSettings:
         for name in ("shard_size", "batch_size"):
             check_int(name, getattr(self, name))
         check_int("num_workers", self.num_workers, minimum=0)
+        check_int("max_pixels", self.max_pixels)
+        check_int("draft_above", self.draft_above, minimum=0, allow_none=True)
 
     def replace(self, **changes: Any) -> IndexSettings:
         """A copy with `changes` applied (and validated)."""
@@ -144,8 +177,10 @@ class IndexSettings:
             A copy with every field set.
 
         Raises:
-            keras_rmac.search.IndexMismatchError: `max_size` or `scales`
-                differ from the recorded ones.
+            keras_rmac.search.IndexMismatchError: `max_size`, `scales` or
+                `draft_above` differ from the recorded ones (an index
+                that does not record `draft_above` was built with
+                `LEGACY_DRAFT_ABOVE`).
         """
         recorded = recorded or {}
         max_size = self.max_size or recorded.get("max_size") or DEFAULT_MAX_SIZE
@@ -163,6 +198,19 @@ class IndexSettings:
                     f"mix. Pass the same {name}, or rebuild the index "
                     "(--rebuild)."
                 )
+        if recorded:
+            old = recorded_draft_above(recorded)
+            if self.draft_above != old:
+                from keras_rmac.search import IndexMismatchError
+
+                raise IndexMismatchError(
+                    f"The index in {where} was built with draft_above="
+                    f"{_pixels(old)} (JPEGs declaring more pixels are "
+                    "decoded at reduced scale), not "
+                    f"{_pixels(self.draft_above)}: descriptors of two "
+                    "decodings do not mix. Pass the same draft_above, or "
+                    "rebuild the index (--rebuild)."
+                )
         return self.replace(
             max_size=int(max_size),
             scales=scales,
@@ -173,3 +221,7 @@ class IndexSettings:
             if self.model_spec is not None
             else recorded.get("model_spec"),
         )
+
+
+def _pixels(value: int | None) -> str:
+    return "None" if value is None else f"{value:,}"
