@@ -285,7 +285,10 @@ class _Service:
             return await self._similar(data["id"], version, fields, started)
         options = inputs.options(fields, self.config.max_k)
         image = await run_in_threadpool(
-            inputs.decode_upload, data, self.config.max_pixels
+            inputs.decode_upload,
+            data,
+            self.config.max_pixels,
+            self.engine.snapshot.index,
         )
         version, hits = await self.on_model(
             self.engine.search_image, image, **options

@@ -12,6 +12,7 @@ import math
 import tempfile
 
 from keras_rmac.data import image_io
+from keras_rmac.indexing.extract import decode_options
 
 __all__ = [
     "ApiError",
@@ -97,15 +98,27 @@ def replay(body: bytes):
     return receive
 
 
-def decode_upload(data: bytes, max_pixels: int):
-    """Uploaded bytes -> RGB array, with `image_io`'s bad-file policy."""
+def decode_upload(data: bytes, max_pixels: int, index=None):
+    """Uploaded bytes -> RGB array, with `image_io`'s bad-file policy.
+
+    With `index` (a `PhotoIndex`), the upload is decoded as its photos were:
+    a JPEG above the index's `draft_above` declared pixels at reduced
+    scale, so only the decoded size must fit `max_pixels`.
+    """
     if not data:
         raise ApiError(400, "empty upload: no image bytes")
     with tempfile.NamedTemporaryFile(suffix=".upload") as f:
         f.write(data)
         f.flush()
         try:
-            return image_io.load_image(f.name, max_pixels)
+            if index is None:
+                return image_io.load_image(f.name, max_pixels)
+            return image_io.load_image(
+                f.name,
+                **decode_options(
+                    index.max_size, index.scales, max_pixels, index.draft_above
+                ),
+            )
         except image_io.ImageError as err:
             raise ApiError(400, f"not a usable image: {err.reason}") from None
 
