@@ -1,0 +1,326 @@
+"""Recall-targeted operating points for `ScannIndex`: measure, then choose.
+
+A built ScaNN searcher is fast or accurate depending on two search-time
+knobs: the leaves scored per query and the candidates re-ordered exactly
+(fast mode). Which values reach a given recall depends on the data's
+neighbourhood structure far more than on its size, so `ScannIndex`
+measures it at build time instead of guessing:
+
+1. `sample_rows` draws `sample_size` rows of the indexed data as queries;
+2. `exact_neighbours` finds their exact top-k among the *other* rows (a
+   query is never its own trivial neighbour: each query asks for k + 1
+   results and its own row is dropped, in the truth and in every
+   approximate result alike);
+3. `tune` walks the (leaves searched, re-order depth) grid along the
+   frontier of the target recall (more leaves, then fewer candidates
+   while the target holds), times the settings on that frontier, and
+   keeps the fastest one;
+4. the result is an `OperatingPoint`: the chosen knobs, the recall@k
+   measured on the sample (with its size), the queries per second of the
+   batched sample search, and every setting measured on the way, which
+   `ScannIndex.search(..., recall=...)` uses to trade speed for recall
+   without a rebuild.
+
+"Reaching" the target means a sample recall of at least the target plus
+two standard errors of the sample mean, so that the recall of
+independent queries from the same distribution is at least the target
+too; the recorded `recall` is the plain sample mean (see
+`benchmarks/search.py` for how it compares with independent queries).
+
+Example:
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> x = rng.standard_normal((300, 16)).astype(np.float32)
+>>> x /= np.linalg.norm(x, axis=1, keepdims=True)
+>>> rows = sample_rows(len(x), 50)
+>>> truth = exact_neighbours(x, rows, k=5)
+>>> truth.shape, bool((truth != rows[:, None]).all())
+((50, 5), True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from keras_rmac.search.exact import top_k_inner_product
+
+# Queries of the build-time measurement (all rows when fewer): enough for
+# a standard error of about 0.005 on a recall@10 near 0.95, and a ground
+# truth costing a small share of a build (measured in benchmarks/search.py).
+SAMPLE_SIZE = 1000
+# A setting reaches the target when its sample recall is at least
+# target + MARGIN_STANDARD_ERRORS standard errors of the sample mean.
+MARGIN_STANDARD_ERRORS = 2.0
+# The settings timed on the frontier: each is timed this many times and
+# its best time kept (the machine may be shared).
+TIMING_REPEATS = 3
+# The walk stops adding leaves once a frontier setting is this much
+# slower than the fastest one found.
+SLOWER_STOP = 2.0
+# Compact mode without a reachable target: the cheapest setting within
+# this much of the best measured recall.
+PLATEAU_TOLERANCE = 0.005
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatingPoint:
+    """A measured search setting of a built `ScannIndex`.
+
+    Recorded in the manifest (`params.operating_point`) and exposed as
+    `ScannIndex.operating_point`; None for indexes built without a
+    measurement (`target_recall=None`) or saved by keras_rmac < 0.3.
+
+    Attributes:
+        recall: float. Mean recall@`k` of the sample queries with the
+            chosen setting (their own rows excluded).
+        k: int. The `k` of the recall.
+        sample_size: int. Sample queries measured.
+        num_leaves_to_search: int. Chosen leaves searched (0: no tree).
+        reorder_num_neighbors: int or None. Chosen re-order depth (fast
+            mode with codes), else None.
+        queries_per_second: float. Batched sample search at build time.
+        target_recall: float or None. What was asked for.
+        reached: bool. Whether the target was reached (with the margin).
+        points: list of `[leaves, reorder, recall, queries_per_second]`,
+            every setting measured (QPS None where it was not timed).
+    """
+
+    recall: float
+    k: int
+    sample_size: int
+    num_leaves_to_search: int
+    reorder_num_neighbors: int | None
+    queries_per_second: float
+    target_recall: float | None
+    reached: bool
+    points: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict (the manifest's form)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any] | None) -> OperatingPoint | None:
+        """The inverse of `to_dict` (None stays None)."""
+        if not config:
+            return None
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names})
+
+    def describe(self) -> str:
+        """One line: recall, sample, setting and speed."""
+        setting = (
+            f"{self.num_leaves_to_search} leaves searched"
+            if self.num_leaves_to_search
+            else "no tree"
+        )
+        if self.reorder_num_neighbors:
+            setting += f", {self.reorder_num_neighbors} re-ordered"
+        target = ""
+        if self.target_recall is not None:
+            target = f" (target {self.target_recall:g}"
+            target += ")" if self.reached else ", not reached)"
+        return (
+            f"recall@{self.k} {self.recall:.3f} on {self.sample_size} "
+            f"held-out sample queries{target}; {setting}; "
+            f"{self.queries_per_second:.0f} queries/s at build"
+        )
+
+    def setting_for(self, recall: float) -> tuple[int, int | None]:
+        """The fastest measured `(leaves, reorder)` reaching `recall`.
+
+        Settings measured but not timed count as slower than every timed
+        one. When no measured setting reaches `recall`, the most accurate
+        one.
+        """
+        points = [p for p in self.points if p[2] >= recall]
+        if not points:
+            best = max(self.points, key=lambda p: (p[2], -p[0]))
+            return int(best[0]), best[1]
+        best = max(points, key=lambda p: (p[3] or 0.0, -p[0], -(p[1] or 0)))
+        return int(best[0]), best[1]
+
+
+def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """`min(n, size)` distinct rows out of `n`, sorted (reproducible)."""
+    size = min(int(n), int(size))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(int(n), size, replace=False)).astype(np.int64)
+
+
+def drop_own_rows(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The first `k` results of each row that are not the query's own row.
+
+    Args:
+        found: int array `(S, k + 1)` of result rows (-1: missing).
+        rows: int array `(S,)`: the database row of each query.
+        k: int.
+
+    Returns:
+        int64 array `(S, k)`, -1 padded.
+    """
+    out = np.full((len(found), k), -1, np.int64)
+    for i, (result, own) in enumerate(zip(found, rows)):
+        kept = result[result != own][:k]
+        out[i, : len(kept)] = kept
+    return out
+
+
+def exact_neighbours(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-`k` rows of `x` for the queries `x[rows]`, own row excluded.
+
+    Memory stays bounded (block-wise, `top_k_inner_product`); `x` is not
+    copied.
+    """
+    k = min(k, len(x) - 1)
+    found, _ = top_k_inner_product(x[rows], x, k + 1)
+    return drop_own_rows(found, rows, k)
+
+
+def recall_per_query(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Fraction of each row of `truth` found in the row of `found`."""
+    hits = (found[:, :, None] == truth[:, None, :]) & (truth[:, None, :] >= 0)
+    return hits.any(axis=1).sum(axis=1) / max(1, truth.shape[1])
+
+
+def goal(per_query: np.ndarray, target: float) -> float:
+    """The sample recall a setting must reach for `target` (with margin)."""
+    spread = float(np.std(per_query)) / math.sqrt(max(1, len(per_query)))
+    return target + MARGIN_STANDARD_ERRORS * spread
+
+
+class _Measurer:
+    """Recall (and optionally time) of one search setting on the sample."""
+
+    def __init__(self, search: Callable, truth: np.ndarray):
+        self.search = search
+        self.truth = truth
+        self.recalls: dict[tuple, np.ndarray] = {}
+        self.seconds: dict[tuple, float] = {}
+
+    def recall(self, setting: tuple) -> np.ndarray:
+        if setting not in self.recalls:
+            start = time.perf_counter()
+            found = self.search(*setting)
+            self.seconds[setting] = time.perf_counter() - start
+            self.recalls[setting] = recall_per_query(found, self.truth)
+        return self.recalls[setting]
+
+    def reaches(self, setting: tuple, target: float) -> bool:
+        per_query = self.recall(setting)
+        return float(per_query.mean()) >= goal(per_query, target)
+
+    def timed(self, setting: tuple) -> float:
+        """Best of `TIMING_REPEATS` times (seconds) of the sample search."""
+        best = self.seconds.get(setting, math.inf)
+        for _ in range(TIMING_REPEATS - 1):
+            start = time.perf_counter()
+            self.search(*setting)
+            best = min(best, time.perf_counter() - start)
+        self.seconds[setting] = best
+        return best
+
+
+def tune(
+    search: Callable[[int, int | None], np.ndarray],
+    truth: np.ndarray,
+    leaves: Sequence[int],
+    reorders: Sequence[int | None],
+    target: float | None,
+) -> OperatingPoint:
+    """The fastest (leaves, reorder) setting reaching `target` on a sample.
+
+    Args:
+        search: callable `(leaves, reorder) -> (S, k)` result rows of the
+            sample queries (own rows dropped).
+        truth: int array `(S, k)`: their exact neighbours.
+        leaves: increasing candidate leaf counts (`[0]` without a tree).
+        reorders: increasing candidate re-order depths (`[None]` without
+            re-ordering).
+        target: float or None. None measures `(leaves[-1], reorders[-1])`
+            only (explicit knobs).
+
+    Returns:
+        An `OperatingPoint` (its `queries_per_second` from the best time of
+        the chosen setting; `k` and `sample_size` from `truth`).
+    """
+    measure = _Measurer(search, truth)
+    if target is None:
+        chosen = (leaves[-1], reorders[-1])
+        measure.timed(chosen)
+        return _point(measure, chosen, truth, None, True)
+    frontier = _walk(measure, list(leaves), list(reorders), target)
+    reached = bool(frontier)
+    if not frontier:
+        frontier = _plateau(measure)
+    times = {s: measure.timed(s) for s in frontier}
+    chosen = min(frontier, key=lambda s: (times[s], s[0], s[1] or 0))
+    return _point(measure, chosen, truth, target, reached)
+
+
+def _walk(measure, leaves, reorders, target):
+    """Settings on the frontier of `target`: per leaf count, the fewest
+    candidates reaching it (walking leaves up and candidates down)."""
+    frontier = []
+    j = len(reorders) - 1
+    fastest = math.inf
+    for count in leaves:
+        setting = (count, reorders[j])
+        if not measure.reaches(setting, target):
+            continue
+        while j > 0 and measure.reaches((count, reorders[j - 1]), target):
+            j -= 1
+        setting = (count, reorders[j])
+        frontier.append(setting)
+        seconds = measure.timed(setting)
+        if j == 0 or seconds > SLOWER_STOP * fastest:
+            break
+        fastest = min(fastest, seconds)
+    return frontier
+
+
+def _plateau(measure):
+    """Settings within `PLATEAU_TOLERANCE` of the best measured recall."""
+    best = max(float(r.mean()) for r in measure.recalls.values())
+    return [
+        s
+        for s, r in measure.recalls.items()
+        if float(r.mean()) >= best - PLATEAU_TOLERANCE
+    ]
+
+
+def _point(measure, chosen, truth, target, reached):
+    samples = len(truth)
+    points = [
+        [
+            int(s[0]),
+            s[1],
+            round(float(r.mean()), 4),
+            round(samples / measure.seconds[s], 1)
+            if s in measure.seconds and measure.seconds[s] > 0
+            else None,
+        ]
+        for s, r in sorted(
+            measure.recalls.items(), key=lambda i: (i[0][0], i[0][1] or 0)
+        )
+    ]
+    seconds = measure.seconds[chosen]
+    return OperatingPoint(
+        recall=round(float(measure.recall(chosen).mean()), 4),
+        k=int(truth.shape[1]),
+        sample_size=samples,
+        num_leaves_to_search=int(chosen[0]),
+        reorder_num_neighbors=chosen[1],
+        queries_per_second=round(samples / seconds, 1) if seconds else 0.0,
+        target_recall=target,
+        reached=reached,
+        points=points,
+    )
