@@ -73,9 +73,12 @@ import numpy as np
 
 from keras_rmac.search import scann_assets
 from keras_rmac.search import scann_policy
+from keras_rmac.search import scann_tuning
 from keras_rmac.search.base import Index
 from keras_rmac.search.projection import PCAProjection
 from keras_rmac.search.scann_policy import ScannOptions
+from keras_rmac.search.scann_policy import ScannParams
+from keras_rmac.search.scann_tuning import OperatingPoint
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +92,21 @@ _scann_pybind = scann_assets.scann_pybind
 class ScannIndex(Index):
     """ScaNN index: k-means tree, 4-bit PQ codes, optional exact re-order.
 
-    Every knob left as None is chosen from the collection size N when the
-    searcher is built, by the rules of `keras_rmac.search.scann_policy`
-    (the chosen values are in `built_params` and the manifest): about
-    sqrt(N) leaves from 20,000 vectors on, 5% of them searched (at least
-    8); in fast mode 2 dimensions per 4-bit code and 200 candidates
-    re-scored exactly; in compact mode codes of `bytes_per_vector` bytes
-    after a PCA and an anisotropic threshold of 0.2; training on
-    min(N, max(50,000, 200 * num_leaves)) vectors.
+    Knobs left as None are chosen from the collection size N by the rules
+    of `keras_rmac.search.scann_policy` (the values are in `built_params`
+    and the manifest). With a `target_recall` (the default, 0.95 at
+    k=10) the build then measures the searcher on sample queries drawn
+    from the indexed rows, their own rows excluded, and keeps the fastest
+    leaves-searched / re-order setting reaching the target
+    (`keras_rmac.search.scann_tuning`); the result is `operating_point`
+    (recall@k on the sample, its size, queries per second at build),
+    saved in the manifest. `target_recall=None` skips the measurement and
+    keeps keras_rmac 0.2's fixed defaults (sqrt(N) leaves, 5% searched,
+    200 re-ordered).
 
     `num_leaves_to_search` and `reorder_num_neighbors` only affect search
-    and can be changed on a built or loaded index.
+    and can be changed on a built or loaded index, or per call
+    (`search(..., leaves_to_search=..., recall=...)`).
 
     Args:
         dimension: int. Descriptor dimension D.
@@ -135,6 +142,10 @@ class ScannIndex(Index):
             PCA + rotation before quantisation; 0 for none; None for
             `4 * bytes_per_vector` (capped at D; none when the code size
             is set by `dimensions_per_block`). Defaults to None.
+        target_recall: float or None. Recall@`recall_k` the build tunes
+            for (knobs given explicitly are kept); None for no
+            measurement. Defaults to 0.95.
+        recall_k: int. The k of `target_recall`. Defaults to 10.
         num_threads: int. Threads for training (0: all cores). Batched
             searches of at least 64 queries use ScaNN's thread pool.
             Defaults to 0.
@@ -171,6 +182,8 @@ class ScannIndex(Index):
         anisotropic_quantization_threshold: float | None = None,
         hash_type: str | None = None,
         projection_dim: int | None = None,
+        target_recall: float | None = scann_policy.DEFAULT_TARGET_RECALL,
+        recall_k: int = scann_policy.DEFAULT_RECALL_K,
         num_threads: int = 0,
         metadata: Mapping[str, Any] | None = None,
     ):
@@ -191,6 +204,8 @@ class ScannIndex(Index):
             ),
             hash_type=hash_type,
             projection_dim=projection_dim,
+            target_recall=target_recall,
+            recall_k=recall_k,
         )
         # One public attribute per knob, as validated (see `options`).
         for field in dataclasses.fields(ScannOptions):
@@ -216,6 +231,7 @@ class ScannIndex(Index):
         self._searcher = None
         self._built_count = 0
         self.built_params: dict[str, Any] = {}
+        self.operating_point: OperatingPoint | None = None
 
     # ------------------------------------------------------------------
     # Configuration.
@@ -312,15 +328,10 @@ class ScannIndex(Index):
         x = self._consolidated()
         start = time.perf_counter()
         params = scann_policy.resolve_params(self.options, n)
-        projection = scann_assets.fit_projection(x, params)
-        if projection is not None:
-            x = projection.project_database(x)
-        self._searcher = scann_assets.build_searcher(
-            x, params, self.num_threads
-        )
-        self._projection = projection
-        self._built_count = n
-        self.built_params = params.to_dict()
+        self._build_searcher(x, params)
+        self.operating_point = None
+        if self.target_recall is not None and n > 1:
+            self._tune(x, params)
         if self.mode == "compact":
             # Only the PQ codes remain (inside the searcher).
             self._chunks = []
@@ -331,6 +342,43 @@ class ScannIndex(Index):
             time.perf_counter() - start,
             self.built_params,
         )
+        if self.operating_point is not None:
+            logger.info("Operating point: %s", self.operating_point.describe())
+
+    def _build_searcher(self, x: np.ndarray, params: ScannParams) -> None:
+        projection = scann_assets.fit_projection(x, params)
+        if projection is not None:
+            x = projection.project_database(x)
+        self._searcher = scann_assets.build_searcher(
+            x, params, self.num_threads
+        )
+        self._projection = projection
+        self._built_count = len(x)
+        self.built_params = params.to_dict()
+
+    def _tune(self, x: np.ndarray, params: ScannParams) -> None:
+        """Measures the built searcher and keeps the fastest setting
+        reaching `target_recall`; a fast-mode build may be redone once
+        with more leaves (`scann_tuning.tune_built_index`)."""
+        may_rebuild = (
+            self.mode == "fast"
+            and params.num_leaves > 0
+            and self.num_leaves is None
+            and self.num_leaves_to_search is None
+        )
+        point = scann_tuning.tune_built_index(
+            x,
+            params,
+            self.options,
+            self._scann_search,
+            rebuild=self._build_searcher if may_rebuild else None,
+        )
+        self.operating_point = point
+        self.built_params["num_leaves_to_search"] = point.num_leaves_to_search
+        if point.reorder_num_neighbors:
+            self.built_params["reorder_num_neighbors"] = (
+                point.reorder_num_neighbors
+            )
 
     def _prepare_save(self):
         self.build()
@@ -338,23 +386,101 @@ class ScannIndex(Index):
     # ------------------------------------------------------------------
     # Searching.
 
-    def _search_rows(self, q, k):
+    search_options = ("leaves_to_search", "reorder_num_neighbors", "recall")
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        leaves_to_search: int | None = None,
+        reorder_num_neighbors: int | None = None,
+        recall: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Returns the `k` best database items for each query.
+
+        As `Index.search`, with per-call settings that trade speed for
+        recall without a rebuild (each None keeps the built setting, or
+        the attribute of the same name when set).
+
+        Args:
+            queries: float array of shape `(Q, D)` (or `(D,)`).
+            k: int >= 1. Number of results per query.
+            leaves_to_search: int or None. Leaves scored per query
+                (capped at the number of leaves).
+            reorder_num_neighbors: int or None. Fast mode: candidates
+                re-scored exactly.
+            recall: float or None. A recall@`recall_k` level: the fastest
+                setting measured at build (`operating_point.points`) that
+                reached it on the sample queries, or the most accurate
+                one measured if none did. The two knobs above, when
+                given, take precedence.
+
+        Returns:
+            `(ids, scores)`, both `(Q, k)`; see `Index.search`.
+        """
+        options = {
+            "leaves_to_search": scann_policy.check_search_int(
+                "leaves_to_search", leaves_to_search, allow_none=True
+            ),
+            "reorder_num_neighbors": scann_policy.check_search_int(
+                "reorder_num_neighbors", reorder_num_neighbors, allow_none=True
+            ),
+            "recall": recall,
+        }
+        if recall is not None:
+            if isinstance(recall, bool) or not (
+                isinstance(recall, (int, float, np.floating))
+                and 0 < recall <= 1
+            ):
+                raise ValueError(
+                    "`recall` must be a float in (0, 1]. Received: "
+                    f"recall={recall!r}"
+                )
+        return super().search(queries, k, **options)
+
+    def _search_rows(
+        self,
+        q,
+        k,
+        leaves_to_search=None,
+        reorder_num_neighbors=None,
+        recall=None,
+    ):
         self.build()
         params = self.built_params
+        if recall is not None:
+            if self.operating_point is None or not self.operating_point.points:
+                raise ValueError(
+                    "`recall=` needs the operating points measured at build "
+                    "time, and this index has none (built with "
+                    "target_recall=None, or saved by keras_rmac < 0.3). "
+                    "Pass `leaves_to_search=` instead, or rebuild it."
+                )
+            leaves, reorder = self.operating_point.setting_for(recall)
+            leaves_to_search = leaves_to_search or leaves or None
+            reorder_num_neighbors = reorder_num_neighbors or reorder
+        leaves = scann_policy.leaves_to_search(
+            params["num_leaves"],
+            params["num_leaves_to_search"],
+            leaves_to_search or self.num_leaves_to_search,
+        )
+        pre = scann_policy.pre_reorder_neighbors(
+            k,
+            params["reorder_num_neighbors"],
+            reorder_num_neighbors or self.reorder_num_neighbors,
+        )
+        return self._scann_search(q, k, leaves, pre)
+
+    def _scann_search(self, q, k, leaves, pre_reorder):
+        """ScaNN's top-`k` rows and scores (padded) with these settings."""
         offset = None
         if self._projection is not None:
             offset = self._projection.score_offset(q)
             q = self._projection.project_queries(q)
-        leaves = scann_policy.leaves_to_search(
-            params["num_leaves"],
-            params["num_leaves_to_search"],
-            self.num_leaves_to_search,
-        )
         kwargs = dict(
             final_num_neighbors=k,
-            pre_reorder_num_neighbors=scann_policy.pre_reorder_neighbors(
-                k, params["reorder_num_neighbors"], self.reorder_num_neighbors
-            ),
+            pre_reorder_num_neighbors=pre_reorder,
             leaves_to_search=leaves or None,
         )
         if len(q) >= PARALLEL_QUERIES:
@@ -381,6 +507,8 @@ class ScannIndex(Index):
     def _write_payload(self, directory):
         params = self._options_config()
         params["built"] = self.built_params
+        point = self.operating_point
+        params["operating_point"] = point.to_dict() if point else None
         files: dict[str, Any] = {}
         if self._searcher is None:  # empty index
             return params, files
@@ -430,6 +558,10 @@ class ScannIndex(Index):
     def _from_saved(cls, directory, manifest):
         params = dict(manifest["params"])
         built = params.pop("built", {})
+        point = OperatingPoint.from_dict(params.pop("operating_point", None))
+        # Saved before recall targets (format_version <= 2): built with
+        # the fixed knobs, which a rebuild keeps.
+        params.setdefault("target_recall", None)
         if "hash_type" not in params:
             # format_version 1: 4-bit codes of the unprojected descriptors.
             params["hash_type"] = "lut16"
@@ -437,6 +569,7 @@ class ScannIndex(Index):
             built.setdefault("projection_dim", 0)
         index = cls.from_config({"dimension": manifest["dimension"], **params})
         index.built_params = built
+        index.operating_point = point
         count = int(manifest["count"])
         files = manifest.get("files", {})
         if count == 0:

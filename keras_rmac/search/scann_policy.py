@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,9 @@ PROJECTION_DIMS_PER_BYTE = 4
 # scoring every PQ code costs well under a millisecond per query, and a
 # tree on little (or weakly clustered) data loses recall.
 MIN_TREE_SIZE = 20_000
+# Leaves of an index built for a target recall, per sqrt(N) vectors
+# (`num_leaves_for_target`).
+LEAVES_PER_SQRT_N = 2
 # Default share of the leaves searched per query, and the least searched.
 LEAVES_SEARCHED = 0.05
 MIN_LEAVES_SEARCHED = 8
@@ -91,6 +95,14 @@ REORDER_NUM_NEIGHBORS = 200
 # recommendation for normalised data).
 COMPACT_BYTES_PER_VECTOR = 64
 COMPACT_ANISOTROPIC_THRESHOLD = 0.2
+# Recall targets (`keras_rmac.search.scann_tuning`): the default target
+# and its k, the largest share of the leaves the tuner may search before
+# a rebuild with more leaves is tried, and the re-order depths it tries,
+# as multiples of k.
+DEFAULT_TARGET_RECALL = 0.95
+DEFAULT_RECALL_K = 10
+MAX_SEARCHED_SHARE = 0.25
+REORDER_DEPTHS_PER_K = (2, 3, 5, 7.5, 10, 15, 20, 30, 50, 100)
 
 
 def _positive_int(name: str, value: Any, allow_zero: bool = False):
@@ -136,9 +148,12 @@ class ScannOptions:
     anisotropic_quantization_threshold: float | None = None
     hash_type: str | None = None
     projection_dim: int | None = None
+    target_recall: float | None = DEFAULT_TARGET_RECALL
+    recall_k: int = DEFAULT_RECALL_K
 
     def __post_init__(self):
         self._check_mode()
+        self._check_target()
         ints = {
             "bytes_per_vector": False,
             "num_leaves": True,  # 0 asks for no tree
@@ -176,6 +191,22 @@ class ScannOptions:
             object.__setattr__(
                 self, "anisotropic_quantization_threshold", aniso
             )
+
+    def _check_target(self) -> None:
+        target = self.target_recall
+        if target is not None:
+            if isinstance(target, bool) or not (
+                isinstance(target, (int, float, np.floating))
+                and 0 < target <= 1
+            ):
+                raise ValueError(
+                    "`target_recall` must be a float in (0, 1], or None for "
+                    f"no measurement. Received: target_recall={target!r}"
+                )
+            object.__setattr__(self, "target_recall", float(target))
+        object.__setattr__(
+            self, "recall_k", check_search_int("recall_k", self.recall_k)
+        )
 
     def _check_mode(self) -> None:
         if self.mode not in SCANN_MODES:
@@ -267,6 +298,18 @@ class ScannParams:
 # One rule per function.
 
 
+def check_search_int(name: str, value: Any, allow_none: bool = False):
+    """`value` as an int >= 1 (None passes with `allow_none`); raises
+    `ValueError` naming the argument and the value otherwise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"`{name}` must be an int >= 1. Received: {value!r}")
+    if value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1. Received: {value!r}")
+    return int(value)
+
+
 def num_leaves_for(n: int, requested: int | None = None) -> int:
     """Leaves of the partitioning tree for `n` vectors; 0 for no tree.
 
@@ -293,6 +336,50 @@ def num_leaves_for(n: int, requested: int | None = None) -> int:
         )
         return 0
     return int(requested)
+
+
+def num_leaves_for_target(n: int, requested: int | None = None) -> int:
+    """Leaves of the tree of an index built for a target recall.
+
+    `requested` if given (as `num_leaves_for`); else, from
+    `MIN_TREE_SIZE` vectors on, `LEAVES_PER_SQRT_N` * sqrt(n) leaves:
+    measured in `benchmarks/search.py` (RESULTS.md, "Recall-targeted
+    operating points"), where smaller leaves were faster at the same
+    recall than sqrt(n) on every structure tried.
+    """
+    if requested is not None or n < MIN_TREE_SIZE:
+        return num_leaves_for(n, requested)
+    return int(round(LEAVES_PER_SQRT_N * math.sqrt(n)))
+
+
+def tuning_leaves_grid(num_leaves: int, requested: int | None = None):
+    """Leaves-searched values the tuner tries, increasing.
+
+    `[0]` without a tree; `[requested]` (capped) when the user fixed it;
+    else 1, 2, 3, 4, 6, 8, 12 ... and `MAX_SEARCHED_SHARE` of the leaves
+    (at least 1).
+    """
+    if not num_leaves:
+        return [0]
+    if requested is not None:
+        return [min(requested, num_leaves)]
+    cap = max(1, int(MAX_SEARCHED_SHARE * num_leaves))
+    grid, value = {cap}, 1
+    while value <= cap:
+        grid.update({value, min(cap, value + value // 2)})
+        value *= 2
+    return sorted(grid)
+
+
+def tuning_reorder_grid(params: ScannParams, k: int, requested=None):
+    """Re-order depths the tuner tries, increasing: `[None]` when the
+    index does not re-order, `[requested]` when the user fixed it, else
+    `REORDER_DEPTHS_PER_K` times `k` (all above `k`)."""
+    if not params.reorder_num_neighbors:
+        return [None]
+    if requested is not None:
+        return [requested]
+    return sorted({max(k + 1, int(f * k)) for f in REORDER_DEPTHS_PER_K})
 
 
 def num_leaves_to_search_for(
@@ -436,7 +523,10 @@ def resolve_params(options: ScannOptions, n: int) -> ScannParams:
         A `ScannParams`.
     """
     mode = options.mode
-    leaves = num_leaves_for(n, options.num_leaves)
+    if options.target_recall is None:
+        leaves = num_leaves_for(n, options.num_leaves)
+    else:
+        leaves = num_leaves_for_target(n, options.num_leaves)
     scoring = scoring_for(mode, n, leaves)
     hash_type = hash_type_for(mode, n, options.hash_type)
     proj = projection_dim_for(options, n, scoring)

@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -50,7 +51,12 @@ from typing import Any
 
 import numpy as np
 
+from keras_rmac.search import scann_policy
 from keras_rmac.search.exact import top_k_inner_product
+from keras_rmac.search.scann_policy import ScannOptions
+from keras_rmac.search.scann_policy import ScannParams
+
+logger = logging.getLogger(__name__)
 
 # Queries of the build-time measurement (all rows when fewer): enough for
 # a standard error of about 0.005 on a recall@10 near 0.95, and a ground
@@ -68,6 +74,13 @@ SLOWER_STOP = 2.0
 # Compact mode without a reachable target: the cheapest setting within
 # this much of the best measured recall.
 PLATEAU_TOLERANCE = 0.005
+# Besides the target, the frontiers of these recall levels are measured
+# too (one timing each), for `ScannIndex.search(..., recall=...)`.
+RECALL_LEVELS = (0.9, 0.95, 0.98, 0.99)
+# A fast-mode build whose target is out of reach within
+# `scann_policy.MAX_SEARCHED_SHARE` of its leaves is rebuilt once with
+# this many times more (smaller) leaves.
+REBUILD_LEAVES_FACTOR = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +103,10 @@ class OperatingPoint:
         target_recall: float or None. What was asked for.
         reached: bool. Whether the target was reached (with the margin).
         points: list of `[leaves, reorder, recall, queries_per_second]`,
-            every setting measured (QPS None where it was not timed).
+            every setting measured (QPS from one timing, or the best of
+            `TIMING_REPEATS` for the settings on the frontier).
+        seconds: float. Time the measurement took at build (ground
+            truth, searches and any rebuild).
     """
 
     recall: float
@@ -102,6 +118,7 @@ class OperatingPoint:
     target_recall: float | None
     reached: bool
     points: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-serialisable dict (the manifest's form)."""
@@ -257,6 +274,9 @@ def tune(
         chosen = (leaves[-1], reorders[-1])
         measure.timed(chosen)
         return _point(measure, chosen, truth, None, True)
+    for level in RECALL_LEVELS:
+        if level != target:
+            _walk(measure, list(leaves), list(reorders), level, repeat=False)
     frontier = _walk(measure, list(leaves), list(reorders), target)
     reached = bool(frontier)
     if not frontier:
@@ -266,9 +286,10 @@ def tune(
     return _point(measure, chosen, truth, target, reached)
 
 
-def _walk(measure, leaves, reorders, target):
+def _walk(measure, leaves, reorders, target, repeat=True):
     """Settings on the frontier of `target`: per leaf count, the fewest
-    candidates reaching it (walking leaves up and candidates down)."""
+    candidates reaching it (walking leaves up and candidates down); each
+    timed `TIMING_REPEATS` times with `repeat`, else once."""
     frontier = []
     j = len(reorders) - 1
     fastest = math.inf
@@ -280,7 +301,7 @@ def _walk(measure, leaves, reorders, target):
             j -= 1
         setting = (count, reorders[j])
         frontier.append(setting)
-        seconds = measure.timed(setting)
+        seconds = measure.timed(setting) if repeat else measure.seconds[setting]
         if j == 0 or seconds > SLOWER_STOP * fastest:
             break
         fastest = min(fastest, seconds)
@@ -323,4 +344,84 @@ def _point(measure, chosen, truth, target, reached):
         target_recall=target,
         reached=reached,
         points=points,
+    )
+
+
+def tune_built_index(
+    x: np.ndarray,
+    params: ScannParams,
+    options: ScannOptions,
+    search: Callable,
+    rebuild: Callable[[ScannParams], None] | None = None,
+) -> OperatingPoint:
+    """The operating point of a freshly built `ScannIndex` searcher.
+
+    Args:
+        x: float32 `(N, D)`: the indexed rows (not copied).
+        params: `ScannParams` the searcher was built with.
+        options: `ScannOptions`: `target_recall`, `recall_k` and the
+            knobs the user fixed (kept as they are).
+        search: callable `(queries, k, leaves, pre_reorder) -> (rows,
+            scores)` on the built searcher.
+        rebuild: callable `params -> None` rebuilding the searcher, or
+            None. Called (once) with `REBUILD_LEAVES_FACTOR` times more
+            leaves when the target is out of reach otherwise.
+
+    Returns:
+        An `OperatingPoint` whose `seconds` is the time spent measuring
+        (and rebuilding).
+    """
+    start = time.perf_counter()
+    k = min(options.recall_k, len(x) - 1)
+    rows = sample_rows(len(x), SAMPLE_SIZE)
+    truth = exact_neighbours(x, rows, k)
+    queries = x[rows]
+
+    def measure(built):
+        def run(leaves, reorder):
+            pre = scann_policy.pre_reorder_neighbors(
+                k + 1, built.reorder_num_neighbors, reorder
+            )
+            found, _ = search(queries, k + 1, leaves, pre)
+            return drop_own_rows(found, rows, k)
+
+        return tune(
+            run,
+            truth,
+            scann_policy.tuning_leaves_grid(
+                built.num_leaves, options.num_leaves_to_search
+            ),
+            scann_policy.tuning_reorder_grid(
+                built, k, options.reorder_num_neighbors
+            ),
+            options.target_recall,
+        )
+
+    point = measure(params)
+    if not point.reached and rebuild is not None:
+        more = dataclasses.replace(
+            options, num_leaves=REBUILD_LEAVES_FACTOR * params.num_leaves
+        )
+        logger.info(
+            "Recall target %g not reached with %d leaves (%s); rebuilding "
+            "with %d.",
+            options.target_recall,
+            params.num_leaves,
+            point.describe(),
+            more.num_leaves,
+        )
+        params = scann_policy.resolve_params(more, len(x))
+        rebuild(params)
+        point = measure(params)
+    if not point.reached:
+        logger.warning(
+            "ScannIndex: recall target %g not reached (%s).%s",
+            options.target_recall,
+            point.describe(),
+            " A larger `bytes_per_vector` raises the recall of a compact index."
+            if options.mode == "compact"
+            else "",
+        )
+    return dataclasses.replace(
+        point, seconds=round(time.perf_counter() - start, 3)
     )
