@@ -260,7 +260,7 @@ def test_tune_walks_to_the_cheapest_setting_reaching_the_target():
         return found
 
     point = T.tune(search, truth, [1, 2, 3, 4, 6, 8], [10, 20, 50, 100], 0.9)
-    assert point.reached and point.recall == 1.0
+    assert point.reached and point.recall >= 0.9
     reach = {(lv, r) for lv, r in calls if min(10, lv * 2 + r // 10) >= 9}
     assert (point.num_leaves_to_search, point.reorder_num_neighbors) in reach
     # Far fewer settings measured than the grid holds.
