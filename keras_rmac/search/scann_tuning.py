@@ -6,7 +6,7 @@ knobs: the leaves scored per query and the candidates re-ordered exactly
 neighbourhood structure far more than on its size, so `ScannIndex`
 measures it at build time instead of guessing:
 
-1. `sample_rows` draws `sample_size` rows of the indexed data as queries;
+1. `sample_rows` draws `sample_size_for(N)` rows of the indexed data as queries;
 2. `exact_neighbours` finds their exact top-k among the *other* rows (a
    query is never its own trivial neighbour: each query asks for k + 1
    results and its own row is dropped, in the truth and in every
@@ -58,16 +58,21 @@ from keras_rmac.search.scann_policy import ScannParams
 
 logger = logging.getLogger(__name__)
 
-# Queries of the build-time measurement (all rows when fewer): enough for
-# a standard error of about 0.005 on a recall@10 near 0.95, and a ground
-# truth costing a small share of a build (measured in benchmarks/search.py).
+# Queries of the build-time measurement (all rows when fewer): up to
+# SAMPLE_SIZE (a standard error of about 0.003 on a recall@10 near 0.95),
+# fewer for big collections, so that the exact ground truth (sample x N
+# inner products) stays within SAMPLE_PAIRS, at least MIN_SAMPLE_SIZE:
+# the measurement then adds a small share to the build (25% at most at
+# 1M x 512, measured in benchmarks/search.py).
 SAMPLE_SIZE = 1000
+MIN_SAMPLE_SIZE = 250
+SAMPLE_PAIRS = 200_000_000
 # A setting reaches the target when its sample recall is at least
 # target + MARGIN_STANDARD_ERRORS standard errors of the sample mean.
 MARGIN_STANDARD_ERRORS = 2.0
 # The settings timed on the frontier: each is timed this many times and
 # its best time kept (the machine may be shared).
-TIMING_REPEATS = 3
+TIMING_REPEATS = 2
 # The walk stops adding leaves once a frontier setting is this much
 # slower than the fastest one found.
 SLOWER_STOP = 2.0
@@ -76,7 +81,7 @@ SLOWER_STOP = 2.0
 PLATEAU_TOLERANCE = 0.005
 # Besides the target, the frontiers of these recall levels are measured
 # too (one timing each), for `ScannIndex.search(..., recall=...)`.
-RECALL_LEVELS = (0.9, 0.95, 0.98, 0.99)
+RECALL_LEVELS = (0.99,)
 # A fast-mode build whose target is out of reach within
 # `scann_policy.MAX_SEARCHED_SHARE` of its leaves is rebuilt once with
 # this many times more (smaller) leaves.
@@ -164,6 +169,16 @@ class OperatingPoint:
             return int(best[0]), best[1]
         best = max(points, key=lambda p: (p[3] or 0.0, -p[0], -(p[1] or 0)))
         return int(best[0]), best[1]
+
+
+def sample_size_for(n: int) -> int:
+    """Sample queries measured for `n` indexed rows (see `SAMPLE_SIZE`).
+
+    >>> sample_size_for(500), sample_size_for(100_000), sample_size_for(10**6)
+    (500, 1000, 250)
+    """
+    budget = max(MIN_SAMPLE_SIZE, SAMPLE_PAIRS // max(1, n))
+    return int(min(n, SAMPLE_SIZE, budget))
 
 
 def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -288,17 +303,23 @@ def tune(
 
 def _walk(measure, leaves, reorders, target, repeat=True):
     """Settings on the frontier of `target`: per leaf count, the fewest
-    candidates reaching it (walking leaves up and candidates down); each
+    candidates reaching it (walking leaves up, bisecting candidates); each
     timed `TIMING_REPEATS` times with `repeat`, else once."""
     frontier = []
     j = len(reorders) - 1
     fastest = math.inf
     for count in leaves:
-        setting = (count, reorders[j])
-        if not measure.reaches(setting, target):
+        if not measure.reaches((count, reorders[j]), target):
             continue
-        while j > 0 and measure.reaches((count, reorders[j - 1]), target):
-            j -= 1
+        # The fewest candidates reaching the target (bisection: recall
+        # grows with the re-order depth).
+        low = 0
+        while low < j:
+            middle = (low + j) // 2
+            if measure.reaches((count, reorders[middle]), target):
+                j = middle
+            else:
+                low = middle + 1
         setting = (count, reorders[j])
         frontier.append(setting)
         seconds = measure.timed(setting) if repeat else measure.seconds[setting]
@@ -373,7 +394,7 @@ def tune_built_index(
     """
     start = time.perf_counter()
     k = min(options.recall_k, len(x) - 1)
-    rows = sample_rows(len(x), SAMPLE_SIZE)
+    rows = sample_rows(len(x), sample_size_for(len(x)))
     truth = exact_neighbours(x, rows, k)
     queries = x[rows]
 

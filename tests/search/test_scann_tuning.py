@@ -46,7 +46,7 @@ def test_tuner_reaches_the_target_on_independent_queries(collection, tuned):
     db, queries = collection
     point = tuned.operating_point
     assert point.reached and point.target_recall == 0.95
-    assert point.k == 10 and point.sample_size == T.SAMPLE_SIZE
+    assert point.k == 10 and point.sample_size == T.sample_size_for(8000)
     assert point.recall >= 0.95
     # The tuned setting is the one searched with, and not the most
     # expensive one tried.
@@ -195,7 +195,7 @@ def test_round_trip_keeps_the_operating_point(collection, tuned, tmp_path):
     assert manifest["format_version"] == 3
     recorded = manifest["params"]["operating_point"]
     assert recorded["recall"] == tuned.operating_point.recall
-    assert recorded["sample_size"] == T.SAMPLE_SIZE
+    assert recorded["sample_size"] == T.sample_size_for(8000)
     assert recorded["queries_per_second"] > 0
     loaded = load_index(tmp_path / "i")
     assert loaded.operating_point == tuned.operating_point
