@@ -6,7 +6,7 @@ query with asymmetric hashing (product quantisation of the residuals, 4-bit
 codes looked up with SIMD "LUT16" tables, trained with the anisotropic
 loss), and optionally re-scores the best candidates exactly.
 
-Two operating points:
+Two modes:
 
 - `mode="fast"`: tree + 4-bit PQ codes (2 dimensions per block by default,
   i.e. D/4 bytes) + exact re-ordering of the best `reorder_num_neighbors`
@@ -39,23 +39,18 @@ or `save` (or an explicit `build()`). Adding after a build:
 - compact mode: refused (`RuntimeError`), since the floats needed to
   retrain are gone; build a new index from all the descriptors instead.
 
-Small collections: below `MIN_TREE_SIZE` (20,000) vectors, unless
-`num_leaves` asks for a tree, and whenever there are fewer than 4 vectors
-per requested leaf, no tree is built and every code is scored; in fast
-mode a collection under `MAX_BRUTE_FORCE_SIZE` (2,000) vectors without a
-tree is searched by exact float32 brute force instead of PQ codes. These
-rules, and every default, are pure functions in
-`keras_rmac.search.scann_policy`.
+Small collections: below `MIN_TREE_SIZE` (20,000) vectors (unless
+`num_leaves` asks for one) no tree is built; a fast-mode collection under
+`MAX_BRUTE_FORCE_SIZE` (2,000) without a tree is searched by exact float32
+brute force. These rules, and every default, are pure functions in
+`keras_rmac.search.scann_policy`; the recall measurement is in
+`keras_rmac.search.scann_tuning`.
 
-Saved layout (besides the manifest, ids and paths, see
-`keras_rmac.search.storage`): `scann/`, ScaNN's own files written with
-relative asset paths, with `hashed_dataset.npy` (one byte per 4-bit code)
-replaced by `hashed_codes_packed.npy` (two codes per byte; see
-`keras_rmac.search.scann_assets`). In fast mode
-ScaNN's `dataset.npy` doubles as the float descriptors (no second copy);
-with int8 re-ordering they are saved as `vectors.npy`. `load` rebuilds a
-ScaNN asset directory in a temporary folder (links + unpacked codes) and
-loads from there, so the index directory can be moved freely.
+Saved layout (besides the manifest, ids and paths of
+`keras_rmac.search.storage`): `scann/`, ScaNN's files with relative asset
+paths and 4-bit codes packed two per byte (`keras_rmac.search.scann_assets`;
+fast mode's floats are ScaNN's `dataset.npy`, or `vectors.npy` with int8
+re-ordering), so the index directory can be moved freely.
 
 Reference: Guo et al., "Accelerating Large-Scale Inference with
 Anisotropic Vector Quantization", ICML 2020, https://arxiv.org/abs/1908.10396
@@ -327,11 +322,22 @@ class ScannIndex(Index):
             )
         x = self._consolidated()
         start = time.perf_counter()
-        params = scann_policy.resolve_params(self.options, n)
+        options, sample = self.options, None
+        if self.target_recall is not None and n > 1:
+            # The sample first: its neighbourhoods size the tree.
+            rows, truth, size = scann_tuning.draw_sample(x, self.recall_k)
+            sample = (rows, truth, time.perf_counter() - start)
+            options = dataclasses.replace(
+                options,
+                num_leaves=scann_policy.num_leaves_for_target(
+                    n, options.num_leaves, size
+                ),
+            )
+        params = scann_policy.resolve_params(options, n)
         self._build_searcher(x, params)
         self.operating_point = None
-        if self.target_recall is not None and n > 1:
-            self._tune(x, params)
+        if sample is not None:
+            self._tune(x, params, sample)
         if self.mode == "compact":
             # Only the PQ codes remain (inside the searcher).
             self._chunks = []
@@ -356,7 +362,7 @@ class ScannIndex(Index):
         self._built_count = len(x)
         self.built_params = params.to_dict()
 
-    def _tune(self, x: np.ndarray, params: ScannParams) -> None:
+    def _tune(self, x: np.ndarray, params: ScannParams, sample) -> None:
         """Measures the built searcher and keeps the fastest setting
         reaching `target_recall`; a fast-mode build may be redone once
         with more leaves (`scann_tuning.tune_built_index`)."""
@@ -372,7 +378,10 @@ class ScannIndex(Index):
             self.options,
             self._scann_search,
             rebuild=self._build_searcher if may_rebuild else None,
+            sample=sample[:2],
         )
+        # The sample's ground truth counts as measuring time too.
+        point = dataclasses.replace(point, seconds=point.seconds + sample[2])
         self.operating_point = point
         self.built_params["num_leaves_to_search"] = point.num_leaves_to_search
         if point.reorder_num_neighbors:
@@ -426,17 +435,8 @@ class ScannIndex(Index):
             "reorder_num_neighbors": scann_policy.check_search_int(
                 "reorder_num_neighbors", reorder_num_neighbors, allow_none=True
             ),
-            "recall": recall,
+            "recall": scann_policy.check_recall("recall", recall),
         }
-        if recall is not None:
-            if isinstance(recall, bool) or not (
-                isinstance(recall, (int, float, np.floating))
-                and 0 < recall <= 1
-            ):
-                raise ValueError(
-                    "`recall` must be a float in (0, 1]. Received: "
-                    f"recall={recall!r}"
-                )
         return super().search(queries, k, **options)
 
     def _search_rows(

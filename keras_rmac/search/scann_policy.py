@@ -6,15 +6,17 @@ calls `resolve_params` once per build and hands the resulting
 `ScannParams` to ScaNN's builder; at search time `leaves_to_search` and
 `pre_reorder_neighbors` combine the built values with per-search
 overrides. Each rule is its own function so that it can be tested, and
-reused (e.g. to target a recall), on its own.
+reused (`keras_rmac.search.scann_tuning` targets a recall), on its own.
 
 Every knob left as None is chosen from N:
 
-- tree (`num_leaves_for`): about sqrt(N) leaves from `MIN_TREE_SIZE`
-  vectors on, none below; an explicit count is dropped (no tree) when there
-  are fewer than `MIN_POINTS_PER_LEAF` vectors per leaf (or under 16);
-- leaves searched (`num_leaves_to_search_for`): `LEAVES_SEARCHED` of
-  them, at least 8;
+- tree: none below `MIN_TREE_SIZE` vectors; above, with a recall target
+  (`num_leaves_for_target`) 0.5-2 sqrt(N) leaves by the measured
+  neighbourhood size, without one (`num_leaves_for`) sqrt(N); an explicit
+  count is dropped when there are fewer than `MIN_POINTS_PER_LEAF` vectors
+  per leaf (or under 16);
+- leaves searched (`num_leaves_to_search_for`): `LEAVES_SEARCHED` of them,
+  at least 8 (what a recall target's measurement starts from);
 - scoring (`scoring_for`): exact float32 brute force for a fast index of
   fewer than `MAX_BRUTE_FORCE_SIZE` vectors without a tree, or a compact
   one of fewer than 16 (no codebook can be trained); product-quantisation
@@ -36,7 +38,7 @@ Example:
 >>> options = ScannOptions(dimension=512, mode="compact", bytes_per_vector=64)
 >>> params = resolve_params(options, 1_000_000)
 >>> params.num_leaves, params.hash_type, params.code_bytes_per_vector
-(1000, 'lut256', 64)
+(2000, 'lut256', 64)
 >>> num_leaves_for(19_999), num_leaves_for(20_000)
 (0, 141)
 """
@@ -71,9 +73,15 @@ PROJECTION_DIMS_PER_BYTE = 4
 # scoring every PQ code costs well under a millisecond per query, and a
 # tree on little (or weakly clustered) data loses recall.
 MIN_TREE_SIZE = 20_000
-# Leaves of an index built for a target recall, per sqrt(N) vectors
-# (`num_leaves_for_target`).
+# Leaves for a recall target (`num_leaves_for_target`): 16 vectors per
+# leaf per close neighbour of a row (measured on the sample), within
+# 0.5-2 sqrt(N). At 100k x 512 (~11 points per cluster) 632 leaves were
+# 2.7x faster at recall 0.95 than 316 and 6x faster than 158; with ~50
+# per cluster 158 were 1.8x faster than 316 (RESULTS.md).
 LEAVES_PER_SQRT_N = 2
+POINTS_PER_LEAF_PER_NEIGHBOUR = 16
+MIN_LEAVES_PER_SQRT_N = 0.5
+MAX_LEAVES_PER_SQRT_N = 2
 # Default share of the leaves searched per query, and the least searched.
 LEAVES_SEARCHED = 0.05
 MIN_LEAVES_SEARCHED = 8
@@ -96,13 +104,9 @@ REORDER_NUM_NEIGHBORS = 200
 COMPACT_BYTES_PER_VECTOR = 64
 COMPACT_ANISOTROPIC_THRESHOLD = 0.2
 # Recall targets (`keras_rmac.search.scann_tuning`): the default target
-# and its k, the largest share of the leaves the tuner may search before
-# a rebuild with more leaves is tried, and the re-order depths it tries,
-# as multiples of k.
+# and its k.
 DEFAULT_TARGET_RECALL = 0.95
 DEFAULT_RECALL_K = 10
-MAX_SEARCHED_SHARE = 0.25
-REORDER_DEPTHS_PER_K = (2, 3, 5, 7.5, 10, 15, 20, 30, 50, 100)
 
 
 def _positive_int(name: str, value: Any, allow_zero: bool = False):
@@ -193,17 +197,11 @@ class ScannOptions:
             )
 
     def _check_target(self) -> None:
-        target = self.target_recall
-        if target is not None:
-            if isinstance(target, bool) or not (
-                isinstance(target, (int, float, np.floating))
-                and 0 < target <= 1
-            ):
-                raise ValueError(
-                    "`target_recall` must be a float in (0, 1], or None for "
-                    f"no measurement. Received: target_recall={target!r}"
-                )
-            object.__setattr__(self, "target_recall", float(target))
+        object.__setattr__(
+            self,
+            "target_recall",
+            check_recall("target_recall", self.target_recall),
+        )
         object.__setattr__(
             self, "recall_k", check_search_int("recall_k", self.recall_k)
         )
@@ -298,6 +296,21 @@ class ScannParams:
 # One rule per function.
 
 
+def check_recall(name: str, value: Any) -> float | None:
+    """None, or `value` as a float in (0, 1]; raises `ValueError` naming
+    the argument and the value otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not (
+        isinstance(value, numbers.Real) and 0 < value <= 1
+    ):
+        raise ValueError(
+            f"`{name}` must be a float in (0, 1] (or None). Received: "
+            f"{name}={value!r}"
+        )
+    return float(value)
+
+
 def check_search_int(name: str, value: Any, allow_none: bool = False):
     """`value` as an int >= 1 (None passes with `allow_none`); raises
     `ValueError` naming the argument and the value otherwise."""
@@ -338,48 +351,35 @@ def num_leaves_for(n: int, requested: int | None = None) -> int:
     return int(requested)
 
 
-def num_leaves_for_target(n: int, requested: int | None = None) -> int:
+def num_leaves_for_target(
+    n: int,
+    requested: int | None = None,
+    neighbourhood: float | None = None,
+) -> int:
     """Leaves of the tree of an index built for a target recall.
 
-    `requested` if given (as `num_leaves_for`); else, from
-    `MIN_TREE_SIZE` vectors on, `LEAVES_PER_SQRT_N` * sqrt(n) leaves:
-    measured in `benchmarks/search.py` (RESULTS.md, "Recall-targeted
-    operating points"), where smaller leaves were faster at the same
-    recall than sqrt(n) on every structure tried.
+    Args:
+        n: int. Collection size.
+        requested: int or None. The user's count (as `num_leaves_for`).
+        neighbourhood: float or None. Close neighbours of a typical row,
+            measured on the build's sample
+            (`scann_tuning.neighbourhood_size`); None before it is.
+
+    Returns:
+        `requested` if given; 0 below `MIN_TREE_SIZE` vectors; else
+        n / (`POINTS_PER_LEAF_PER_NEIGHBOUR` * neighbourhood) leaves,
+        clipped to [`MIN_LEAVES_PER_SQRT_N`, `MAX_LEAVES_PER_SQRT_N`] *
+        sqrt(n): small neighbourhoods (hard structures) get more, smaller
+        leaves; without a measurement `LEAVES_PER_SQRT_N` * sqrt(n).
     """
     if requested is not None or n < MIN_TREE_SIZE:
         return num_leaves_for(n, requested)
-    return int(round(LEAVES_PER_SQRT_N * math.sqrt(n)))
-
-
-def tuning_leaves_grid(num_leaves: int, requested: int | None = None):
-    """Leaves-searched values the tuner tries, increasing.
-
-    `[0]` without a tree; `[requested]` (capped) when the user fixed it;
-    else 1, 2, 3, 4, 6, 8, 12 ... and `MAX_SEARCHED_SHARE` of the leaves
-    (at least 1).
-    """
-    if not num_leaves:
-        return [0]
-    if requested is not None:
-        return [min(requested, num_leaves)]
-    cap = max(1, int(MAX_SEARCHED_SHARE * num_leaves))
-    grid, value = {cap}, 1
-    while value <= cap:
-        grid.update({value, min(cap, value + value // 2)})
-        value *= 2
-    return sorted(grid)
-
-
-def tuning_reorder_grid(params: ScannParams, k: int, requested=None):
-    """Re-order depths the tuner tries, increasing: `[None]` when the
-    index does not re-order, `[requested]` when the user fixed it, else
-    `REORDER_DEPTHS_PER_K` times `k` (all above `k`)."""
-    if not params.reorder_num_neighbors:
-        return [None]
-    if requested is not None:
-        return [requested]
-    return sorted({max(k + 1, int(f * k)) for f in REORDER_DEPTHS_PER_K})
+    root = math.sqrt(n)
+    if neighbourhood is None:
+        return int(round(LEAVES_PER_SQRT_N * root))
+    leaves = n / (POINTS_PER_LEAF_PER_NEIGHBOUR * max(1.0, neighbourhood))
+    leaves = min(MAX_LEAVES_PER_SQRT_N * root, leaves)
+    return int(round(max(MIN_LEAVES_PER_SQRT_N * root, leaves)))
 
 
 def num_leaves_to_search_for(

@@ -82,8 +82,15 @@ PLATEAU_TOLERANCE = 0.005
 # Besides the target, the frontiers of these recall levels are measured
 # too (one timing each), for `ScannIndex.search(..., recall=...)`.
 RECALL_LEVELS = (0.99,)
+# The largest share of the leaves the tuner searches (beyond it, a
+# fast-mode build is redone with more leaves), and the re-order depths it
+# tries, as multiples of k.
+MAX_SEARCHED_SHARE = 0.25
+REORDER_DEPTHS_PER_K = (2, 3, 5, 7.5, 10, 15, 20, 30, 50, 100)
+# Similarities per sample query probed for `neighbourhood_size`.
+NEIGHBOURHOOD_PROBE = 100
 # A fast-mode build whose target is out of reach within
-# `scann_policy.MAX_SEARCHED_SHARE` of its leaves is rebuilt once with
+# `MAX_SEARCHED_SHARE` of its leaves is rebuilt once with
 # this many times more (smaller) leaves.
 REBUILD_LEAVES_FACTOR = 2
 
@@ -171,6 +178,38 @@ class OperatingPoint:
         return int(best[0]), best[1]
 
 
+def tuning_leaves_grid(num_leaves: int, requested: int | None = None) -> list:
+    """Leaves-searched values the tuner tries, increasing.
+
+    `[0]` without a tree; `[requested]` (capped) when the user fixed it;
+    else 1, 2, 3, 4, 6, 8, 12 ... and `MAX_SEARCHED_SHARE` of the leaves
+    (at least 1).
+    """
+    if not num_leaves:
+        return [0]
+    if requested is not None:
+        return [min(requested, num_leaves)]
+    cap = max(1, int(MAX_SEARCHED_SHARE * num_leaves))
+    grid, value = {cap}, 1
+    while value <= cap:
+        grid.update({value, min(cap, value + value // 2)})
+        value *= 2
+    return sorted(grid)
+
+
+def tuning_reorder_grid(
+    params: ScannParams, k: int, requested: int | None = None
+) -> list:
+    """Re-order depths the tuner tries, increasing: `[None]` when the
+    index does not re-order, `[requested]` when the user fixed it, else
+    `REORDER_DEPTHS_PER_K` times `k` (all above `k`)."""
+    if not params.reorder_num_neighbors:
+        return [None]
+    if requested is not None:
+        return [requested]
+    return sorted({max(k + 1, int(f * k)) for f in REORDER_DEPTHS_PER_K})
+
+
 def sample_size_for(n: int) -> int:
     """Sample queries measured for `n` indexed rows (see `SAMPLE_SIZE`).
 
@@ -179,6 +218,16 @@ def sample_size_for(n: int) -> int:
     """
     budget = max(MIN_SAMPLE_SIZE, SAMPLE_PAIRS // max(1, n))
     return int(min(n, SAMPLE_SIZE, budget))
+
+
+def draw_sample(x: np.ndarray, k: int):
+    """`(rows, truth, neighbourhood)`: `sample_size_for(N)` rows of `x`,
+    their exact top-`k` other rows, and `neighbourhood_size` of them."""
+    rows = sample_rows(len(x), sample_size_for(len(x)))
+    truth, similarities = exact_neighbours(
+        x, rows, k, probe=NEIGHBOURHOOD_PROBE
+    )
+    return rows, truth, neighbourhood_size(similarities)
 
 
 def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -206,15 +255,38 @@ def drop_own_rows(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def exact_neighbours(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+def exact_neighbours(
+    x: np.ndarray, rows: np.ndarray, k: int, probe: int = 0
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Exact top-`k` rows of `x` for the queries `x[rows]`, own row excluded.
 
     Memory stays bounded (block-wise, `top_k_inner_product`); `x` is not
-    copied.
+    copied. With `probe` > 0, also returns the similarities of the top
+    max(k, `probe`) other rows, `(S, m)`, for `neighbourhood_size`.
     """
     k = min(k, len(x) - 1)
-    found, _ = top_k_inner_product(x[rows], x, k + 1)
-    return drop_own_rows(found, rows, k)
+    m = min(max(k, probe), len(x) - 1)
+    found, scores = top_k_inner_product(x[rows], x, m + 1)
+    truth = drop_own_rows(found, rows, k)
+    if not probe:
+        return truth
+    own = found == rows[:, None]
+    # Drop the own row (or, when absent, the last) from every row.
+    own[~own.any(axis=1), -1] = True
+    return truth, scores[~own].reshape(len(rows), m)
+
+
+def neighbourhood_size(similarities: np.ndarray) -> float:
+    """Median count of close neighbours per sample query.
+
+    A row's close neighbours: those of its top-m similarities above the
+    midpoint of its best and its m-th (about its cluster's size when the
+    data are clustered and m is larger than the clusters).
+    """
+    if similarities.size == 0:
+        return 1.0
+    middle = (similarities[:, :1] + similarities[:, -1:]) / 2
+    return float(np.median((similarities > middle).sum(axis=1)))
 
 
 def recall_per_query(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -374,6 +446,7 @@ def tune_built_index(
     options: ScannOptions,
     search: Callable,
     rebuild: Callable[[ScannParams], None] | None = None,
+    sample: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> OperatingPoint:
     """The operating point of a freshly built `ScannIndex` searcher.
 
@@ -387,15 +460,15 @@ def tune_built_index(
         rebuild: callable `params -> None` rebuilding the searcher, or
             None. Called (once) with `REBUILD_LEAVES_FACTOR` times more
             leaves when the target is out of reach otherwise.
+        sample: `(rows, truth)` of `draw_sample`, or None to draw it.
 
     Returns:
         An `OperatingPoint` whose `seconds` is the time spent measuring
         (and rebuilding).
     """
     start = time.perf_counter()
-    k = min(options.recall_k, len(x) - 1)
-    rows = sample_rows(len(x), sample_size_for(len(x)))
-    truth = exact_neighbours(x, rows, k)
+    rows, truth = sample or draw_sample(x, options.recall_k)[:2]
+    k = truth.shape[1]
     queries = x[rows]
 
     def measure(built):
@@ -409,12 +482,8 @@ def tune_built_index(
         return tune(
             run,
             truth,
-            scann_policy.tuning_leaves_grid(
-                built.num_leaves, options.num_leaves_to_search
-            ),
-            scann_policy.tuning_reorder_grid(
-                built, k, options.reorder_num_neighbors
-            ),
+            tuning_leaves_grid(built.num_leaves, options.num_leaves_to_search),
+            tuning_reorder_grid(built, k, options.reorder_num_neighbors),
             options.target_recall,
         )
 

@@ -53,7 +53,7 @@ def test_tuner_reaches_the_target_on_independent_queries(collection, tuned):
     assert tuned.built_params["num_leaves_to_search"] == (
         point.num_leaves_to_search
     )
-    assert point.num_leaves_to_search <= 80 * P.MAX_SEARCHED_SHARE
+    assert point.num_leaves_to_search <= 80 * T.MAX_SEARCHED_SHARE
     assert point.reorder_num_neighbors < 1000
     measured = independent_recall(tuned, db, queries)
     assert measured >= 0.94
@@ -270,15 +270,15 @@ def test_tune_walks_to_the_cheapest_setting_reaching_the_target():
 
 
 def test_policy_grids_and_leaf_rule():
-    assert P.tuning_leaves_grid(0) == [0]
-    assert P.tuning_leaves_grid(100, requested=7) == [7]
-    assert P.tuning_leaves_grid(100) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 25]
+    assert T.tuning_leaves_grid(0) == [0]
+    assert T.tuning_leaves_grid(100, requested=7) == [7]
+    assert T.tuning_leaves_grid(100) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 25]
     params = P.resolve_params(P.ScannOptions(dimension=64), 5000)
-    assert P.tuning_reorder_grid(params, 10)[0] == 20
-    assert P.tuning_reorder_grid(params, 10)[-1] == 1000
-    assert P.tuning_reorder_grid(params, 10, requested=30) == [30]
+    assert T.tuning_reorder_grid(params, 10)[0] == 20
+    assert T.tuning_reorder_grid(params, 10)[-1] == 1000
+    assert T.tuning_reorder_grid(params, 10, requested=30) == [30]
     compact = P.resolve_params(P.ScannOptions(64, "compact"), 5000)
-    assert P.tuning_reorder_grid(compact, 10) == [None]
+    assert T.tuning_reorder_grid(compact, 10) == [None]
     assert P.num_leaves_for_target(19_999) == 0
     assert P.num_leaves_for_target(1_000_000) == round(
         P.LEAVES_PER_SQRT_N * 1000
@@ -288,3 +288,24 @@ def test_policy_grids_and_leaf_rule():
         P.ScannOptions(dimension=8, target_recall=1.5)
     with pytest.raises(ValueError, match="recall_k"):
         P.ScannOptions(dimension=8, recall_k=0)
+
+
+def test_leaf_rule_follows_the_measured_neighbourhood():
+    n, root = 100_000, 100_000**0.5
+    # Hard structure (10 close neighbours): more, smaller leaves.
+    assert P.num_leaves_for_target(n, neighbourhood=10) == 625
+    # Easy structure (50 close neighbours): fewer, bigger leaves.
+    assert P.num_leaves_for_target(n, neighbourhood=50) == round(0.5 * root)
+    assert P.num_leaves_for_target(n, neighbourhood=1) == round(2 * root)
+    assert P.num_leaves_for_target(n, requested=7, neighbourhood=1) == 7
+    assert P.num_leaves_for_target(19_999, neighbourhood=1) == 0
+
+
+@pytest.mark.parametrize("per_cluster", [11, 50])
+def test_neighbourhood_size_is_the_cluster_size(per_cluster):
+    rng = np.random.default_rng(0)
+    x, _ = structured(rng, 6000, 64, per_cluster)
+    rows, truth, size = T.draw_sample(x, 10)
+    assert truth.shape == (len(rows), 10)
+    # Every cluster member but the row itself (Poisson spread around 50).
+    assert abs(size - (per_cluster - 1)) <= 0.2 * per_cluster
