@@ -459,7 +459,8 @@ def tune_built_index(
             scores)` on the built searcher.
         rebuild: callable `params -> None` rebuilding the searcher, or
             None. Called (once) with `REBUILD_LEAVES_FACTOR` times more
-            leaves when the target is out of reach otherwise.
+            leaves (no tree below `MIN_TREE_SIZE` vectors) when the target
+            is out of reach otherwise.
         sample: `(rows, truth)` of `draw_sample`, or None to draw it.
 
     Returns:
@@ -489,8 +490,13 @@ def tune_built_index(
 
     point = measure(params)
     if not point.reached and rebuild is not None:
+        # A small collection goes without a tree, a big one gets more.
+        small = len(x) < scann_policy.MIN_TREE_SIZE
         more = dataclasses.replace(
-            options, num_leaves=REBUILD_LEAVES_FACTOR * params.num_leaves
+            options,
+            num_leaves=0
+            if small
+            else REBUILD_LEAVES_FACTOR * params.num_leaves,
         )
         logger.info(
             "Recall target %g not reached with %d leaves (%s); rebuilding "

@@ -279,7 +279,7 @@ def test_policy_grids_and_leaf_rule():
     assert T.tuning_reorder_grid(params, 10, requested=30) == [30]
     compact = P.resolve_params(P.ScannOptions(64, "compact"), 5000)
     assert T.tuning_reorder_grid(compact, 10) == [None]
-    assert P.num_leaves_for_target(19_999) == 0
+    assert P.num_leaves_for_target(4999) == 0
     assert P.num_leaves_for_target(1_000_000) == round(
         P.LEAVES_PER_SQRT_N * 1000
     )
@@ -298,7 +298,10 @@ def test_leaf_rule_follows_the_measured_neighbourhood():
     assert P.num_leaves_for_target(n, neighbourhood=50) == round(0.5 * root)
     assert P.num_leaves_for_target(n, neighbourhood=1) == round(2 * root)
     assert P.num_leaves_for_target(n, requested=7, neighbourhood=1) == 7
-    assert P.num_leaves_for_target(19_999, neighbourhood=1) == 0
+    assert P.num_leaves_for_target(4999, neighbourhood=1) == 0
+    assert P.num_leaves_for_target(5000, neighbourhood=1) == round(
+        2 * 5000**0.5
+    )
 
 
 @pytest.mark.parametrize("per_cluster", [11, 50])
