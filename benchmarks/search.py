@@ -720,13 +720,16 @@ def run_recall(command):
     from benchmarks import search_recall
 
     specs = FLAGS.recall_rows or search_recall.ROWS
-    rows = search_recall.run_rows(
-        specs, FLAGS.recall_dir, FLAGS.data_dir, FLAGS.coil_cache
-    )
-    text = search_recall.section(rows, specs, command, FLAGS.recall_dir)
+    for count in range(len(specs) + 1):
+        # The section is rewritten after every finished row.
+        search_recall.run_rows(
+            specs[:count], FLAGS.recall_dir, FLAGS.data_dir, FLAGS.coil_cache
+        )
+        rows = search_recall.finished(specs, FLAGS.recall_dir)
+        text = search_recall.section(rows, specs, command, FLAGS.recall_dir)
+        if FLAGS.write_results:
+            write_section(search_recall.SECTION, text)
     print(text)
-    if FLAGS.write_results:
-        write_section(search_recall.SECTION, text)
 
 
 def run_synthetic(collections, num_queries, single, command):

@@ -269,13 +269,18 @@ def run_rows(rows, workdir, data_dir, coil_cache):
             json.dump(row, f, indent=1)
         os.replace(path + ".tmp", path)
         gc.collect()
-    finished = {}
-    for spec in rows:
+    return finished(rows, workdir)
+
+
+def finished(specs, workdir):
+    """The rows of `specs` with a file in `workdir`, by spec."""
+    out = {}
+    for spec in specs:
         path = os.path.join(workdir, spec.replace(":", "_") + ".json")
         if os.path.exists(path):
             with open(path) as f:
-                finished[spec] = json.load(f)
-    return finished
+                out[spec] = json.load(f)
+    return out
 
 
 def _best_overall(row):
