@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from keras_rmac.search import scann_policy
+from keras_rmac.search import storage
 from keras_rmac.search.exact import top_k_inner_product
 from keras_rmac.search.scann_policy import ScannOptions
 from keras_rmac.search.scann_policy import ScannParams
@@ -208,6 +209,22 @@ def tuning_reorder_grid(
     if requested is not None:
         return [requested]
     return sorted({max(k + 1, int(f * k)) for f in REORDER_DEPTHS_PER_K})
+
+
+def saved_operating_point(directory: str) -> OperatingPoint | None:
+    """The operating point recorded in a saved index's manifest.
+
+    Reads only `manifest.json` (no ScaNN). None for exact indexes, indexes
+    built with `target_recall=None` and those saved before format 3.
+
+    Example (the one line `keras-rmac index` prints):
+
+    >>> point = saved_operating_point(index_dir)  # doctest: +SKIP
+    >>> print(point.describe())  # doctest: +SKIP
+    recall@10 0.962 on 1000 held-out sample queries (target 0.95); ...
+    """
+    manifest = storage.read_manifest(directory)
+    return OperatingPoint.from_dict(manifest["params"].get("operating_point"))
 
 
 def sample_size_for(n: int) -> int:

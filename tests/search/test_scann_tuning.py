@@ -9,6 +9,7 @@ import pytest
 from keras_rmac.search import ExactIndex
 from keras_rmac.search import ScannIndex
 from keras_rmac.search import load_index
+from keras_rmac.search import saved_operating_point
 from keras_rmac.search import scann_policy as P
 from keras_rmac.search import scann_tuning as T
 from tests.search.helpers import oracle_top_k
@@ -199,6 +200,10 @@ def test_round_trip_keeps_the_operating_point(collection, tuned, tmp_path):
     assert recorded["queries_per_second"] > 0
     loaded = load_index(tmp_path / "i")
     assert loaded.operating_point == tuned.operating_point
+    assert saved_operating_point(tmp_path / "i") == tuned.operating_point
+    line = saved_operating_point(tmp_path / "i").describe()
+    assert f"recall@10 {tuned.operating_point.recall:.3f}" in line
+    assert "(target 0.95)" in line and "queries/s" in line
     assert loaded.target_recall == 0.95 and loaded.recall_k == 10
     assert loaded.built_params == tuned.built_params
     for options in ({}, {"recall": 0.99}, {"leaves_to_search": 3}):
@@ -219,6 +224,7 @@ def test_format_version_2_index_loads_without_operating_point(name):
     queries = np.load(V2 / "queries.npy")
     index = load_index(V2 / name)
     assert index.operating_point is None
+    assert saved_operating_point(V2 / name) is None
     assert index.target_recall is None
     ids, scores = index.search(queries, 5)
     np.testing.assert_array_equal(ids, expected[name]["ids"])
