@@ -330,7 +330,7 @@ class ScannIndex(Index):
             options = dataclasses.replace(
                 options,
                 num_leaves=scann_policy.num_leaves_for_target(
-                    n, options.num_leaves, size
+                    n, options.num_leaves, size, self.mode
                 ),
             )
         params = scann_policy.resolve_params(options, n)

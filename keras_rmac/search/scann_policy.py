@@ -105,8 +105,7 @@ REORDER_NUM_NEIGHBORS = 200
 # recommendation for normalised data).
 COMPACT_BYTES_PER_VECTOR = 64
 COMPACT_ANISOTROPIC_THRESHOLD = 0.2
-# Recall targets (`keras_rmac.search.scann_tuning`): the default target
-# and its k.
+# The default recall target and its k (`keras_rmac.search.scann_tuning`).
 DEFAULT_TARGET_RECALL = 0.95
 DEFAULT_RECALL_K = 10
 
@@ -354,9 +353,7 @@ def num_leaves_for(n: int, requested: int | None = None) -> int:
 
 
 def num_leaves_for_target(
-    n: int,
-    requested: int | None = None,
-    neighbourhood: float | None = None,
+    n: int, requested=None, neighbourhood=None, mode: str = "fast"
 ) -> int:
     """Leaves of the tree of an index built for a target recall.
 
@@ -366,15 +363,17 @@ def num_leaves_for_target(
         neighbourhood: float or None. Close neighbours of a typical row,
             measured on the build's sample
             (`scann_tuning.neighbourhood_size`); None before it is.
+        mode: str. `"compact"` keeps `MIN_TREE_SIZE` (its recall is the
+            codes'; a small tree would only lower it).
 
     Returns:
-        `requested` if given; 0 below `MIN_TARGET_TREE_SIZE`; else
-        n / (`POINTS_PER_LEAF_PER_NEIGHBOUR` * neighbourhood) leaves,
-        clipped to [`MIN_LEAVES_PER_SQRT_N`, `MAX_LEAVES_PER_SQRT_N`] *
-        sqrt(n): small neighbourhoods (hard structures) get more, smaller
-        leaves; without a measurement `LEAVES_PER_SQRT_N` * sqrt(n).
+        `requested` if given; 0 below `MIN_TARGET_TREE_SIZE`; else n /
+        (`POINTS_PER_LEAF_PER_NEIGHBOUR` * neighbourhood) within 0.5-2
+        sqrt(n) (hard structures get more, smaller leaves); 2 sqrt(n) before
+        a measurement.
     """
-    if requested is not None or n < MIN_TARGET_TREE_SIZE:
+    least = MIN_TARGET_TREE_SIZE if mode == "fast" else MIN_TREE_SIZE
+    if requested is not None or n < least:
         return num_leaves_for(n, requested)
     root = math.sqrt(n)
     if neighbourhood is None:
@@ -525,10 +524,11 @@ def resolve_params(options: ScannOptions, n: int) -> ScannParams:
         A `ScannParams`.
     """
     mode = options.mode
-    if options.target_recall is None:
-        leaves = num_leaves_for(n, options.num_leaves)
-    else:
-        leaves = num_leaves_for_target(n, options.num_leaves)
+    leaves = (
+        num_leaves_for(n, options.num_leaves)
+        if options.target_recall is None
+        else num_leaves_for_target(n, options.num_leaves, mode=mode)
+    )
     scoring = scoring_for(mode, n, leaves)
     hash_type = hash_type_for(mode, n, options.hash_type)
     proj = projection_dim_for(options, n, scoring)

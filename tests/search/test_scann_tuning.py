@@ -318,3 +318,11 @@ def test_neighbourhood_size_is_the_cluster_size(per_cluster):
     assert truth.shape == (len(rows), 10)
     # Every cluster member but the row itself (Poisson spread around 50).
     assert abs(size - (per_cluster - 1)) <= 0.2 * per_cluster
+
+
+def test_compact_mode_keeps_no_small_tree():
+    assert P.num_leaves_for_target(10_000, neighbourhood=10) > 0
+    assert P.num_leaves_for_target(10_000, None, 10, mode="compact") == 0
+    assert P.num_leaves_for_target(20_000, None, 10, mode="compact") > 0
+    compact = P.resolve_params(P.ScannOptions(64, "compact"), 10_000)
+    assert compact.num_leaves == 0
