@@ -723,7 +723,9 @@ def run_recall(command):
     for count in range(len(specs) + 1):
         # The section is rewritten after every finished row.
         search_recall.run_rows(
-            specs[:count], FLAGS.recall_dir, FLAGS.data_dir, FLAGS.coil_cache
+            specs[:count],
+            FLAGS.recall_dir,
+            lambda: coil100_descriptors(FLAGS.data_dir, FLAGS.coil_cache),
         )
         rows = search_recall.finished(specs, FLAGS.recall_dir)
         text = search_recall.section(rows, specs, command, FLAGS.recall_dir)
