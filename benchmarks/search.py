@@ -105,6 +105,11 @@ flags.DEFINE_bool(
 flags.DEFINE_list(
     "recall_rows", None, "Rows of --recall (default: all, small to large)."
 )
+flags.DEFINE_bool(
+    "recall_run",
+    True,
+    "--norecall_run: only rewrite the section from the rows already finished.",
+)
 flags.DEFINE_string(
     "recall_dir",
     os.path.join(tempfile.gettempdir(), "keras_rmac_search_recall"),
@@ -720,7 +725,7 @@ def run_recall(command):
     from benchmarks import search_recall
 
     specs = FLAGS.recall_rows or search_recall.ROWS
-    for count in range(len(specs) + 1):
+    for count in range(len(specs) + 1 if FLAGS.recall_run else 1):
         # The section is rewritten after every finished row.
         search_recall.run_rows(
             specs[:count],

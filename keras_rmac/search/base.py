@@ -80,7 +80,7 @@ class Index(abc.ABC):
       `keras_rmac.search.storage`); `load_index(directory)` dispatches on
       the saved type;
     - `operating_point` is the recall an approximate index measured at
-      build time (`ScannIndex`: recall@k on held-out sample queries, the
+      build time (`ScannIndex`: recall@k on sample rows, own row excluded, the
       sample size and the queries per second), None for exact search or
       an index built without a measurement;
     - `metadata` is a JSON-serialisable dict stored in the manifest, e.g.

@@ -162,7 +162,7 @@ class OperatingPoint:
             target += ")" if self.reached else ", not reached)"
         return (
             f"recall@{self.k} {self.recall:.3f} on {self.sample_size} "
-            f"held-out sample queries{target}; {setting}; "
+            f"sample rows, own row excluded{target}; {setting}; "
             f"{self.queries_per_second:.0f} queries/s at build"
         )
 
@@ -223,7 +223,7 @@ def saved_operating_point(directory: str) -> OperatingPoint | None:
 
     >>> point = saved_operating_point(index_dir)  # doctest: +SKIP
     >>> print(point.describe())  # doctest: +SKIP
-    recall@10 0.962 on 1000 held-out sample queries (target 0.95); ...
+    recall@10 0.962 on 1000 sample rows, own row excluded (target 0.95); ...
     """
     manifest = storage.read_manifest(directory)
     return OperatingPoint.from_dict(manifest["params"].get("operating_point"))
