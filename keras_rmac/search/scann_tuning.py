@@ -89,7 +89,7 @@ RECALL_LEVELS = (0.99,)
 # fast-mode build is redone with more leaves), and the re-order depths it
 # tries, as multiples of k.
 MAX_SEARCHED_SHARE = 0.25
-REORDER_DEPTHS_PER_K = (2, 3, 5, 7.5, 10, 15, 20, 30, 50, 100)
+REORDER_DEPTHS_PER_K = (1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 20, 30, 50, 100)
 # Similarities per sample query probed for `neighbourhood_size`.
 NEIGHBOURHOOD_PROBE = 100
 # A fast-mode build whose target is out of reach within

@@ -280,7 +280,7 @@ def test_policy_grids_and_leaf_rule():
     assert T.tuning_leaves_grid(100, requested=7) == [7]
     assert T.tuning_leaves_grid(100) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 25]
     params = P.resolve_params(P.ScannOptions(dimension=64), 5000)
-    assert T.tuning_reorder_grid(params, 10)[0] == 20
+    assert T.tuning_reorder_grid(params, 10)[0] == 15
     assert T.tuning_reorder_grid(params, 10)[-1] == 1000
     assert T.tuning_reorder_grid(params, 10, requested=30) == [30]
     compact = P.resolve_params(P.ScannOptions(64, "compact"), 5000)
