@@ -219,11 +219,18 @@ def saved_operating_point(directory: str) -> OperatingPoint | None:
     Reads only `manifest.json` (no ScaNN). None for exact indexes, indexes
     built with `target_recall=None` and those saved before format 3.
 
-    Example (the one line `keras-rmac index` prints):
+    Example (`describe()` is the line `keras-rmac index` prints):
 
-    >>> point = saved_operating_point(index_dir)  # doctest: +SKIP
-    >>> print(point.describe())  # doctest: +SKIP
-    recall@10 0.962 on 1000 sample rows, own row excluded (target 0.95); ...
+    >>> import os, tempfile
+    >>> from keras_rmac.search import ScannIndex
+    >>> x = np.random.default_rng(0).standard_normal((50, 8))
+    >>> index = ScannIndex(8)
+    >>> index.add(x / np.linalg.norm(x, axis=1, keepdims=True))
+    >>> path = os.path.join(tempfile.mkdtemp(), "index")
+    >>> index.save(path)
+    >>> point = saved_operating_point(path)
+    >>> point.recall, point.sample_size
+    (1.0, 50)
     """
     manifest = storage.read_manifest(directory)
     return OperatingPoint.from_dict(manifest["params"].get("operating_point"))

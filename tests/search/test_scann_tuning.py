@@ -64,10 +64,10 @@ def test_tuner_reaches_the_target_on_independent_queries(collection, tuned):
     assert point.queries_per_second > 0 and point.seconds > 0
 
 
-@pytest.mark.parametrize("mode", ["fast", "compact"])
-def test_default_build_without_tree_is_measured(mode):
+@pytest.mark.parametrize("mode, n", [("fast", 800), ("compact", 3000)])
+def test_default_build_without_tree_is_measured(mode, n):
     rng = np.random.default_rng(3)
-    db, draw = structured(rng, 3000, D, 11)
+    db, draw = structured(rng, n, D, 11)
     index = ScannIndex(D, mode)
     index.add(db)
     index.build()
@@ -285,7 +285,7 @@ def test_policy_grids_and_leaf_rule():
     assert T.tuning_reorder_grid(params, 10, requested=30) == [30]
     compact = P.resolve_params(P.ScannOptions(64, "compact"), 5000)
     assert T.tuning_reorder_grid(compact, 10) == [None]
-    assert P.num_leaves_for_target(4999) == 0
+    assert P.num_leaves_for_target(999) == 0
     assert P.num_leaves_for_target(1_000_000) == round(
         P.LEAVES_PER_SQRT_N * 1000
     )
@@ -304,10 +304,8 @@ def test_leaf_rule_follows_the_measured_neighbourhood():
     assert P.num_leaves_for_target(n, neighbourhood=50) == round(0.5 * root)
     assert P.num_leaves_for_target(n, neighbourhood=1) == round(2 * root)
     assert P.num_leaves_for_target(n, requested=7, neighbourhood=1) == 7
-    assert P.num_leaves_for_target(4999, neighbourhood=1) == 0
-    assert P.num_leaves_for_target(5000, neighbourhood=1) == round(
-        2 * 5000**0.5
-    )
+    assert P.num_leaves_for_target(999, neighbourhood=1) == 0
+    assert P.num_leaves_for_target(1000, neighbourhood=1) == 62  # 1000 / 16
 
 
 @pytest.mark.parametrize("per_cluster", [11, 50])
@@ -323,6 +321,7 @@ def test_neighbourhood_size_is_the_cluster_size(per_cluster):
 def test_compact_mode_keeps_no_small_tree():
     assert P.num_leaves_for_target(10_000, neighbourhood=10) > 0
     assert P.num_leaves_for_target(10_000, None, 10, mode="compact") == 0
+    assert P.num_leaves_for_target(1000, None, 10) > 0
     assert P.num_leaves_for_target(20_000, None, 10, mode="compact") > 0
     compact = P.resolve_params(P.ScannOptions(64, "compact"), 10_000)
     assert compact.num_leaves == 0
