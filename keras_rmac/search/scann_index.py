@@ -39,10 +39,10 @@ or `save` (or an explicit `build()`). Adding after a build:
 - compact mode: refused (`RuntimeError`), since the floats needed to
   retrain are gone; build a new index from all the descriptors instead.
 
-Small collections: below `MIN_TREE_SIZE` (20,000) vectors (unless
-`num_leaves` asks for one) no tree is built; a fast-mode collection under
-`MAX_BRUTE_FORCE_SIZE` (2,000) without a tree is searched by exact float32
-brute force. These rules, and every default, are pure functions in
+Small collections: no tree below `MIN_TREE_SIZE` (20,000) vectors, or in
+fast mode with a recall target `MIN_TARGET_TREE_SIZE` (1,000); a fast-mode
+collection under `MAX_BRUTE_FORCE_SIZE` (2,000) without a tree is searched
+by exact float32 brute force. These rules, and every default, are in
 `keras_rmac.search.scann_policy`; the recall measurement is in
 `keras_rmac.search.scann_tuning`.
 
