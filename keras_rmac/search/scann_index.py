@@ -324,15 +324,8 @@ class ScannIndex(Index):
         start = time.perf_counter()
         options, sample = self.options, None
         if self.target_recall is not None and n > 1:
-            # The sample first: its neighbourhoods size the tree.
-            rows, truth, size = scann_tuning.draw_sample(x, self.recall_k)
+            rows, truth = scann_tuning.draw_sample(x, self.recall_k)
             sample = (rows, truth, time.perf_counter() - start)
-            options = dataclasses.replace(
-                options,
-                num_leaves=scann_policy.num_leaves_for_target(
-                    n, options.num_leaves, size, self.mode
-                ),
-            )
         params = scann_policy.resolve_params(options, n)
         self._build_searcher(x, params)
         self.operating_point = None

@@ -10,8 +10,8 @@ reused (`keras_rmac.search.scann_tuning` targets a recall), on its own.
 
 Every knob left as None is chosen from N:
 
-- tree: with a recall target (`num_leaves_for_target`) 0.5-2 sqrt(N)
-  leaves by the measured neighbourhood size from `MIN_TARGET_TREE_SIZE`
+- tree: with a recall target (`num_leaves_for_target`) sqrt(N) leaves,
+  2 sqrt(N) from `LARGE_TREE_SIZE`, from `MIN_TARGET_TREE_SIZE` vectors
   on, without one (`num_leaves_for`) sqrt(N) from `MIN_TREE_SIZE`; none
   with fewer than `MIN_POINTS_PER_LEAF` vectors per leaf (or under 16);
 - leaves searched (`num_leaves_to_search_for`): `LEAVES_SEARCHED` of them,
@@ -75,15 +75,14 @@ MIN_TREE_SIZE = 20_000
 # With a recall target a tree pays from fewer: 1.6x faster than brute
 # force on 2k COIL-100 descriptors (the tuner falls back if need be).
 MIN_TARGET_TREE_SIZE = 1000
-# Leaves for a recall target (`num_leaves_for_target`): 16 vectors per
-# leaf per close neighbour of a row (measured on the sample), within
-# 0.5-2 sqrt(N). At 100k x 512 (~11 points per cluster) 632 leaves were
-# 2.7x faster at recall 0.95 than 316 and 6x faster than 158; with ~50
-# per cluster 158 were 1.8x faster than 316 (RESULTS.md).
-LEAVES_PER_SQRT_N = 2
-POINTS_PER_LEAF_PER_NEIGHBOUR = 16
-MIN_LEAVES_PER_SQRT_N = 0.5
-MAX_LEAVES_PER_SQRT_N = 2
+# Leaves for a recall target (`num_leaves_for_target`): LEAVES_PER_SQRT_N
+# * sqrt(N) below LARGE_TREE_SIZE vectors, LARGE_LEAVES_PER_SQRT_N *
+# sqrt(N) from there. Measured (benchmarks/search.py --recall, QPS at
+# recall 0.95 over 0.5-4 sqrt(N) leaves): 2 sqrt(N) was fastest or close
+# in 7 of 8 rows from 100k on, sqrt(N) at 2k and 10k.
+LEAVES_PER_SQRT_N = 1
+LARGE_TREE_SIZE = 50_000
+LARGE_LEAVES_PER_SQRT_N = 2
 # Default share of the leaves searched per query, and the least searched.
 LEAVES_SEARCHED = 0.05
 MIN_LEAVES_SEARCHED = 8
@@ -353,34 +352,23 @@ def num_leaves_for(n: int, requested: int | None = None) -> int:
 
 
 def num_leaves_for_target(
-    n: int, requested=None, neighbourhood=None, mode: str = "fast"
+    n: int, requested: int | None = None, mode: str = "fast"
 ) -> int:
     """Leaves of the tree of an index built for a target recall.
 
-    Args:
-        n: int. Collection size.
-        requested: int or None. The user's count (as `num_leaves_for`).
-        neighbourhood: float or None. Close neighbours of a typical row,
-            measured on the build's sample
-            (`scann_tuning.neighbourhood_size`); None before it is.
-        mode: str. `"compact"` keeps `MIN_TREE_SIZE` (its recall is the
-            codes'; a small tree would only lower it).
-
-    Returns:
-        `requested` if given; 0 below `MIN_TARGET_TREE_SIZE`; else n /
-        (`POINTS_PER_LEAF_PER_NEIGHBOUR` * neighbourhood) within 0.5-2
-        sqrt(n) (hard structures get more, smaller leaves); 2 sqrt(n) before
-        a measurement.
+    `requested` if given (as `num_leaves_for`); none below
+    `MIN_TARGET_TREE_SIZE` vectors in fast mode (`MIN_TREE_SIZE` in
+    compact mode, whose recall is the codes': a small tree only lowers
+    it); else `LEAVES_PER_SQRT_N` * sqrt(n), `LARGE_LEAVES_PER_SQRT_N` *
+    sqrt(n) from `LARGE_TREE_SIZE` vectors on.
     """
     least = MIN_TARGET_TREE_SIZE if mode == "fast" else MIN_TREE_SIZE
     if requested is not None or n < least:
         return num_leaves_for(n, requested)
-    root = math.sqrt(n)
-    if neighbourhood is None:
-        return int(round(LEAVES_PER_SQRT_N * root))
-    leaves = n / (POINTS_PER_LEAF_PER_NEIGHBOUR * max(1.0, neighbourhood))
-    leaves = min(MAX_LEAVES_PER_SQRT_N * root, leaves)
-    return int(round(max(MIN_LEAVES_PER_SQRT_N * root, leaves)))
+    per_root = (
+        LARGE_LEAVES_PER_SQRT_N if n >= LARGE_TREE_SIZE else LEAVES_PER_SQRT_N
+    )
+    return int(round(per_root * math.sqrt(n)))
 
 
 def num_leaves_to_search_for(

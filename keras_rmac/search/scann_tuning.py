@@ -64,10 +64,11 @@ logger = logging.getLogger(__name__)
 # fewer for big collections, so that the exact ground truth (sample x N
 # inner products) stays within SAMPLE_PAIRS, at least MIN_SAMPLE_SIZE:
 # the measurement then adds a small share to the build (25% at most at
-# 1M x 512, measured in benchmarks/search.py).
+# 1M x 512, measured in benchmarks/search.py: 7% with 250 queries, whose
+# wider margin cost 1.5x speed there; hence 1000 up to 1M).
 SAMPLE_SIZE = 1000
 MIN_SAMPLE_SIZE = 250
-SAMPLE_PAIRS = 200_000_000
+SAMPLE_PAIRS = 1_000_000_000
 # A setting reaches the target when its sample recall is at least
 # target + MARGIN_STANDARD_ERRORS standard errors of the sample mean.
 MARGIN_STANDARD_ERRORS = 2.0
@@ -90,8 +91,6 @@ RECALL_LEVELS = (0.99,)
 # tries, as multiples of k.
 MAX_SEARCHED_SHARE = 0.25
 REORDER_DEPTHS_PER_K = (1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 20, 30, 50, 100)
-# Similarities per sample query probed for `neighbourhood_size`.
-NEIGHBOURHOOD_PROBE = 100
 # A fast-mode build whose target is out of reach within
 # `MAX_SEARCHED_SHARE` of its leaves is rebuilt once with
 # this many times more (smaller) leaves.
@@ -239,21 +238,18 @@ def saved_operating_point(directory: str) -> OperatingPoint | None:
 def sample_size_for(n: int) -> int:
     """Sample queries measured for `n` indexed rows (see `SAMPLE_SIZE`).
 
-    >>> sample_size_for(500), sample_size_for(100_000), sample_size_for(10**6)
+    >>> sample_size_for(500), sample_size_for(10**6), sample_size_for(10**7)
     (500, 1000, 250)
     """
     budget = max(MIN_SAMPLE_SIZE, SAMPLE_PAIRS // max(1, n))
     return int(min(n, SAMPLE_SIZE, budget))
 
 
-def draw_sample(x: np.ndarray, k: int):
-    """`(rows, truth, neighbourhood)`: `sample_size_for(N)` rows of `x`,
-    their exact top-`k` other rows, and `neighbourhood_size` of them."""
+def draw_sample(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(rows, truth)`: `sample_size_for(N)` rows of `x` and their exact
+    top-`k` other rows."""
     rows = sample_rows(len(x), sample_size_for(len(x)))
-    truth, similarities = exact_neighbours(
-        x, rows, k, probe=NEIGHBOURHOOD_PROBE
-    )
-    return rows, truth, neighbourhood_size(similarities)
+    return rows, exact_neighbours(x, rows, k)
 
 
 def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -281,38 +277,15 @@ def drop_own_rows(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def exact_neighbours(
-    x: np.ndarray, rows: np.ndarray, k: int, probe: int = 0
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def exact_neighbours(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     """Exact top-`k` rows of `x` for the queries `x[rows]`, own row excluded.
 
     Memory stays bounded (block-wise, `top_k_inner_product`); `x` is not
-    copied. With `probe` > 0, also returns the similarities of the top
-    max(k, `probe`) other rows, `(S, m)`, for `neighbourhood_size`.
+    copied.
     """
     k = min(k, len(x) - 1)
-    m = min(max(k, probe), len(x) - 1)
-    found, scores = top_k_inner_product(x[rows], x, m + 1)
-    truth = drop_own_rows(found, rows, k)
-    if not probe:
-        return truth
-    own = found == rows[:, None]
-    # Drop the own row (or, when absent, the last) from every row.
-    own[~own.any(axis=1), -1] = True
-    return truth, scores[~own].reshape(len(rows), m)
-
-
-def neighbourhood_size(similarities: np.ndarray) -> float:
-    """Median count of close neighbours per sample query.
-
-    A row's close neighbours: those of its top-m similarities above the
-    midpoint of its best and its m-th (about its cluster's size when the
-    data are clustered and m is larger than the clusters).
-    """
-    if similarities.size == 0:
-        return 1.0
-    middle = (similarities[:, :1] + similarities[:, -1:]) / 2
-    return float(np.median((similarities > middle).sum(axis=1)))
+    found, _ = top_k_inner_product(x[rows], x, k + 1)
+    return drop_own_rows(found, rows, k)
 
 
 def recall_per_query(found: np.ndarray, truth: np.ndarray) -> np.ndarray:

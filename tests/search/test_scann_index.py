@@ -9,7 +9,6 @@ from keras_rmac.search import ExactIndex
 from keras_rmac.search import ScannIndex
 from keras_rmac.search.nibbles import pack_nibbles
 from keras_rmac.search.nibbles import unpack_nibbles
-from keras_rmac.search.scann_policy import LEAVES_PER_SQRT_N
 from tests.search.helpers import clustered
 from tests.search.helpers import oracle_top_k
 from tests.search.helpers import recall_at_k
@@ -174,7 +173,7 @@ def test_auto_parameters_follow_n():
     small = index.resolved_params(1000)
     assert small["num_leaves"] == 0 and small["scoring"] == "ah"
     big = index.resolved_params(1_000_000)
-    assert big["num_leaves"] == round(LEAVES_PER_SQRT_N * 1000)
+    assert big["num_leaves"] == 2000  # 2 sqrt(N) with a recall target
     legacy = ScannIndex(512, "compact", target_recall=None)
     assert legacy.resolved_params(1_000_000)["num_leaves"] == 1000
     # 8-bit codes of 4 dims after a PCA to 4 dims per byte (all 512).

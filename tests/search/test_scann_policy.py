@@ -245,7 +245,7 @@ def test_resolve_params_at_the_edges(n):
     assert fast_params.training_sample_size == min(n, 200_000)
     # With a recall target (the default) the measured leaf rule applies.
     tuned = P.resolve_params(fast(), n)
-    leaves = 0 if n < 1000 else round(P.LEAVES_PER_SQRT_N * n**0.5)
+    leaves = 0 if n < 1000 else round((1 if n < 50_000 else 2) * n**0.5)
     assert tuned.num_leaves == leaves
     assert tuned.training_sample_size == min(n, max(50_000, 200 * leaves))
     small = P.resolve_params(compact(bytes_per_vector=64), n)

@@ -285,10 +285,7 @@ def test_policy_grids_and_leaf_rule():
     assert T.tuning_reorder_grid(params, 10, requested=30) == [30]
     compact = P.resolve_params(P.ScannOptions(64, "compact"), 5000)
     assert T.tuning_reorder_grid(compact, 10) == [None]
-    assert P.num_leaves_for_target(999) == 0
-    assert P.num_leaves_for_target(1_000_000) == round(
-        P.LEAVES_PER_SQRT_N * 1000
-    )
+    assert P.num_leaves_for_target(1_000_000) == 2000
     assert P.num_leaves_for_target(1_000_000, requested=300) == 300
     with pytest.raises(ValueError, match="target_recall"):
         P.ScannOptions(dimension=8, target_recall=1.5)
@@ -296,32 +293,29 @@ def test_policy_grids_and_leaf_rule():
         P.ScannOptions(dimension=8, recall_k=0)
 
 
-def test_leaf_rule_follows_the_measured_neighbourhood():
-    n, root = 100_000, 100_000**0.5
-    # Hard structure (10 close neighbours): more, smaller leaves.
-    assert P.num_leaves_for_target(n, neighbourhood=10) == 625
-    # Easy structure (50 close neighbours): fewer, bigger leaves.
-    assert P.num_leaves_for_target(n, neighbourhood=50) == round(0.5 * root)
-    assert P.num_leaves_for_target(n, neighbourhood=1) == round(2 * root)
-    assert P.num_leaves_for_target(n, requested=7, neighbourhood=1) == 7
-    assert P.num_leaves_for_target(999, neighbourhood=1) == 0
-    assert P.num_leaves_for_target(1000, neighbourhood=1) == 62  # 1000 / 16
+def test_leaf_rule_for_a_target():
+    # sqrt(N) leaves, 2 sqrt(N) from 50,000 vectors (measured).
+    assert P.num_leaves_for_target(999) == 0
+    assert P.num_leaves_for_target(10_000) == 100
+    assert P.num_leaves_for_target(49_999) == round(49_999**0.5)
+    assert P.num_leaves_for_target(50_000) == round(2 * 50_000**0.5)
+    assert P.num_leaves_for_target(10**6) == 2000
+    assert P.num_leaves_for_target(10**6, requested=7) == 7
 
 
-@pytest.mark.parametrize("per_cluster", [11, 50])
-def test_neighbourhood_size_is_the_cluster_size(per_cluster):
+def test_sample_excludes_own_rows():
     rng = np.random.default_rng(0)
-    x, _ = structured(rng, 6000, 64, per_cluster)
-    rows, truth, size = T.draw_sample(x, 10)
-    assert truth.shape == (len(rows), 10)
-    # Every cluster member but the row itself (Poisson spread around 50).
-    assert abs(size - (per_cluster - 1)) <= 0.2 * per_cluster
+    x, _ = structured(rng, 3000, 16, 11)
+    rows, truth = T.draw_sample(x, 10)
+    assert len(rows) == T.sample_size_for(3000) == 1000
+    assert truth.shape == (1000, 10)
+    assert not (truth == rows[:, None]).any()
 
 
 def test_compact_mode_keeps_no_small_tree():
-    assert P.num_leaves_for_target(10_000, neighbourhood=10) > 0
-    assert P.num_leaves_for_target(10_000, None, 10, mode="compact") == 0
-    assert P.num_leaves_for_target(1000, None, 10) > 0
-    assert P.num_leaves_for_target(20_000, None, 10, mode="compact") > 0
+    assert P.num_leaves_for_target(10_000) > 0
+    assert P.num_leaves_for_target(10_000, mode="compact") == 0
+    assert P.num_leaves_for_target(1000) > 0
+    assert P.num_leaves_for_target(20_000, mode="compact") > 0
     compact = P.resolve_params(P.ScannOptions(64, "compact"), 10_000)
     assert compact.num_leaves == 0
