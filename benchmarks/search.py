@@ -24,6 +24,13 @@ Usage:
     python -m benchmarks.search                # everything, writes RESULTS.md
     python -m benchmarks.search --quick        # small sizes, a few minutes
     python -m benchmarks.search --collections= # COIL-100 part only
+    python -m benchmarks.search --recall       # recall-targeted defaults
+                                               # (issue 11), resumable
+
+`--recall` runs only `benchmarks/search_recall.py`'s rows (N = 10k, 100k,
+200k, 1M at 512-d and 100k at 2048-d, two cluster structures, COIL-100),
+one JSON file per finished row under `--recall_dir` (a rerun skips them),
+and writes the `search_recall` section of RESULTS.md.
 
 It prints its tables and replaces its sections of `benchmarks/RESULTS.md`
 (`<!-- search:begin -->` ... `<!-- search:end -->` for the synthetic
@@ -92,6 +99,22 @@ flags.DEFINE_bool(
     "Also measure R-MAC + shift/PCA-whitening descriptors on COIL-100.",
 )
 flags.DEFINE_bool("write_results", True, "Update benchmarks/RESULTS.md.")
+flags.DEFINE_bool(
+    "recall", False, "Run the recall-targeted rows only (issue 11)."
+)
+flags.DEFINE_list(
+    "recall_rows", None, "Rows of --recall (default: all, small to large)."
+)
+flags.DEFINE_bool(
+    "recall_run",
+    True,
+    "--norecall_run: only rewrite the section from the rows already finished.",
+)
+flags.DEFINE_string(
+    "recall_dir",
+    os.path.join(tempfile.gettempdir(), "keras_rmac_search_recall"),
+    "One JSON file per finished --recall row (resume).",
+)
 
 SECTION = "search"
 COIL_SECTION = "search_coil100"
@@ -676,6 +699,9 @@ def main(argv):
         collections = ["10000x512", "50000x512", "20000x2048"]
         num_queries, single = min(num_queries, 500), min(single, 50)
     command = " ".join(["python -m benchmarks.search"] + sys.argv[1:])
+    if FLAGS.recall:
+        run_recall(command)
+        return
     if collections:
         run_synthetic(collections, num_queries, single, command)
     coil_dir = os.path.join(FLAGS.data_dir, "coil100")
@@ -692,6 +718,25 @@ def main(argv):
             write_section(COIL_SECTION, section)
     else:
         logging.info("COIL-100 part not run (no data or --nocoil).")
+
+
+def run_recall(command):
+    """The recall-targeted rows (resumable); writes `search_recall`."""
+    from benchmarks import search_recall
+
+    specs = FLAGS.recall_rows or search_recall.ROWS
+    for count in range(len(specs) + 1 if FLAGS.recall_run else 1):
+        # The section is rewritten after every finished row.
+        search_recall.run_rows(
+            specs[:count],
+            FLAGS.recall_dir,
+            lambda: coil100_descriptors(FLAGS.data_dir, FLAGS.coil_cache),
+        )
+        rows = search_recall.finished(specs, FLAGS.recall_dir)
+        text = search_recall.section(rows, specs, command, FLAGS.recall_dir)
+        if FLAGS.write_results:
+            write_section(search_recall.SECTION, text)
+    print(text)
 
 
 def run_synthetic(collections, num_queries, single, command):

@@ -6,7 +6,9 @@ interface: `add`, `search`, `save`, `load`, `metadata`, `get_config` /
 `from_config`. `make_index(kind, dimension, **options)` makes any of them;
 `load_index` opens any saved index; `keras_rmac.search.expansion` holds
 query expansion and database-side augmentation;
-`keras_rmac.search.scann_policy` the rules that pick ScaNN's parameters.
+`keras_rmac.search.scann_policy` the rules that pick ScaNN's parameters,
+`keras_rmac.search.scann_tuning` the recall measurement behind
+`ScannIndex.operating_point` (`saved_operating_point` reads it from disk).
 """
 
 import warnings
@@ -23,6 +25,8 @@ from keras_rmac.search.expansion import search_with_query_expansion
 from keras_rmac.search.factory import KINDS
 from keras_rmac.search.factory import make_index
 from keras_rmac.search.scann_index import ScannIndex
+from keras_rmac.search.scann_tuning import OperatingPoint
+from keras_rmac.search.scann_tuning import saved_operating_point
 from keras_rmac.search.storage import INDEX_FORMAT_VERSION
 from keras_rmac.search.storage import IndexMismatchError
 
@@ -32,6 +36,7 @@ __all__ = [
     "ExactIndex",
     "Index",
     "IndexMismatchError",
+    "OperatingPoint",
     "ScannIndex",
     "alpha_query_expansion",
     "average_query_expansion",
@@ -39,6 +44,7 @@ __all__ = [
     "expand_queries",
     "load_index",
     "make_index",
+    "saved_operating_point",
     "search_with_query_expansion",
     "top_k_inner_product",
 ]

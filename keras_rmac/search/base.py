@@ -79,6 +79,10 @@ class Index(abc.ABC):
       `Index.load(directory, expect=...)` reads it back (see
       `keras_rmac.search.storage`); `load_index(directory)` dispatches on
       the saved type;
+    - `operating_point` is the recall an approximate index measured at
+      build time (`ScannIndex`: recall@k on sample rows, own row excluded, the
+      sample size and the queries per second), None for exact search or
+      an index built without a measurement;
     - `metadata` is a JSON-serialisable dict stored in the manifest, e.g.
       the descriptor model's configuration and weight fingerprint, which
       `load(..., expect={...})` can then check;
@@ -91,6 +95,8 @@ class Index(abc.ABC):
     """
 
     index_type: ClassVar[str] = ""
+    # Keyword options `search` accepts besides `queries` and `k`.
+    search_options: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -114,6 +120,8 @@ class Index(abc.ABC):
         self._ids = np.empty((0,), np.int64)
         self._paths: list[str] | None = None
         self._row_lookup: tuple[np.ndarray, np.ndarray] | None = None
+        # The measured recall of an approximate index (see ScannIndex).
+        self.operating_point = None
 
     # ------------------------------------------------------------------
     # Public API.
@@ -236,7 +244,7 @@ class Index(abc.ABC):
             self._paths = (self._paths or []) + new_paths
 
     def search(
-        self, queries: np.ndarray, k: int
+        self, queries: np.ndarray, k: int, **options: Any
     ) -> tuple[np.ndarray, np.ndarray]:
         """Returns the `k` best database items for each query.
 
@@ -244,6 +252,8 @@ class Index(abc.ABC):
             queries: float array of shape `(Q, D)` (or `(D,)` for one
                 query). Not required to be normalised.
             k: int >= 1. Number of results per query.
+            **options: the index type's search options (`search_options`;
+                e.g. `leaves_to_search` of `ScannIndex.search`).
 
         Returns:
             A tuple `(ids, scores)`: int64 and float32 arrays of shape
@@ -257,12 +267,19 @@ class Index(abc.ABC):
         if k < 1:
             raise ValueError(f"`k` must be >= 1. Received: k={k}")
         k = int(k)
+        unknown = sorted(set(options) - set(self.search_options))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.search takes no option "
+                f"{', '.join(unknown)}; its options: "
+                f"{', '.join(self.search_options) or 'none'}."
+            )
         ids = np.full((len(q), k), -1, np.int64)
         scores = np.full((len(q), k), -np.inf, np.float32)
         if len(self) == 0 or len(q) == 0:
             return ids, scores
         kk = min(k, len(self))
-        rows, found = self._search_rows(q, kk)
+        rows, found = self._search_rows(q, kk, **options)
         valid = rows >= 0
         ids[:, :kk] = np.where(valid, self._ids[np.where(valid, rows, 0)], -1)
         scores[:, :kk] = np.where(valid, found, -np.inf)

@@ -6,7 +6,7 @@ query with asymmetric hashing (product quantisation of the residuals, 4-bit
 codes looked up with SIMD "LUT16" tables, trained with the anisotropic
 loss), and optionally re-scores the best candidates exactly.
 
-Two operating points:
+Two modes:
 
 - `mode="fast"`: tree + 4-bit PQ codes (2 dimensions per block by default,
   i.e. D/4 bytes) + exact re-ordering of the best `reorder_num_neighbors`
@@ -39,23 +39,18 @@ or `save` (or an explicit `build()`). Adding after a build:
 - compact mode: refused (`RuntimeError`), since the floats needed to
   retrain are gone; build a new index from all the descriptors instead.
 
-Small collections: below `MIN_TREE_SIZE` (20,000) vectors, unless
-`num_leaves` asks for a tree, and whenever there are fewer than 4 vectors
-per requested leaf, no tree is built and every code is scored; in fast
-mode a collection under `MAX_BRUTE_FORCE_SIZE` (2,000) vectors without a
-tree is searched by exact float32 brute force instead of PQ codes. These
-rules, and every default, are pure functions in
-`keras_rmac.search.scann_policy`.
+Small collections: no tree below `MIN_TREE_SIZE` (20,000) vectors, or in
+fast mode with a recall target `MIN_TARGET_TREE_SIZE` (1,000); a fast-mode
+collection under `MAX_BRUTE_FORCE_SIZE` (2,000) without a tree is searched
+by exact float32 brute force. These rules, and every default, are in
+`keras_rmac.search.scann_policy`; the recall measurement is in
+`keras_rmac.search.scann_tuning`.
 
-Saved layout (besides the manifest, ids and paths, see
-`keras_rmac.search.storage`): `scann/`, ScaNN's own files written with
-relative asset paths, with `hashed_dataset.npy` (one byte per 4-bit code)
-replaced by `hashed_codes_packed.npy` (two codes per byte; see
-`keras_rmac.search.scann_assets`). In fast mode
-ScaNN's `dataset.npy` doubles as the float descriptors (no second copy);
-with int8 re-ordering they are saved as `vectors.npy`. `load` rebuilds a
-ScaNN asset directory in a temporary folder (links + unpacked codes) and
-loads from there, so the index directory can be moved freely.
+Saved layout (besides the manifest, ids and paths of
+`keras_rmac.search.storage`): `scann/`, ScaNN's files with relative asset
+paths and 4-bit codes packed two per byte (`keras_rmac.search.scann_assets`;
+fast mode's floats are ScaNN's `dataset.npy`, or `vectors.npy` with int8
+re-ordering), so the index directory can be moved freely.
 
 Reference: Guo et al., "Accelerating Large-Scale Inference with
 Anisotropic Vector Quantization", ICML 2020, https://arxiv.org/abs/1908.10396
@@ -73,17 +68,15 @@ import numpy as np
 
 from keras_rmac.search import scann_assets
 from keras_rmac.search import scann_policy
-from keras_rmac.search import storage
+from keras_rmac.search import scann_tuning
 from keras_rmac.search.base import Index
 from keras_rmac.search.projection import PCAProjection
 from keras_rmac.search.scann_policy import ScannOptions
 from keras_rmac.search.scann_policy import ScannParams
+from keras_rmac.search.scann_tuning import OperatingPoint
 
 logger = logging.getLogger(__name__)
 
-VECTORS_FILE = "vectors.npy"
-PROJECTION_FILE = "projection_matrix.npy"
-PROJECTION_MEAN_FILE = "projection_mean.npy"
 # Queries per search from which ScaNN's thread pool is used.
 PARALLEL_QUERIES = 64
 
@@ -94,17 +87,21 @@ _scann_pybind = scann_assets.scann_pybind
 class ScannIndex(Index):
     """ScaNN index: k-means tree, 4-bit PQ codes, optional exact re-order.
 
-    Every knob left as None is chosen from the collection size N when the
-    searcher is built, by the rules of `keras_rmac.search.scann_policy`
-    (the chosen values are in `built_params` and the manifest): about
-    sqrt(N) leaves from 20,000 vectors on, 5% of them searched (at least
-    8); in fast mode 2 dimensions per 4-bit code and 200 candidates
-    re-scored exactly; in compact mode codes of `bytes_per_vector` bytes
-    after a PCA and an anisotropic threshold of 0.2; training on
-    min(N, max(50,000, 200 * num_leaves)) vectors.
+    Knobs left as None are chosen from the collection size N by the rules
+    of `keras_rmac.search.scann_policy` (the values are in `built_params`
+    and the manifest). With a `target_recall` (the default, 0.95 at
+    k=10) the build then measures the searcher on sample queries drawn
+    from the indexed rows, their own rows excluded, and keeps the fastest
+    leaves-searched / re-order setting reaching the target
+    (`keras_rmac.search.scann_tuning`); the result is `operating_point`
+    (recall@k on the sample, its size, queries per second at build),
+    saved in the manifest. `target_recall=None` skips the measurement and
+    keeps keras_rmac 0.2's fixed defaults (sqrt(N) leaves, 5% searched,
+    200 re-ordered).
 
     `num_leaves_to_search` and `reorder_num_neighbors` only affect search
-    and can be changed on a built or loaded index.
+    and can be changed on a built or loaded index, or per call
+    (`search(..., leaves_to_search=..., recall=...)`).
 
     Args:
         dimension: int. Descriptor dimension D.
@@ -140,6 +137,10 @@ class ScannIndex(Index):
             PCA + rotation before quantisation; 0 for none; None for
             `4 * bytes_per_vector` (capped at D; none when the code size
             is set by `dimensions_per_block`). Defaults to None.
+        target_recall: float or None. Recall@`recall_k` the build tunes
+            for (knobs given explicitly are kept); None for no
+            measurement. Defaults to 0.95.
+        recall_k: int. The k of `target_recall`. Defaults to 10.
         num_threads: int. Threads for training (0: all cores). Batched
             searches of at least 64 queries use ScaNN's thread pool.
             Defaults to 0.
@@ -176,6 +177,8 @@ class ScannIndex(Index):
         anisotropic_quantization_threshold: float | None = None,
         hash_type: str | None = None,
         projection_dim: int | None = None,
+        target_recall: float | None = scann_policy.DEFAULT_TARGET_RECALL,
+        recall_k: int = scann_policy.DEFAULT_RECALL_K,
         num_threads: int = 0,
         metadata: Mapping[str, Any] | None = None,
     ):
@@ -196,6 +199,8 @@ class ScannIndex(Index):
             ),
             hash_type=hash_type,
             projection_dim=projection_dim,
+            target_recall=target_recall,
+            recall_k=recall_k,
         )
         # One public attribute per knob, as validated (see `options`).
         for field in dataclasses.fields(ScannOptions):
@@ -221,6 +226,7 @@ class ScannIndex(Index):
         self._searcher = None
         self._built_count = 0
         self.built_params: dict[str, Any] = {}
+        self.operating_point: OperatingPoint | None = None
 
     # ------------------------------------------------------------------
     # Configuration.
@@ -316,14 +322,15 @@ class ScannIndex(Index):
             )
         x = self._consolidated()
         start = time.perf_counter()
-        params = scann_policy.resolve_params(self.options, n)
-        projection = _fit_projection(x, params)
-        if projection is not None:
-            x = projection.project_database(x)
-        self._searcher = _build_searcher(x, params, self.num_threads)
-        self._projection = projection
-        self._built_count = n
-        self.built_params = params.to_dict()
+        options, sample = self.options, None
+        if self.target_recall is not None and n > 1:
+            rows, truth = scann_tuning.draw_sample(x, self.recall_k)
+            sample = (rows, truth, time.perf_counter() - start)
+        params = scann_policy.resolve_params(options, n)
+        self._build_searcher(x, params)
+        self.operating_point = None
+        if sample is not None:
+            self._tune(x, params, sample)
         if self.mode == "compact":
             # Only the PQ codes remain (inside the searcher).
             self._chunks = []
@@ -334,6 +341,46 @@ class ScannIndex(Index):
             time.perf_counter() - start,
             self.built_params,
         )
+        if self.operating_point is not None:
+            logger.info("Operating point: %s", self.operating_point.describe())
+
+    def _build_searcher(self, x: np.ndarray, params: ScannParams) -> None:
+        projection = scann_assets.fit_projection(x, params)
+        if projection is not None:
+            x = projection.project_database(x)
+        self._searcher = scann_assets.build_searcher(
+            x, params, self.num_threads
+        )
+        self._projection = projection
+        self._built_count = len(x)
+        self.built_params = params.to_dict()
+
+    def _tune(self, x: np.ndarray, params: ScannParams, sample) -> None:
+        """Measures the built searcher and keeps the fastest setting
+        reaching `target_recall`; a fast-mode build may be redone once
+        with more leaves (`scann_tuning.tune_built_index`)."""
+        may_rebuild = (
+            self.mode == "fast"
+            and params.num_leaves > 0
+            and self.num_leaves is None
+            and self.num_leaves_to_search is None
+        )
+        point = scann_tuning.tune_built_index(
+            x,
+            params,
+            self.options,
+            self._scann_search,
+            rebuild=self._build_searcher if may_rebuild else None,
+            sample=sample[:2],
+        )
+        # The sample's ground truth counts as measuring time too.
+        point = dataclasses.replace(point, seconds=point.seconds + sample[2])
+        self.operating_point = point
+        self.built_params["num_leaves_to_search"] = point.num_leaves_to_search
+        if point.reorder_num_neighbors:
+            self.built_params["reorder_num_neighbors"] = (
+                point.reorder_num_neighbors
+            )
 
     def _prepare_save(self):
         self.build()
@@ -341,23 +388,92 @@ class ScannIndex(Index):
     # ------------------------------------------------------------------
     # Searching.
 
-    def _search_rows(self, q, k):
+    search_options = ("leaves_to_search", "reorder_num_neighbors", "recall")
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        leaves_to_search: int | None = None,
+        reorder_num_neighbors: int | None = None,
+        recall: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Returns the `k` best database items for each query.
+
+        As `Index.search`, with per-call settings that trade speed for
+        recall without a rebuild (each None keeps the built setting, or
+        the attribute of the same name when set).
+
+        Args:
+            queries: float array of shape `(Q, D)` (or `(D,)`).
+            k: int >= 1. Number of results per query.
+            leaves_to_search: int or None. Leaves scored per query
+                (capped at the number of leaves).
+            reorder_num_neighbors: int or None. Fast mode: candidates
+                re-scored exactly.
+            recall: float or None. A recall@`recall_k` level: the fastest
+                setting measured at build (`operating_point.points`) that
+                reached it on the sample queries, or the most accurate
+                one measured if none did. The two knobs above, when
+                given, take precedence.
+
+        Returns:
+            `(ids, scores)`, both `(Q, k)`; see `Index.search`.
+        """
+        options = {
+            "leaves_to_search": scann_policy.check_search_int(
+                "leaves_to_search", leaves_to_search, allow_none=True
+            ),
+            "reorder_num_neighbors": scann_policy.check_search_int(
+                "reorder_num_neighbors", reorder_num_neighbors, allow_none=True
+            ),
+            "recall": scann_policy.check_recall("recall", recall),
+        }
+        return super().search(queries, k, **options)
+
+    def _search_rows(
+        self,
+        q,
+        k,
+        leaves_to_search=None,
+        reorder_num_neighbors=None,
+        recall=None,
+    ):
         self.build()
         params = self.built_params
+        if recall is not None:
+            if self.operating_point is None or not self.operating_point.points:
+                raise ValueError(
+                    "`recall=` needs the operating points measured at build "
+                    "time, and this index has none (built with "
+                    "target_recall=None, or saved by keras_rmac < 0.3). "
+                    "Pass `leaves_to_search=` instead, or rebuild it."
+                )
+            leaves, reorder = self.operating_point.setting_for(recall)
+            leaves_to_search = leaves_to_search or leaves or None
+            reorder_num_neighbors = reorder_num_neighbors or reorder
+        leaves = scann_policy.leaves_to_search(
+            params["num_leaves"],
+            params["num_leaves_to_search"],
+            leaves_to_search or self.num_leaves_to_search,
+        )
+        pre = scann_policy.pre_reorder_neighbors(
+            k,
+            params["reorder_num_neighbors"],
+            reorder_num_neighbors or self.reorder_num_neighbors,
+        )
+        return self._scann_search(q, k, leaves, pre)
+
+    def _scann_search(self, q, k, leaves, pre_reorder):
+        """ScaNN's top-`k` rows and scores (padded) with these settings."""
         offset = None
         if self._projection is not None:
             offset = self._projection.score_offset(q)
             q = self._projection.project_queries(q)
-        leaves = scann_policy.leaves_to_search(
-            params["num_leaves"],
-            params["num_leaves_to_search"],
-            self.num_leaves_to_search,
-        )
         kwargs = dict(
             final_num_neighbors=k,
-            pre_reorder_num_neighbors=scann_policy.pre_reorder_neighbors(
-                k, params["reorder_num_neighbors"], self.reorder_num_neighbors
-            ),
+            pre_reorder_num_neighbors=pre_reorder,
             leaves_to_search=leaves or None,
         )
         if len(q) >= PARALLEL_QUERIES:
@@ -371,7 +487,7 @@ class ScannIndex(Index):
         if offset is not None:
             # Projected inner products + <q, mean>: the cosine scale.
             scores = scores + offset[:, None]
-        return _padded(rows, scores, k)
+        return scann_assets.padded(rows, scores, k)
 
     def _vectors_at_rows(self, rows):
         if self.mode == "compact":
@@ -384,6 +500,8 @@ class ScannIndex(Index):
     def _write_payload(self, directory):
         params = self._options_config()
         params["built"] = self.built_params
+        point = self.operating_point
+        params["operating_point"] = point.to_dict() if point else None
         files: dict[str, Any] = {}
         if self._searcher is None:  # empty index
             return params, files
@@ -391,7 +509,9 @@ class ScannIndex(Index):
         written = scann_assets.serialize_searcher(self._searcher, scann_dir)
         files["scann"] = scann_assets.SCANN_DIR
         if self._projection is not None:
-            files["projection"] = _save_projection(directory, self._projection)
+            files["projection"] = scann_assets.save_projection(
+                directory, self._projection
+            )
         if self.built_params.get("hash_type", "lut16") == "lut16":
             packed = scann_assets.pack_saved_codes(scann_dir)
             if packed is not None:
@@ -421,16 +541,20 @@ class ScannIndex(Index):
         if scann_assets.DATASET_FILE in floats:
             return f"{scann_assets.SCANN_DIR}/{scann_assets.DATASET_FILE}"
         np.save(
-            os.path.join(directory, VECTORS_FILE),
+            os.path.join(directory, scann_assets.VECTORS_FILE),
             np.ascontiguousarray(self._consolidated()),
             allow_pickle=False,
         )
-        return VECTORS_FILE
+        return scann_assets.VECTORS_FILE
 
     @classmethod
     def _from_saved(cls, directory, manifest):
         params = dict(manifest["params"])
         built = params.pop("built", {})
+        point = OperatingPoint.from_dict(params.pop("operating_point", None))
+        # Saved before recall targets (format_version <= 2): built with
+        # the fixed knobs, which a rebuild keeps.
+        params.setdefault("target_recall", None)
         if "hash_type" not in params:
             # format_version 1: 4-bit codes of the unprojected descriptors.
             params["hash_type"] = "lut16"
@@ -438,6 +562,7 @@ class ScannIndex(Index):
             built.setdefault("projection_dim", 0)
         index = cls.from_config({"dimension": manifest["dimension"], **params})
         index.built_params = built
+        index.operating_point = point
         count = int(manifest["count"])
         files = manifest.get("files", {})
         if count == 0:
@@ -454,140 +579,11 @@ class ScannIndex(Index):
             packed.get("num_codes"),
         )
         index._built_count = count
-        index._projection = _load_projection(
+        index._projection = scann_assets.load_projection(
             directory, files, manifest["dimension"], built.get("projection_dim")
         )
         if index.mode == "fast":
-            index._vectors = _load_vectors(
+            index._vectors = scann_assets.load_vectors(
                 directory, files, (count, manifest["dimension"])
             )
         return index
-
-
-# ----------------------------------------------------------------------
-# Building and reading helpers (ScaNN calls and files).
-
-
-def _fit_projection(x: np.ndarray, params: ScannParams) -> PCAProjection | None:
-    """The compact-mode PCA (+ rotation), learned on the training rows."""
-    if not params.projection_dim:
-        return None
-    rows = x
-    if len(x) > params.training_sample_size:
-        pick = np.random.default_rng(0).choice(
-            len(x), params.training_sample_size, replace=False
-        )
-        rows = x[np.sort(pick)]
-    # Brute force keeps the projected vectors: no rotation needed.
-    rotate = params.scoring != "brute_force"
-    return PCAProjection.fit(rows, params.projection_dim, rotate=rotate)
-
-
-def _build_searcher(x: np.ndarray, params: ScannParams, num_threads: int):
-    """A ScaNN searcher over `x` configured by `params`."""
-    pybind = scann_assets.scann_pybind()
-    builder = pybind.builder(x, 10, "dot_product")
-    if params.num_leaves:
-        builder = builder.tree(
-            num_leaves=params.num_leaves,
-            num_leaves_to_search=params.num_leaves_to_search,
-            training_sample_size=params.training_sample_size,
-            spherical=params.spherical_tree,
-        )
-    if params.scoring == "brute_force":
-        builder = builder.score_brute_force()
-    else:
-        aniso = params.anisotropic_quantization_threshold
-        builder = builder.score_ah(
-            params.dimensions_per_block,
-            anisotropic_quantization_threshold=(
-                math.nan if aniso is None else aniso
-            ),
-            training_sample_size=params.training_sample_size,
-            hash_type=params.hash_type,
-        )
-        if params.reorder_num_neighbors:
-            reorder_types = pybind.scann_builder.ReorderType
-            builder = builder.reorder(
-                params.reorder_num_neighbors,
-                quantize=(
-                    reorder_types.INT8
-                    if params.reorder_dtype == "int8"
-                    else reorder_types.FLOAT32
-                ),
-            )
-    builder.set_n_training_threads(num_threads)
-    return builder.build()
-
-
-def _padded(
-    rows: np.ndarray, scores: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """ScaNN's results as `(Q, k)` rows and scores, `-1`/`-inf` padded.
-
-    ScaNN pads missing results with row 0 and a NaN score.
-    """
-    out_rows = np.full((len(rows), k), -1, np.int64)
-    out_scores = np.full((len(rows), k), -np.inf, np.float32)
-    width = min(k, rows.shape[1])
-    valid = np.isfinite(scores[:, :width])
-    out_rows[:, :width] = np.where(valid, rows[:, :width], -1)
-    out_scores[:, :width] = np.where(valid, scores[:, :width], -np.inf)
-    return out_rows, out_scores
-
-
-def _save_projection(directory: str, projection: PCAProjection) -> dict:
-    """Writes the projection's matrix and mean; returns the manifest entry."""
-    for name, array in (
-        (PROJECTION_FILE, projection.matrix),
-        (PROJECTION_MEAN_FILE, projection.mean),
-    ):
-        np.save(os.path.join(directory, name), array, allow_pickle=False)
-    return {"matrix": PROJECTION_FILE, "mean": PROJECTION_MEAN_FILE}
-
-
-def _load_projection(
-    directory: str,
-    files: Mapping[str, Any],
-    dimension: int,
-    projection_dim: int | None,
-) -> PCAProjection | None:
-    """The saved projection, checked against the manifest; None if none."""
-    if "projection" not in files:
-        if projection_dim:
-            raise ValueError(
-                f"Index {directory} was built with a projection to "
-                f"{projection_dim} dimensions but holds no projection "
-                "files: the index is damaged; rebuild it."
-            )
-        return None
-    matrix = storage.load_array(directory, files["projection"]["matrix"])
-    mean = storage.load_array(directory, files["projection"]["mean"])
-    want = (dimension, projection_dim)
-    if matrix.shape != want or mean.shape != want[:1]:
-        raise ValueError(
-            f"{os.path.join(directory, PROJECTION_FILE)} holds "
-            f"{matrix.shape} and the mean {mean.shape}, expected "
-            f"{want} and {want[:1]}: the index is damaged; rebuild it."
-        )
-    return PCAProjection(matrix, mean)
-
-
-def _load_vectors(
-    directory: str, files: Mapping[str, Any], expected: tuple[int, int]
-) -> np.ndarray:
-    """A fast-mode index's float descriptors, memory-mapped read-only."""
-    name = files.get("vectors")
-    if name is None:
-        raise ValueError(
-            f"Fast-mode index {directory} lists no float vectors: the "
-            "index is damaged; rebuild it."
-        )
-    vectors = storage.load_array(directory, name, mmap_mode="r")
-    if vectors.dtype != np.float32 or vectors.shape != expected:
-        raise ValueError(
-            f"{os.path.join(directory, name)} holds {vectors.dtype} "
-            f"{vectors.shape}, expected float32 {expected}: the index is "
-            "damaged; rebuild it."
-        )
-    return vectors

@@ -6,15 +6,16 @@ calls `resolve_params` once per build and hands the resulting
 `ScannParams` to ScaNN's builder; at search time `leaves_to_search` and
 `pre_reorder_neighbors` combine the built values with per-search
 overrides. Each rule is its own function so that it can be tested, and
-reused (e.g. to target a recall), on its own.
+reused (`keras_rmac.search.scann_tuning` targets a recall), on its own.
 
 Every knob left as None is chosen from N:
 
-- tree (`num_leaves_for`): about sqrt(N) leaves from `MIN_TREE_SIZE`
-  vectors on, none below; an explicit count is dropped (no tree) when there
-  are fewer than `MIN_POINTS_PER_LEAF` vectors per leaf (or under 16);
-- leaves searched (`num_leaves_to_search_for`): `LEAVES_SEARCHED` of
-  them, at least 8;
+- tree: with a recall target (`num_leaves_for_target`) sqrt(N) leaves,
+  2 sqrt(N) from `LARGE_TREE_SIZE`, from `MIN_TARGET_TREE_SIZE` vectors
+  on, without one (`num_leaves_for`) sqrt(N) from `MIN_TREE_SIZE`; none
+  with fewer than `MIN_POINTS_PER_LEAF` vectors per leaf (or under 16);
+- leaves searched (`num_leaves_to_search_for`): `LEAVES_SEARCHED` of them,
+  at least 8 (what a recall target's measurement starts from);
 - scoring (`scoring_for`): exact float32 brute force for a fast index of
   fewer than `MAX_BRUTE_FORCE_SIZE` vectors without a tree, or a compact
   one of fewer than 16 (no codebook can be trained); product-quantisation
@@ -36,7 +37,7 @@ Example:
 >>> options = ScannOptions(dimension=512, mode="compact", bytes_per_vector=64)
 >>> params = resolve_params(options, 1_000_000)
 >>> params.num_leaves, params.hash_type, params.code_bytes_per_vector
-(1000, 'lut256', 64)
+(2000, 'lut256', 64)
 >>> num_leaves_for(19_999), num_leaves_for(20_000)
 (0, 141)
 """
@@ -46,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 from typing import Any
 
 from keras_rmac.checks import check_int
@@ -70,6 +72,17 @@ PROJECTION_DIMS_PER_BYTE = 4
 # scoring every PQ code costs well under a millisecond per query, and a
 # tree on little (or weakly clustered) data loses recall.
 MIN_TREE_SIZE = 20_000
+# With a recall target a tree pays from fewer: 1.6x faster than brute
+# force on 2k COIL-100 descriptors (the tuner falls back if need be).
+MIN_TARGET_TREE_SIZE = 1000
+# Leaves for a recall target (`num_leaves_for_target`): LEAVES_PER_SQRT_N
+# * sqrt(N) below LARGE_TREE_SIZE vectors, LARGE_LEAVES_PER_SQRT_N *
+# sqrt(N) from there. Measured (benchmarks/search.py --recall, QPS at
+# recall 0.95 over 0.5-4 sqrt(N) leaves): 2 sqrt(N) was fastest or close
+# in 7 of 8 rows from 100k on, sqrt(N) at 2k and 10k.
+LEAVES_PER_SQRT_N = 1
+LARGE_TREE_SIZE = 50_000
+LARGE_LEAVES_PER_SQRT_N = 2
 # Default share of the leaves searched per query, and the least searched.
 LEAVES_SEARCHED = 0.05
 MIN_LEAVES_SEARCHED = 8
@@ -91,6 +104,9 @@ REORDER_NUM_NEIGHBORS = 200
 # recommendation for normalised data).
 COMPACT_BYTES_PER_VECTOR = 64
 COMPACT_ANISOTROPIC_THRESHOLD = 0.2
+# The default recall target and its k (`keras_rmac.search.scann_tuning`).
+DEFAULT_TARGET_RECALL = 0.95
+DEFAULT_RECALL_K = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +137,12 @@ class ScannOptions:
     anisotropic_quantization_threshold: float | None = None
     hash_type: str | None = None
     projection_dim: int | None = None
+    target_recall: float | None = DEFAULT_TARGET_RECALL
+    recall_k: int = DEFAULT_RECALL_K
 
     def __post_init__(self):
         self._check_mode()
+        self._check_target()
         ints = {
             "bytes_per_vector": False,
             "num_leaves": True,  # 0 asks for no tree
@@ -163,6 +182,16 @@ class ScannOptions:
             object.__setattr__(
                 self, "anisotropic_quantization_threshold", aniso
             )
+
+    def _check_target(self) -> None:
+        object.__setattr__(
+            self,
+            "target_recall",
+            check_recall("target_recall", self.target_recall),
+        )
+        object.__setattr__(
+            self, "recall_k", check_search_int("recall_k", self.recall_k)
+        )
 
     def _check_mode(self) -> None:
         if self.mode not in SCANN_MODES:
@@ -254,6 +283,33 @@ class ScannParams:
 # One rule per function.
 
 
+def check_recall(name: str, value: Any) -> float | None:
+    """None, or `value` as a float in (0, 1]; raises `ValueError` naming
+    the argument and the value otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not (
+        isinstance(value, numbers.Real) and 0 < value <= 1
+    ):
+        raise ValueError(
+            f"`{name}` must be a float in (0, 1] (or None). Received: "
+            f"{name}={value!r}"
+        )
+    return float(value)
+
+
+def check_search_int(name: str, value: Any, allow_none: bool = False):
+    """`value` as an int >= 1 (None passes with `allow_none`); raises
+    `ValueError` naming the argument and the value otherwise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"`{name}` must be an int >= 1. Received: {value!r}")
+    if value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1. Received: {value!r}")
+    return int(value)
+
+
 def num_leaves_for(n: int, requested: int | None = None) -> int:
     """Leaves of the partitioning tree for `n` vectors; 0 for no tree.
 
@@ -280,6 +336,26 @@ def num_leaves_for(n: int, requested: int | None = None) -> int:
         )
         return 0
     return int(requested)
+
+
+def num_leaves_for_target(
+    n: int, requested: int | None = None, mode: str = "fast"
+) -> int:
+    """Leaves of the tree of an index built for a target recall.
+
+    `requested` if given (as `num_leaves_for`); none below
+    `MIN_TARGET_TREE_SIZE` vectors in fast mode (`MIN_TREE_SIZE` in
+    compact mode, whose recall is the codes': a small tree only lowers
+    it); else `LEAVES_PER_SQRT_N` * sqrt(n), `LARGE_LEAVES_PER_SQRT_N` *
+    sqrt(n) from `LARGE_TREE_SIZE` vectors on.
+    """
+    least = MIN_TARGET_TREE_SIZE if mode == "fast" else MIN_TREE_SIZE
+    if requested is not None or n < least:
+        return num_leaves_for(n, requested)
+    per_root = (
+        LARGE_LEAVES_PER_SQRT_N if n >= LARGE_TREE_SIZE else LEAVES_PER_SQRT_N
+    )
+    return int(round(per_root * math.sqrt(n)))
 
 
 def num_leaves_to_search_for(
@@ -423,7 +499,11 @@ def resolve_params(options: ScannOptions, n: int) -> ScannParams:
         A `ScannParams`.
     """
     mode = options.mode
-    leaves = num_leaves_for(n, options.num_leaves)
+    leaves = (
+        num_leaves_for(n, options.num_leaves)
+        if options.target_recall is None
+        else num_leaves_for_target(n, options.num_leaves, mode=mode)
+    )
     scoring = scoring_for(mode, n, leaves)
     hash_type = hash_type_for(mode, n, options.hash_type)
     proj = projection_dim_for(options, n, scoring)

@@ -36,9 +36,12 @@ FORMAT_NAME = "keras_rmac.search"
 # The version of this on-disk index layout (the manifest's
 # `format_version`), not of any other keras_rmac file. Version 2 added
 # ScannIndex's optional projection and 8-bit codes; an index of version 1
-# (no projection, 4-bit codes) reads the same way.
-INDEX_FORMAT_VERSION = 2
-READABLE_INDEX_FORMAT_VERSIONS = (1, 2)
+# (no projection, 4-bit codes) reads the same way. Version 3 added
+# ScannIndex's recall target (`target_recall`, `recall_k`) and measured
+# `operating_point` to the params; indexes of versions 1 and 2 read as
+# built without a target (no operating point).
+INDEX_FORMAT_VERSION = 3
+READABLE_INDEX_FORMAT_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 IDS_FILE = "ids.npy"
 PATHS_FILE = "paths.json"

@@ -30,3 +30,34 @@ def recall_at_k(found, truth):
         len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth)
     ]
     return float(np.mean(hits) / truth.shape[1])
+
+
+def structured(rng, n, d, per_cluster, noise=0.7, min_members=11):
+    """Unit vectors around Gaussian centres, about `per_cluster` per centre.
+
+    With `per_cluster` <= `min_members` every centre gets exactly
+    `min_members` rows (the rest drawn at random), so a query's true
+    top-10 lies inside its cluster; otherwise centres are drawn uniformly.
+    Returns `(rows, sample)` where `sample(m)` draws `m` more rows the same
+    way (independent queries).
+    """
+    if per_cluster <= min_members:
+        count = n // min_members
+        labels = np.concatenate(
+            [
+                np.repeat(np.arange(count), min_members),
+                rng.integers(0, count, n - count * min_members),
+            ]
+        )
+    else:
+        count = n // per_cluster
+        labels = rng.integers(0, count, n)
+    centres = unit_rows(rng, count, d).astype(np.float64)
+
+    def around(which):
+        x = centres[which] + noise * rng.standard_normal((len(which), d)) / (
+            np.sqrt(d)
+        )
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    return around(labels), lambda m: around(rng.integers(0, count, m))

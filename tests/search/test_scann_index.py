@@ -173,7 +173,9 @@ def test_auto_parameters_follow_n():
     small = index.resolved_params(1000)
     assert small["num_leaves"] == 0 and small["scoring"] == "ah"
     big = index.resolved_params(1_000_000)
-    assert big["num_leaves"] == 1000
+    assert big["num_leaves"] == 2000  # 2 sqrt(N) with a recall target
+    legacy = ScannIndex(512, "compact", target_recall=None)
+    assert legacy.resolved_params(1_000_000)["num_leaves"] == 1000
     # 8-bit codes of 4 dims after a PCA to 4 dims per byte (all 512).
     assert big["hash_type"] == "lut256"
     assert big["projection_dim"] == 512

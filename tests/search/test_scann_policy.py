@@ -237,12 +237,17 @@ def test_search_time_overrides():
 
 @pytest.mark.parametrize("n", EDGE_NS)
 def test_resolve_params_at_the_edges(n):
-    fast_params = P.resolve_params(fast(), n)
+    fast_params = P.resolve_params(fast(target_recall=None), n)
     assert fast_params.num_leaves == (0 if n < 20000 else round(n**0.5))
     assert fast_params.scoring == ("brute_force" if n < 2000 else "ah")
     assert (fast_params.reorder_num_neighbors == 200) == (n >= 2000)
     assert fast_params.projection_dim == 0
     assert fast_params.training_sample_size == min(n, 200_000)
+    # With a recall target (the default) the measured leaf rule applies.
+    tuned = P.resolve_params(fast(), n)
+    leaves = 0 if n < 1000 else round((1 if n < 50_000 else 2) * n**0.5)
+    assert tuned.num_leaves == leaves
+    assert tuned.training_sample_size == min(n, max(50_000, 200 * leaves))
     small = P.resolve_params(compact(bytes_per_vector=64), n)
     assert small.scoring == ("brute_force" if n < 16 else "ah")
     if n >= 16:
@@ -303,5 +308,9 @@ def test_same_parameters_as_keras_rmac_0_2_0():
     keys = golden["params_keys"]
     assert len(golden["cases"]) > 200
     for dimension, options, n, values in golden["cases"]:
-        got = ScannIndex(dimension, **options).resolved_params(n)
+        # keras_rmac 0.2.0 had no recall target: target_recall=None keeps
+        # its policy exactly.
+        got = ScannIndex(
+            dimension, target_recall=None, **options
+        ).resolved_params(n)
         assert got == dict(zip(keys, values)), (dimension, options, n)
