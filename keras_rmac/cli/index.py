@@ -261,5 +261,19 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return 1
     print(report.summary())
+    point = _operating_point(index_dir)
+    if point is not None:
+        print(f"Search: {point.describe()}")
     print(f"Report: {os.path.join(index_dir, indexing.REPORT_FILE)}")
     return 0
+
+
+def _operating_point(index_dir):
+    """The measured operating point of the index's current version."""
+    from keras_rmac.search import saved_operating_point
+
+    try:
+        version = indexing.current_version(index_dir)
+        return saved_operating_point(version.searchable)
+    except (OSError, ValueError, KeyError):
+        return None  # Exact index, or nothing built yet.

@@ -341,7 +341,15 @@ def test_operating_points(tmp_path, tiny_keras, extra, params, capsys):
     index_dir = tmp_path / "index"
     args = _index_args(root, index_dir, tiny_keras)
     args[args.index("exact")] = extra[1]
+    capsys.readouterr()
     assert cli(args + extra[2:]) == 0
+    # The measured operating point, in one line (issue 11).
+    search_lines = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("Search: ")
+    ]
+    assert len(search_lines) == 1 and "recall@" in search_lines[0], search_lines
     version = layout.current_version(index_dir)
     with open(os.path.join(version.searchable, "manifest.json")) as f:
         manifest = json.load(f)
