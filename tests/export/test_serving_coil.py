@@ -20,6 +20,7 @@ import pytest
 
 from keras_rmac.cli import export as export_cli
 from keras_rmac.export import export_saved_model
+from keras_rmac.indexing.settings import DEFAULT_MAX_SIZE
 from keras_rmac.models import RMACModel
 
 WEIGHTS = "mobilenet_v2_1.0_224_torchvision_imagenet.weights.h5"
@@ -86,8 +87,9 @@ def test_served_descriptors_match_extract(coil_dir, weights_dir, tmp_path):
     weights = str(weights_dir / WEIGHTS)
     base = tmp_path / "rmac"
 
-    # Single scale at native size (128), exported by the CLI from
-    # --backbone/--weights.
+    # Single scale, exported by the CLI from --backbone/--weights with the
+    # model options' shared defaults (longest side DEFAULT_MAX_SIZE, as
+    # `keras-rmac index` describes photos).
     parser = argparse.ArgumentParser()
     export_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(
@@ -106,7 +108,7 @@ def test_served_descriptors_match_extract(coil_dir, weights_dir, tmp_path):
         warmup_images=paths[:2],
     )
     expected = {
-        "single": model.extract(paths),
+        "single": model.extract(paths, max_size=DEFAULT_MAX_SIZE),
         "multi": model.extract(paths, max_size=224, scales=(1.0, 0.707)),
     }
     child_args = {
