@@ -151,6 +151,9 @@ def quiet_logs(verbose: bool = False):
         else:
             for logger in loggers:
                 logger.setLevel(logging.ERROR)
+            # keras_rmac's own progress notes (models built, indexes saved)
+            # only with -v; its warnings and errors always.
+            package.setLevel(logging.WARNING)
             warnings.filterwarnings("ignore")
             warnings.filterwarnings("default", module=r"keras_rmac(\.|$)")
             callbacks = {_SCANN_EXTENSION: quiet_scann}
