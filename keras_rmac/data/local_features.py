@@ -429,7 +429,8 @@ def ransac_affine(
     >>> import numpy as np
     >>> src = np.random.default_rng(0).uniform(0, 100, (20, 2))
     >>> result = ransac_affine(src, src + 5.0, RansacSettings(threshold=1.0))
-    >>> result.num_inliers, np.round(result.affine, 6).tolist()
+    >>> # (+ 0.0 turns a rounded -0.0 into 0.0, whatever the BLAS.)
+    >>> result.num_inliers, (np.round(result.affine, 6) + 0.0).tolist()
     (20, [[1.0, 0.0, 5.0], [0.0, 1.0, 5.0]])
     """
     settings = settings or RansacSettings()
