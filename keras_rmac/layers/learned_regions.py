@@ -87,7 +87,8 @@ class LearnedRegionPooling(keras.layers.Layer):
         self.head.trainable = False
 
     def build(self, input_shape):
-        self.head.build(tuple(input_shape))
+        if not self.head.built:
+            self.head.build(tuple(input_shape))
         self.built = True
 
     def proposals(self, features):
