@@ -75,7 +75,7 @@ def tiny_backbone():
     return keras.Model(inputs, keras.layers.ReLU()(x))
 
 
-def _write_rectangles(folder, count, seed):
+def _write_rectangles(folder, count, seed, classes=1):
     """Noise images with one bright rectangle each; its box is known."""
     rng = np.random.default_rng(seed)
     paths, boxes = [], []
@@ -90,7 +90,10 @@ def _write_rectangles(folder, count, seed):
         boxes.append([x0, y0, x0 + w, y0 + h])
     csv = os.path.join(folder, "boxes.csv")
     write_image_list(
-        csv, LabelledImages.from_labels(paths, [0] * count, boxes=boxes)
+        csv,
+        LabelledImages.from_labels(
+            paths, [i % classes for i in range(count)], boxes=boxes
+        ),
     )
     return csv
 
@@ -165,3 +168,60 @@ def test_train_rpn_refuses_a_list_without_boxes(tmp_path):
     config = rpn.RPNConfig(csv, str(tmp_path / "run"), weights=None)
     with pytest.raises(ValueError, match="no box columns"):
         rpn.train_rpn(config, model=_model(config))
+
+
+def test_descriptor_trains_on_the_learned_regions_with_the_rpn_frozen(
+    tmp_path,
+):
+    from keras_rmac.training import TrainConfig
+    from keras_rmac.training import train
+
+    csv = _write_rectangles(str(tmp_path), 12, seed=1, classes=3)
+    config = rpn.RPNConfig(
+        csv,
+        str(tmp_path / "rpn"),
+        image_size=48,
+        sizes=(3.0,),
+        ratios=(1.0,),
+        top_n=3,
+        hidden=4,
+        epochs=1,
+        num_workers=0,
+    )
+    rpn_path = rpn.train_rpn(config, model=_model(config)).model_path
+    trained_rpn = keras.models.load_model(rpn_path)
+    result = train(
+        TrainConfig(
+            train_list=csv,
+            rpn_model=rpn_path,
+            output_dir=str(tmp_path / "descriptor"),
+            image_size=48,
+            batch_size=2,
+            steps_per_epoch=2,
+            epochs=1,
+            learning_rate=1e-2,
+            pca_images=6,
+            mining=False,
+            augment=False,
+            num_workers=0,
+            verbose=0,
+        )
+    )
+    model = keras.models.load_model(result.model_path)
+    assert model.regions == "rpn" and model.rpn_options["top_n"] == 3
+    for got, want in zip(model.pool.weights, trained_rpn.pool.weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    changed = [
+        not np.array_equal(a.numpy(), b.numpy())
+        for a, b in zip(model.backbone.weights, trained_rpn.backbone.weights)
+    ]
+    assert any(changed)  # The descriptor's backbone was trained.
+
+
+def test_rpn_embedding_refuses_a_grid_model(tmp_path):
+    path = os.path.join(tmp_path, "grid.keras")
+    RMACModel(tiny_backbone(), None, preprocessing="tf").save(path)
+    with pytest.raises(ValueError, match="regions='rpn'"):
+        rpn.rpn_embedding(path)
+    with pytest.raises(FileNotFoundError, match="train-rpn"):
+        rpn.rpn_embedding(os.path.join(tmp_path, "missing.keras"))

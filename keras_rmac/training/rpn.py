@@ -320,6 +320,36 @@ class _Trainer:
         return self.step
 
 
+def rpn_embedding(path, pca_dim=None) -> RMACModel:
+    """A fresh `RMACModel(regions="rpn")` with the backbone and frozen RPN
+    of the `train_rpn` model at `path`, for training the descriptor on the
+    learned regions (shift + PCA is learned anew, of size `pca_dim`)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"RPN model {path!r} not found: pass the model.keras that "
+            "`keras-rmac train-rpn` wrote."
+        )
+    trained = keras.models.load_model(path)
+    if getattr(trained, "regions", None) != "rpn":
+        raise ValueError(
+            f"{path} is not an RMACModel(regions='rpn') (regions="
+            f"{getattr(trained, 'regions', None)!r}); pass the model.keras "
+            "that `keras-rmac train-rpn` wrote."
+        )
+    model = RMACModel(
+        trained.backbone,
+        weights=None,
+        preprocessing=trained.preprocessing,
+        pca_dim=pca_dim,
+        regions="rpn",
+        rpn_options=trained.rpn_options,
+    )
+    model.backbone_name = trained.backbone_name
+    for mine, theirs in zip(model.pool.weights, trained.pool.weights):
+        mine.assign(theirs)
+    return model
+
+
 def train_rpn(config: RPNConfig, model: RMACModel | None = None) -> RPNResult:
     """Trains the RPN head on the boxes of `config.train_list`.
 
