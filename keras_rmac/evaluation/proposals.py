@@ -71,5 +71,5 @@ def proposal_recall(
         truth = np.asarray(truth, np.float64).reshape(-1, 4)
         for box in truth[~np.isnan(truth).any(axis=1)]:
             total += 1
-            found += bool(len(props)) and _iou(props, box).max() >= iou
-    return found / total if total else float("nan")
+            found += int(len(props) > 0 and _iou(props, box).max() >= iou)
+    return float(found / total) if total else float("nan")
