@@ -225,3 +225,21 @@ def test_rpn_embedding_refuses_a_grid_model(tmp_path):
         rpn.rpn_embedding(path)
     with pytest.raises(FileNotFoundError, match="train-rpn"):
         rpn.rpn_embedding(os.path.join(tmp_path, "missing.keras"))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("epochs", 0),
+        ("image_size", 12.5),
+        ("positive_fraction", 0.0),
+        ("negative_iou", 0.8),
+        ("sizes", (1.0, 0.0)),
+        ("learning_rate", 0.0),
+    ],
+)
+def test_rpn_config_refuses_bad_settings(field, value):
+    config = rpn.RPNConfig("a.csv", "out", **{field: value})
+    # check_int raises TypeError for a float, ValueError below 1.
+    with pytest.raises((ValueError, TypeError), match=field):
+        config.validate()

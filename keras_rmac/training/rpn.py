@@ -1,10 +1,10 @@
 """Training the region proposal network on boxes: `train_rpn(config)`.
 
-The first stage of Gordo et al.'s learned regions (ECCV 2016, Sec. 4.3):
-the RPN of Faster R-CNN is trained on the bounding boxes that the cleaning
-estimates for the training images (`keras-rmac clean` writes them), with
-the backbone frozen; the descriptor is then trained with the triplet loss
-on the learned regions (`keras_rmac.training.train` with
+The first stage of Gordo et al.'s learned regions (ECCV 2016 version, arXiv
+1604.01325): the RPN of Faster R-CNN is trained on the boxes that the
+cleaning estimates for the training images (`keras-rmac clean` writes them),
+with the backbone frozen; the descriptor is then trained with the triplet
+loss on the learned regions (`keras_rmac.training.train` with
 `TrainConfig(rpn_model=...)`: the RPN stays frozen there).
 
 The recipe, as Faster R-CNN's RPN: anchors (`AnchorGenerator`) whose IoU
@@ -16,14 +16,21 @@ positives; the loss is the binary cross-entropy of the objectness on them
 plus `box_weight` times the smooth-L1 (beta 1/9) of the box deltas of the
 positives, divided by the number sampled.
 
-Run: read the list (CSV `path,label,x0,y0,x1,y1`; images without a box
-are skipped, as are bad files) -> decode each image once, resize its
-longest side to `image_size`, run the frozen backbone once and keep the
-feature map in memory -> train the RPN head (one image per step, seeded
+Run: read the list (CSV `path,label,x0,y0,x1,y1`; images without a box are
+skipped, as are bad files) -> decode each image once, resize its longest
+side to `image_size`, run the frozen backbone once and keep the feature map
+in memory (about `image_size**2 / stride**2 * C * 4` bytes an image: 1.3 MB
+for MobileNetV2 at 512; a list of tens of thousands of images needs a disk
+cache, not written yet) -> train the RPN head (one image per step, seeded
 order per epoch) with a checkpoint every `checkpoint_every` steps in
 `<output_dir>/rpn_backup.npz` (running the same config again resumes from
 it, with the same order and sampling) -> save the `RMACModel(regions="rpn")`
-as `<output_dir>/model.keras` and the loss per epoch in `rpn_log.csv`.
+as `<output_dir>/model.keras` and the loss per epoch in `rpn_log.csv` (after
+a resume, the epoch it resumed in averages the steps run since).
+
+Anchor sizes are in feature cells: extract at the `image_size` the RPN was
+trained at (`extract(max_size=image_size)`) so that objects have the sizes
+it learned.
 """
 
 import dataclasses
@@ -34,6 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_rmac.checks import check_int
 from keras_rmac.data import image_io
 from keras_rmac.data.labelled import read_image_list
 from keras_rmac.fileio import atomic_write
@@ -41,6 +49,7 @@ from keras_rmac.fileio import atomic_write_text
 from keras_rmac.layers import box_ops
 from keras_rmac.layers.anchors import DEFAULT_RATIOS
 from keras_rmac.layers.anchors import DEFAULT_SIZES
+from keras_rmac.layers.anchors import validate_anchor_args
 from keras_rmac.layers.learned_regions import DEFAULT_TOP_N
 from keras_rmac.models.rmac_model import RMACModel
 from keras_rmac.progress import progress_bar
@@ -99,6 +108,34 @@ class RPNConfig:
     seed: int = 0
     num_workers: int = 4
     verbose: int = 0
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first invalid setting."""
+        for name in (
+            "image_size",
+            "top_n",
+            "hidden",
+            "epochs",
+            "anchors_per_image",
+            "checkpoint_every",
+        ):
+            check_int(name, getattr(self, name))
+        validate_anchor_args(self.sizes, self.ratios)
+        if not 0.0 < self.positive_fraction <= 1.0:
+            raise ValueError(
+                "positive_fraction must be in (0, 1], got "
+                f"{self.positive_fraction!r}."
+            )
+        if not 0.0 <= self.negative_iou <= self.positive_iou <= 1.0:
+            raise ValueError(
+                "Need 0 <= negative_iou <= positive_iou <= 1, got "
+                f"negative_iou={self.negative_iou!r}, positive_iou="
+                f"{self.positive_iou!r}."
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"learning_rate must be > 0, got {self.learning_rate!r}."
+            )
 
     def rpn_options(self):
         """`RMACModel(rpn_options=...)` of the trained model."""
@@ -361,6 +398,7 @@ def train_rpn(config: RPNConfig, model: RMACModel | None = None) -> RPNResult:
     Returns:
         `RPNResult`; the trained model is `<output_dir>/model.keras`.
     """
+    config.validate()
     os.makedirs(config.output_dir, exist_ok=True)
     model = model if model is not None else build_rpn_model(config)
     if getattr(model, "regions", None) != "rpn":
