@@ -14,6 +14,7 @@ image's pixels, so that proposals can be compared with true boxes (see
 import numpy as np
 import tensorflow as tf
 
+from keras_rmac.data import image_io
 from keras_rmac.layers import box_ops
 from keras_rmac.layers.learned_regions import LearnedRegionPooling
 from keras_rmac.layers.rmac_pooling import RMACPooling
@@ -52,14 +53,16 @@ def region_pooling(regions, levels, overlap, rpn_options):
     return RMACPooling(levels, overlap, name="rmac_pooling")
 
 
-def region_boxes(model, image, top_n=None):
+def region_boxes(model, image, top_n=None, max_size=None):
     """Boxes that `model` pools for one image, best first, in its pixels.
 
     Args:
         model: `RMACModel` with `pooling="rmac"`.
-        image: array `(H, W, 3)`, RGB in [0, 255], already at the size the
-            model sees.
+        image: array `(H, W, 3)`, RGB in [0, 255].
         top_n: int or None. Keep the first `top_n` boxes. Defaults to None.
+        max_size: int or None. The model sees the image resized to this
+            longest side (as `extract(max_size=...)` does); the boxes are
+            still in `image`'s pixels. None: as given. Defaults to None.
 
     Returns:
         float32 array `(N, 4)` of `(x0, y0, x1, y1)` pixels: the learned
@@ -71,7 +74,10 @@ def region_boxes(model, image, top_n=None):
             f"region_boxes needs pooling='rmac', got {model.pooling!r}."
         )
     image = np.asarray(image, np.float32)
-    features = model.backbone(model.preprocess(tf.constant(image[None])))
+    seen = image
+    if max_size is not None:
+        seen = image_io.resize_longest_side(image, int(max_size)).numpy()
+    features = model.backbone(model.preprocess(tf.constant(seen[None])))
     height, width = int(features.shape[1]), int(features.shape[2])
     if model.regions == "rpn":
         boxes = model.pool.proposals(features)[0][0].numpy()

@@ -131,6 +131,11 @@ def test_region_boxes_in_pixels_for_grid_and_rpn(model):
     assert learned.shape == (4, 4)
     assert learned[:, 2].max() <= 56 + 1e-4 and learned[:, 3].max() <= 40
     assert proposal_recall([boxes], [np.array([0, 0, 56, 40])], top_n=1) == 1.0
+    # Seen at another size, the boxes are still in the image's pixels.
+    big = region_boxes(grid, image, max_size=112)
+    np.testing.assert_allclose(big[0], [0, 0, 56, 40], atol=1e-4)
+    # The map of the larger image has other proportions: other regions.
+    assert not np.allclose(big[1], boxes[1], atol=0.1)
 
 
 def test_proposal_recall_against_hand_computed_cases():
