@@ -18,12 +18,16 @@ import sys
 from keras_rmac.version import __version__
 
 _EXPORTS = {
+    "AnchorGenerator": "keras_rmac.layers",
+    "BoxMaxPooling": "keras_rmac.layers",
     "GeMPooling": "keras_rmac.layers",
     "L2Normalize": "keras_rmac.layers",
+    "LearnedRegionPooling": "keras_rmac.layers",
     "MACPooling": "keras_rmac.layers",
     "PhotoIndex": "keras_rmac.indexing",
     "RegionProposal": "keras_rmac.layers",
     "RMACPooling": "keras_rmac.layers",
+    "RPNHead": "keras_rmac.layers",
     "ShiftPCA": "keras_rmac.layers",
     "SPoCPooling": "keras_rmac.layers",
     "RMACModel": "keras_rmac.models",
@@ -33,12 +37,16 @@ _EXPORTS = {
 """Public name -> the module it is imported from."""
 
 __all__ = [
+    "AnchorGenerator",
+    "BoxMaxPooling",
     "GeMPooling",
     "L2Normalize",
+    "LearnedRegionPooling",
     "MACPooling",
     "PhotoIndex",
     "RMACModel",
     "RMACPooling",
+    "RPNHead",
     "RegionProposal",
     "SPoCPooling",
     "ShiftPCA",

@@ -29,12 +29,18 @@ SUBCOMMANDS = {
     "export": "Export a SavedModel for TF Serving (image bytes -> descriptor).",
     "train": "Fine-tune R-MAC with triplets and hard-negative mining.",
     "clean": "Clean a noisy labelled image list (local features + RANSAC).",
+    "train-rpn": "Train the region proposal network on a cleaned list's boxes.",
 }
 """Sub-command name -> the summary `keras-rmac --help` lists (the same as
 the `help=` its module gives, which a test checks)."""
 
 _VERBOSE_FLAGS = ("-v", "--verbose")
 _EXPECTED_ERRORS = (OSError, ValueError, TypeError, ImportError, RuntimeError)
+
+
+def module_name(command: str) -> str:
+    """The module of sub-command `command` (`train-rpn` -> `...train_rpn`)."""
+    return "keras_rmac.cli." + command.replace("-", "_")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -72,7 +78,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, summary in SUBCOMMANDS.items():
         if name == command:
-            module = importlib.import_module(f"keras_rmac.cli.{name}")
+            module = importlib.import_module(module_name(name))
             module.add_parser(subparsers)
         else:
             subparsers.add_parser(name, help=summary, add_help=False)

@@ -67,6 +67,12 @@ _OPTIONS = (
     ("--checkpoint-every", "checkpoint_every", int, "Steps between backups."),
     ("--seed", "seed", int, "Seed of triplets, order and augmentation."),
     ("--workers", "num_workers", int, "Image decoding threads."),
+    (
+        "--rpn-model",
+        "rpn_model",
+        str,
+        "Pool the learned regions of this `train-rpn` model.keras.",
+    ),
 )
 
 

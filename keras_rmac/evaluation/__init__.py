@@ -2,6 +2,7 @@
 
 from keras_rmac.evaluation.average_precision import compute_ap
 from keras_rmac.evaluation.average_precision import compute_map
+from keras_rmac.evaluation.proposals import proposal_recall
 from keras_rmac.evaluation.protocols import PROTOCOLS
 from keras_rmac.evaluation.protocols import evaluate_revisited
 from keras_rmac.evaluation.protocols import revisited_gnd
@@ -11,5 +12,6 @@ __all__ = [
     "compute_ap",
     "compute_map",
     "evaluate_revisited",
+    "proposal_recall",
     "revisited_gnd",
 ]

@@ -19,12 +19,13 @@ from keras_rmac.layers.gem_pooling import GeMPooling
 from keras_rmac.layers.l2_normalize import L2Normalize
 from keras_rmac.layers.mac_pooling import MACPooling
 from keras_rmac.layers.preprocess import Preprocess
-from keras_rmac.layers.rmac_pooling import RMACPooling
 from keras_rmac.layers.shift_pca import ShiftPCA
 from keras_rmac.layers.spoc_pooling import SPoCPooling
 from keras_rmac.models.multiscale import scale_sizes
 from keras_rmac.models.multiscale import sum_over_scales
 from keras_rmac.models.multiscale import validate_scales
+from keras_rmac.models.regions import region_pooling
+from keras_rmac.models.regions import validate_regions
 from keras_rmac.models.value_range import ValueRangeWarning
 from keras_rmac.models.value_range import rescale_to_255
 from keras_rmac.models.value_range import unit_range_message
@@ -68,6 +69,12 @@ class RMACModel(keras.Model):
         preprocessing: str or None. Override of the preprocessing mode
             (`"tf"`, `"torch"`, `"caffe"`, `"lite"`, `"none"`); None picks
             the one the weights expect. Defaults to `None`.
+        regions: str. Regions pooled by `pooling="rmac"`: `"grid"` (the
+            rigid R-MAC grid) or `"rpn"` (the top proposals of a region
+            proposal network, `LearnedRegionPooling`; train it with
+            `keras_rmac.training.rpn.train_rpn`). Defaults to `"grid"`.
+        rpn_options: dict or None. Arguments of `LearnedRegionPooling`
+            (`top_n`, `sizes`, ...) for `regions="rpn"`. Defaults to `None`.
 
     Example:
     >>> model = RMACModel("mobilenet_v2", weights=None)  # doctest: +SKIP
@@ -78,7 +85,7 @@ class RMACModel(keras.Model):
         - [Gordo et al., 2017](https://arxiv.org/abs/1610.07940)
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - documented public model constructor
         self,
         backbone="mobilenet_v2",
         weights="imagenet",
@@ -88,9 +95,14 @@ class RMACModel(keras.Model):
         pca_dim=None,
         whiten_power=0.5,
         preprocessing=None,
+        regions="grid",
+        rpn_options=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.regions, self.rpn_options = validate_regions(
+            regions, rpn_options, pooling
+        )
         if pooling not in POOLINGS:
             raise ValueError(
                 f"Unknown pooling={pooling!r}; choose one of {POOLINGS}."
@@ -113,7 +125,9 @@ class RMACModel(keras.Model):
 
         self.preprocess = Preprocess(mode, name="preprocess")
         if pooling == "rmac":
-            self.pool = RMACPooling(levels, overlap, name="rmac_pooling")
+            self.pool = region_pooling(
+                self.regions, levels, overlap, self.rpn_options
+            )
         elif pooling == "mac":
             self.pool = MACPooling(name="mac_pooling")
         elif pooling == "spoc":
@@ -420,6 +434,8 @@ class RMACModel(keras.Model):
         digest = hashlib.sha256()
         digest.update(self.preprocessing.encode())
         head = [self.pooling, self.levels, self.overlap]
+        if self.regions != "grid":  # Grid fingerprints stay as they were.
+            head += [self.regions, self.rpn_options]
         digest.update(json.dumps(head).encode())
         digest.update(graph_signature(self.backbone).encode())
         update_with_weights(digest, self.weights)
@@ -438,6 +454,8 @@ class RMACModel(keras.Model):
                 "whiten_power": self.whiten_power,
                 "preprocessing": self.preprocessing,
                 "backbone_name": self.backbone_name,
+                "regions": self.regions,
+                "rpn_options": self.rpn_options,
             }
         )
         return config

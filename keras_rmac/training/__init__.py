@@ -28,6 +28,11 @@ scope and `batch_size` is the global batch. Every worker writes its own
 backup folder (non-chief workers under `<output_dir>/workers/<id>`), and
 only the chief writes the final model.
 
+Learned regions (the paper's region proposal network): `train_rpn(RPNConfig)`
+trains the RPN of an `RMACModel(regions="rpn")` on the boxes of a cleaned
+list, backbone frozen (module `rpn`); `train` then trains the descriptor on
+the learned regions with `TrainConfig(rpn_model=<its model.keras>)`.
+
 Modules: `config` (`TrainConfig`), `callbacks` (`ResumableBackupAndRestore`,
 `RandomTriplets`), `feature_cache` (cached frozen-prefix features) and
 `loop` (`train` and its steps).
@@ -47,9 +52,14 @@ from keras_rmac.training.loop import adapt_pca
 from keras_rmac.training.loop import build_optimizer
 from keras_rmac.training.loop import load_training_images
 from keras_rmac.training.loop import train
+from keras_rmac.training.rpn import RPNConfig
+from keras_rmac.training.rpn import RPNResult
+from keras_rmac.training.rpn import train_rpn
 
 __all__ = [
     "OPTIMIZERS",
+    "RPNConfig",
+    "RPNResult",
     "RandomTriplets",
     "ResumableBackupAndRestore",
     "TrainConfig",
@@ -63,4 +73,5 @@ __all__ = [
     "load_training_images",
     "optimizer_step",
     "train",
+    "train_rpn",
 ]

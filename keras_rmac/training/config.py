@@ -21,6 +21,10 @@ class TrainConfig:
 
     Model:
         backbone, weights, levels, pooling, pca_dim: as in `RMACModel`.
+        rpn_model: a `model.keras` of `train_rpn`: the descriptor pools the
+            learned regions of its frozen RPN (backbone, preprocessing and
+            proposals come from that file; `backbone`, `weights` and
+            `levels` are then unused). Defaults to None (the grid).
         trainable_from: first backbone layer trained (name), or fraction
             of the backbone frozen; None trains all.
         freeze_batchnorm: BatchNorm in inference mode with fixed
@@ -85,6 +89,7 @@ class TrainConfig:
     weights: str | None = "imagenet"
     levels: int = 3
     pooling: str = "rmac"
+    rpn_model: str | None = None
     pca_dim: int | None = None
     trainable_from: str | float | None = None
     freeze_batchnorm: bool = True

@@ -79,6 +79,10 @@ def build_optimizer(config: TrainConfig):
 
 
 def _default_embedding(config):
+    if config.rpn_model is not None:
+        from keras_rmac.training.rpn import rpn_embedding
+
+        return rpn_embedding(config.rpn_model, config.pca_dim)
     return RMACModel(
         config.backbone,
         weights=config.weights,

@@ -264,7 +264,7 @@ def test_subcommand_summaries_match_modules():
         actions = [a for a in parser._actions if a.dest == "command"]
         choices = {c.dest: c.help for c in actions[0]._choices_actions}
         assert choices[name] == summary, name
-        module = importlib.import_module(f"keras_rmac.cli.{name}")
+        module = importlib.import_module(cli_main.module_name(name))
         assert module.run is parser.parse_args([name, *_REQUIRED[name]]).run
 
 
@@ -275,6 +275,7 @@ _REQUIRED = {
     "export": ["--out", "o"],
     "train": ["--train-dir", "d", "--out", "o"],
     "clean": ["list.csv", "--out", "o.csv"],
+    "train-rpn": ["boxes.csv", "--out", "o"],
 }
 
 

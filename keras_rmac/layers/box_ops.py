@@ -1,0 +1,250 @@
+"""Pure box math of the learned region proposals (Faster R-CNN's RPN).
+
+The layers `AnchorGenerator`, `RPNHead`, `BoxMaxPooling` and
+`LearnedRegionPooling` are thin wrappers around these functions.
+
+Conventions, shared by every function here:
+
+- a box is `(x0, y0, x1, y1)` with `x0 <= x1`, `y0 <= y1`, in continuous
+  feature-map coordinates: the cell in row `i` and column `j` covers
+  `[j, j + 1) x [i, i + 1)`, so a `H x W` map spans `[0, W] x [0, H]` (the
+  order and meaning of `keras_rmac.data.labelled`'s pixel boxes, divided by
+  the backbone's stride);
+- areas are `(x1 - x0) * (y1 - y0)` (no "+ 1"); a box of zero area
+  (degenerate) has IoU 0 with every box, itself included;
+- anchors are laid out row-major over the map and, inside a cell, size-major
+  then ratio: index `(i * W + j) * A + s * len(ratios) + r`.
+
+Everything is `keras.ops`, except the non-maximum suppression, which uses
+TensorFlow's `tf.image.non_max_suppression` (keras_rmac is TensorFlow-only).
+
+Reference:
+    - [Ren et al., Faster R-CNN](https://arxiv.org/abs/1506.01497)
+    - [Gordo et al., Deep Image Retrieval](https://arxiv.org/abs/1604.01325)
+"""
+
+import math
+
+import tensorflow as tf
+from keras import ops
+
+# Faster R-CNN clips the predicted log-scale deltas at log(1000 / 16) so that
+# exp() cannot overflow.
+DELTA_CLIP = math.log(1000.0 / 16.0)
+
+
+def anchor_shapes(sizes, ratios):
+    """Widths and heights `(A, 2)` of the anchors of one cell.
+
+    An anchor of size `s` and ratio `r` (height / width) has area `s * s`:
+    width `s / sqrt(r)` and height `s * sqrt(r)`.
+    """
+    shapes = []
+    for size in sizes:
+        for ratio in ratios:
+            root = math.sqrt(float(ratio))
+            shapes.append((float(size) / root, float(size) * root))
+    return ops.convert_to_tensor(shapes, "float32")
+
+
+def make_anchors(height, width, sizes, ratios):
+    """Anchors `(height * width * A, 4)` centred on every cell, clipped.
+
+    Each cell `(i, j)` gets `A = len(sizes) * len(ratios)` anchors centred
+    at `(j + 0.5, i + 0.5)`, clipped to the map (so on small maps every
+    anchor is usable; Faster R-CNN instead ignores anchors that cross the
+    border during training).
+
+    Args:
+        height: int or scalar int tensor. Map height.
+        width: int or scalar int tensor. Map width.
+        sizes: sequence of float. Anchor sides (square root of the area), in
+            cells.
+        ratios: sequence of float. Height / width ratios.
+
+    Returns:
+        float32 tensor `(height * width * A, 4)`.
+    """
+    height = ops.cast(height, "int32")
+    width = ops.cast(width, "int32")
+    shapes = anchor_shapes(sizes, ratios)
+    cy = ops.cast(ops.arange(height), "float32") + 0.5
+    cx = ops.cast(ops.arange(width), "float32") + 0.5
+    # Centres row-major: (H * W, 2) as (cx, cy).
+    yy = ops.repeat(cy, width)
+    xx = ops.tile(cx, [height])
+    centres = ops.stack([xx, yy], axis=1)[:, None, :]
+    half = shapes[None, :, :] / 2.0
+    boxes = ops.concatenate([centres - half, centres + half], axis=2)
+    return clip_boxes(ops.reshape(boxes, (-1, 4)), height, width)
+
+
+def clip_boxes(boxes, height, width):
+    """Clips boxes `(..., 4)` to the map `[0, width] x [0, height]`."""
+    w = ops.cast(width, boxes.dtype)
+    h = ops.cast(height, boxes.dtype)
+    x0 = ops.clip(boxes[..., 0], 0.0, w)
+    y0 = ops.clip(boxes[..., 1], 0.0, h)
+    x1 = ops.clip(boxes[..., 2], 0.0, w)
+    y1 = ops.clip(boxes[..., 3], 0.0, h)
+    return ops.stack([x0, y0, x1, y1], axis=-1)
+
+
+def box_area(boxes):
+    """Areas `(...)` of boxes `(..., 4)`; inverted boxes count as 0."""
+    w = ops.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
+    h = ops.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
+    return w * h
+
+
+def box_iou(boxes_a, boxes_b):
+    """Pairwise intersection over union `(N, M)` of `(N, 4)` and `(M, 4)`.
+
+    Pairs whose union is empty (two degenerate boxes) have IoU 0.
+    """
+    a = boxes_a[:, None, :]
+    b = boxes_b[None, :, :]
+    iw = ops.maximum(
+        ops.minimum(a[..., 2], b[..., 2]) - ops.maximum(a[..., 0], b[..., 0]),
+        0.0,
+    )
+    ih = ops.maximum(
+        ops.minimum(a[..., 3], b[..., 3]) - ops.maximum(a[..., 1], b[..., 1]),
+        0.0,
+    )
+    inter = iw * ih
+    union = box_area(a) + box_area(b) - inter
+    return ops.where(union > 0, inter / ops.maximum(union, 1e-12), 0.0)
+
+
+def _centre_size(boxes, floor):
+    w = ops.maximum(boxes[..., 2] - boxes[..., 0], floor)
+    h = ops.maximum(boxes[..., 3] - boxes[..., 1], floor)
+    cx = (boxes[..., 0] + boxes[..., 2]) / 2.0
+    cy = (boxes[..., 1] + boxes[..., 3]) / 2.0
+    return cx, cy, w, h
+
+
+def encode_boxes(boxes, anchors, floor=1e-3):
+    """Faster R-CNN deltas `(..., 4)` that move `anchors` onto `boxes`.
+
+    `(dx, dy, dw, dh) = ((gx - ax) / aw, (gy - ay) / ah, log(gw / aw),
+    log(gh / ah))` with centres `g*`, `a*` and sides floored at `floor`
+    cells (so a degenerate box still has finite deltas).
+    """
+    gx, gy, gw, gh = _centre_size(boxes, floor)
+    ax, ay, aw, ah = _centre_size(anchors, floor)
+    return ops.stack(
+        [(gx - ax) / aw, (gy - ay) / ah, ops.log(gw / aw), ops.log(gh / ah)],
+        axis=-1,
+    )
+
+
+def decode_boxes(deltas, anchors, floor=1e-3):
+    """Inverse of `encode_boxes`: boxes `(..., 4)` from deltas and anchors.
+
+    The scale deltas are clipped at `DELTA_CLIP` (as Faster R-CNN does).
+    """
+    ax, ay, aw, ah = _centre_size(anchors, floor)
+    cx = deltas[..., 0] * aw + ax
+    cy = deltas[..., 1] * ah + ay
+    w = ops.exp(ops.minimum(deltas[..., 2], DELTA_CLIP)) * aw
+    h = ops.exp(ops.minimum(deltas[..., 3], DELTA_CLIP)) * ah
+    return ops.stack(
+        [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0], axis=-1
+    )
+
+
+def nms_top_n(boxes, scores, top_n, iou_threshold=0.7, pre_nms_top_n=2000):
+    """Indices `(top_n,)` of the proposals kept for one image.
+
+    Greedy non-maximum suppression (`tf.image.non_max_suppression`: in
+    decreasing score order, equal scores by increasing index, a box is
+    dropped when its IoU with a kept box exceeds `iou_threshold`) over the
+    `pre_nms_top_n` best boxes. So that every image pools exactly `top_n`
+    regions, as the grid pools a fixed number, the kept boxes (best first)
+    are followed by the suppressed ones in score order when NMS keeps fewer
+    than `top_n`, and that list is repeated when the image has fewer than
+    `top_n` anchors.
+
+    Args:
+        boxes: float tensor `(K, 4)`, K >= 1.
+        scores: float tensor `(K,)`.
+        top_n: int. Number of indices returned.
+        iou_threshold: float. NMS threshold. Defaults to `0.7` (the RPN's
+            in Faster R-CNN).
+        pre_nms_top_n: int. Boxes considered by NMS. Defaults to `2000`.
+
+    Returns:
+        int32 tensor `(top_n,)` of indices into `boxes`.
+    """
+    boxes = tf.cast(boxes, tf.float32)
+    scores = tf.cast(scores, tf.float32)
+    count = tf.shape(scores)[0]
+    # Stable order: decreasing score, then increasing index.
+    order = tf.argsort(scores, direction="DESCENDING", stable=True)
+    head = order[: tf.minimum(count, pre_nms_top_n)]
+    # tf.image NMS takes (y0, x0, y1, x1); IoU is symmetric in the axes.
+    kept = tf.image.non_max_suppression(
+        tf.gather(boxes, head),
+        tf.gather(scores, head),
+        max_output_size=top_n,
+        iou_threshold=iou_threshold,
+    )
+    kept = tf.gather(head, kept)
+    taken = tf.scatter_nd(
+        kept[:, None], tf.ones_like(kept, tf.bool), tf.shape(scores)
+    )
+    rest = tf.boolean_mask(order, ~tf.gather(taken, order))
+    ranked = tf.concat([kept, rest], axis=0)
+    repeats = (top_n + count - 1) // count
+    return tf.cast(tf.tile(ranked, [repeats])[:top_n], tf.int32)
+
+
+def boxes_to_cells(boxes, height, width):
+    """Rounds boxes `(..., 4)` to whole cells `[x0, x1) x [y0, y1)`, int32.
+
+    Edges are rounded to the nearest cell edge, then each box is made at
+    least one cell wide and high and kept inside the map. An integer box
+    (such as a grid region `(x, y, x + w, y + h)`) is returned unchanged.
+    """
+    h = ops.cast(height, "int32")
+    w = ops.cast(width, "int32")
+    edges = ops.cast(ops.round(boxes), "int32")
+    x0 = ops.clip(edges[..., 0], 0, w - 1)
+    y0 = ops.clip(edges[..., 1], 0, h - 1)
+    x1 = ops.clip(ops.maximum(edges[..., 2], x0 + 1), 1, w)
+    y1 = ops.clip(ops.maximum(edges[..., 3], y0 + 1), 1, h)
+    return ops.stack([x0, y0, x1, y1], axis=-1)
+
+
+def box_max_pool(x, boxes):
+    """Max-pools `(B, H, W, C)` over `(B, N, 4)` boxes, to `(B, N, C)`.
+
+    Boxes are rounded to cells with `boxes_to_cells` (integer boxes are
+    pooled exactly as given). Each box is pooled by a slice, in a loop over
+    the `B * N` boxes, so H, W and N may be unknown until run time.
+    """
+    shape = ops.shape(x)
+    cells = boxes_to_cells(boxes, shape[1], shape[2])
+    count = ops.shape(cells)[1]
+    flat = ops.reshape(cells, (-1, 4))
+    index = ops.arange(ops.shape(flat)[0], dtype="int32")
+
+    def pool_one(item):
+        i, box = item
+        b = i // count
+        return ops.max(x[b, box[1] : box[3], box[0] : box[2], :], axis=(0, 1))
+
+    pooled = tf.map_fn(
+        pool_one,
+        (index, flat),
+        fn_output_signature=tf.TensorSpec([None], x.dtype),
+    )
+    return ops.reshape(pooled, (shape[0], count, shape[3]))
+
+
+def grid_boxes(regions):
+    """`(x, y, w, h)` grid regions `(R, 4)` -> boxes `(x, y, x + w, y + h)`."""
+    regions = ops.cast(regions, "float32")
+    return ops.concatenate([regions[:, :2], regions[:, :2] + regions[:, 2:]], 1)

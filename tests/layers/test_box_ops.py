@@ -1,0 +1,210 @@
+"""Box math of the learned proposals against NumPy oracles (loops)."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_rmac.layers import box_ops
+from keras_rmac.layers import functional
+from tests.layers.test_rmac_pooling import oracle_region_vectors
+
+
+def oracle_anchors(height, width, sizes, ratios):
+    out = []
+    for i in range(height):
+        for j in range(width):
+            for s in sizes:
+                for r in ratios:
+                    w, h = s / math.sqrt(r), s * math.sqrt(r)
+                    cx, cy = j + 0.5, i + 0.5
+                    out.append(
+                        [
+                            min(max(cx - w / 2, 0), width),
+                            min(max(cy - h / 2, 0), height),
+                            min(max(cx + w / 2, 0), width),
+                            min(max(cy + h / 2, 0), height),
+                        ]
+                    )
+    return np.array(out, np.float64).reshape(-1, 4)
+
+
+def oracle_iou(a, b):
+    out = np.zeros((len(a), len(b)))
+    for i, p in enumerate(a):
+        for j, q in enumerate(b):
+            iw = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+            ih = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+            inter = iw * ih
+            union = (
+                max(p[2] - p[0], 0) * max(p[3] - p[1], 0)
+                + max(q[2] - q[0], 0) * max(q[3] - q[1], 0)
+                - inter
+            )
+            out[i, j] = inter / union if union > 0 else 0.0
+    return out
+
+
+def oracle_nms(boxes, scores, top_n, threshold):
+    """Greedy NMS, ties by lower index, then the fill rule of nms_top_n."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    iou = oracle_iou(boxes, boxes)
+    kept = []
+    for i in order:
+        if len(kept) == top_n:
+            break
+        if all(iou[i, k] <= threshold for k in kept):
+            kept.append(i)
+    ranked = kept + [i for i in order if i not in kept]
+    while len(ranked) < top_n:
+        ranked = ranked + ranked
+    return ranked[:top_n]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (5, 1), (3, 4), (7, 7)])
+def test_anchors_match_oracle_on_tall_wide_and_1x1_maps(shape):
+    sizes, ratios = (1.0, 3.0, 16.0), (0.5, 1.0, 2.0)
+    want = oracle_anchors(*shape, sizes, ratios)
+    got = box_ops.make_anchors(*shape, sizes, ratios).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # Clipped anchors touch the border and never leave the map.
+    assert got[:, 0].min() == 0 and got[:, 2].max() == shape[1]
+
+
+def test_iou_matches_oracle_on_border_degenerate_and_identical_boxes():
+    boxes_a = np.array(
+        [
+            [0, 0, 4, 3],  # the whole 3x4 map, touching every border
+            [1, 1, 1, 2],  # zero width
+            [2, 2, 2, 2],  # a point
+            [0, 0, 2, 2],
+            [2, 0, 4, 3],  # touches [0, 0, 2, 2] along an edge only
+        ],
+        np.float32,
+    )
+    boxes_b = np.concatenate([boxes_a, [[0.5, 0.5, 3.5, 2.5]]]).astype("f4")
+    got = box_ops.box_iou(boxes_a, boxes_b).numpy()
+    want = oracle_iou(boxes_a, boxes_b)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got[0, 0] == 1.0 and got[1, 1] == 0.0 and got[2, 2] == 0.0
+    assert got[3, 4] == 0.0
+
+
+def test_iou_of_empty_sets_has_an_empty_shape():
+    empty = np.zeros((0, 4), np.float32)
+    some = np.ones((3, 4), np.float32)
+    assert box_ops.box_iou(empty, some).shape == (0, 3)
+    assert box_ops.box_iou(some, empty).shape == (3, 0)
+
+
+def test_encode_matches_formula_and_decode_inverts_it():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 10, (50, 2))
+    anchors = np.concatenate([xy, xy + rng.uniform(0.5, 8, (50, 2))], 1)
+    xy = rng.uniform(0, 10, (50, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0.5, 8, (50, 2))], 1)
+    got = box_ops.encode_boxes(boxes.astype("f4"), anchors.astype("f4"))
+    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    gw, gh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    want = np.stack(
+        [
+            ((boxes[:, 0] + boxes[:, 2]) - (anchors[:, 0] + anchors[:, 2]))
+            / 2
+            / aw,
+            ((boxes[:, 1] + boxes[:, 3]) - (anchors[:, 1] + anchors[:, 3]))
+            / 2
+            / ah,
+            np.log(gw / aw),
+            np.log(gh / ah),
+        ],
+        1,
+    )
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+    back = box_ops.decode_boxes(got, anchors.astype("f4")).numpy()
+    np.testing.assert_allclose(back, boxes, atol=1e-4)
+
+
+def test_degenerate_box_encodes_finite_and_large_deltas_are_clipped():
+    anchors = np.array([[0, 0, 2, 2]], np.float32)
+    point = np.array([[1, 1, 1, 1]], np.float32)
+    deltas = box_ops.encode_boxes(point, anchors).numpy()
+    assert np.all(np.isfinite(deltas))
+    huge = np.array([[0, 0, 50, 50]], np.float32)
+    box = box_ops.decode_boxes(huge, anchors).numpy()[0]
+    assert box[2] - box[0] == pytest.approx(2 * 1000 / 16, rel=1e-4)
+
+
+def test_nms_matches_greedy_oracle_with_ties_and_fill():
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        count = int(rng.integers(1, 40))
+        xy = rng.uniform(0, 6, (count, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(0, 4, (count, 2))], 1)
+        # Coarse scores: many ties, broken by index.
+        scores = rng.integers(0, 4, count).astype("f4")
+        if trial % 5 == 0:
+            boxes[: count // 2] = boxes[0]  # duplicates (IoU 1)
+        top_n = int(rng.integers(1, 60))
+        got = box_ops.nms_top_n(
+            boxes.astype("f4"), scores, top_n, iou_threshold=0.5
+        ).numpy()
+        want = oracle_nms(boxes.astype("f4"), scores, top_n, 0.5)
+        assert got.tolist() == want, (trial, count, top_n)
+
+
+def test_nms_of_one_box_repeats_it():
+    got = box_ops.nms_top_n(np.ones((1, 4), "f4"), np.zeros(1, "f4"), 3)
+    assert got.numpy().tolist() == [0, 0, 0]
+
+
+def oracle_box_pool(x, cells):
+    out = np.zeros(cells.shape[:2] + (x.shape[3],), x.dtype)
+    for b in range(x.shape[0]):
+        for n, (x0, y0, x1, y1) in enumerate(cells[b]):
+            out[b, n] = x[b, y0:y1, x0:x1].reshape(-1, x.shape[3]).max(0)
+    return out
+
+
+def test_boxes_round_to_whole_cells_inside_the_map():
+    boxes = np.array(
+        [
+            [-3.0, -1.0, 0.2, 0.1],  # outside, before the map
+            [2.6, 1.4, 2.6, 1.4],  # a point
+            [0.4, 0.6, 9.9, 9.9],  # beyond the far border
+            [1.0, 2.0, 3.0, 4.0],  # integer: unchanged
+        ],
+        np.float32,
+    )
+    got = box_ops.boxes_to_cells(boxes, 5, 4).numpy().tolist()
+    assert got == [[0, 0, 1, 1], [3, 1, 4, 2], [0, 1, 4, 5], [1, 2, 3, 4]]
+
+
+def test_box_max_pool_matches_oracle_traced_with_unknown_sizes():
+    pool = tf.function(
+        box_ops.box_max_pool,
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3]),
+            tf.TensorSpec([None, None, 4]),
+        ],
+    )
+    rng = np.random.default_rng(2)
+    for h, w in [(1, 1), (1, 7), (6, 1), (4, 5)]:
+        x = rng.normal(size=(2, h, w, 3)).astype("f4")
+        boxes = rng.uniform(-1, max(h, w) + 1, (2, 6, 4)).astype("f4")
+        boxes[..., 2:] = np.maximum(boxes[..., 2:], boxes[..., :2])
+        cells = box_ops.boxes_to_cells(boxes, h, w).numpy()
+        np.testing.assert_array_equal(
+            pool(x, boxes).numpy(), oracle_box_pool(x, cells)
+        )
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 11), (9, 4), (13, 13)])
+def test_pooling_the_grid_boxes_equals_rmac_pooling(shape):
+    x = np.random.default_rng(3).normal(size=(2, *shape, 5)).astype("f4")
+    regions = functional.rmac_regions_numpy(*shape)
+    boxes = box_ops.grid_boxes(regions)[None]
+    boxes = np.repeat(boxes.numpy(), 2, axis=0)
+    got = box_ops.box_max_pool(x, boxes).numpy()
+    np.testing.assert_array_equal(got, functional.rmac_pooling(x).numpy())
+    np.testing.assert_array_equal(got, oracle_region_vectors(x, regions))
