@@ -58,16 +58,20 @@ def validate_precision(precision: str) -> str:
 
 
 @contextlib.contextmanager
-def dtype_policy(model, policy: str):
-    """Every layer of `model` under the Keras dtype policy `policy`.
+def backbone_policy(model, policy: str):
+    """The layers of `model.backbone` under the Keras dtype policy `policy`.
 
-    The previous policies are restored on exit. Used while tracing only:
-    the traced graph keeps the precision it was traced with.
+    Only the backbone: the preprocessing and the R-MAC head stay float32
+    (the head casts the features back), so the descriptor loses only the
+    backbone's rounding. The previous policies are restored on exit. Used
+    while tracing: the traced graph keeps the precision it was traced
+    with.
     """
     if policy == "float32":
         yield
         return
-    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    backbone = model.backbone
+    layers = list(backbone._flatten_layers(include_self=True, recursive=True))
     saved = [layer.dtype_policy for layer in layers]
     try:
         for layer in layers:
@@ -137,7 +141,7 @@ class Runner:
 
             spec = tf.TensorSpec([None, *shape, 3], tf.float32)
             fn = tf.function(body, jit_compile=self.jit_compile)
-            with dtype_policy(model, self.precision):
+            with backbone_policy(model, self.precision):
                 functions[key] = fn.get_concrete_function(spec)
         return functions[key]
 
@@ -300,15 +304,18 @@ def prefetched(iterator, depth=_PREFETCH):
 def prepared_chunks(source, batch_size, size_fns, value_range=None):
     """`(chunk length, prepare(chunk))` for every chunk of `source`.
 
-    A NumPy array is prepared in the calling thread (slicing costs
-    nothing); anything else (lists, datasets, decoded files) in a
-    background thread ahead of the network.
+    A NumPy array (slicing costs nothing) and a list of at most one
+    chunk (nothing to overlap with) are prepared in the calling thread;
+    anything else (lists, datasets, decoded files) in a background thread
+    ahead of the network.
     """
 
     def generate():
         for chunk in chunks(source, batch_size):
             yield len(chunk), prepare(chunk, size_fns, value_range)
 
-    if isinstance(source, np.ndarray):
+    if isinstance(source, np.ndarray) or (
+        isinstance(source, list) and len(source) <= batch_size
+    ):
         return generate()
     return prefetched(generate())

@@ -454,8 +454,8 @@ def _progress(count, verbose, label):
 def _image_source(images, num_workers, **decode):
     """`(source, count or None, sample)`.
 
-    The source is the `(N, H, W, 3)` array itself for an array, else an
-    iterator over `(H, W, 3)` arrays.
+    The source is the `(N, H, W, 3)` array itself for an array, the list
+    for a list of arrays, else an iterator over `(H, W, 3)` arrays.
 
     Files are decoded by `image_io.load_images` with options `decode`.
     `sample` is what the value-range check looks at: a list of the arrays
@@ -506,7 +506,7 @@ def _image_source(images, num_workers, **decode):
             raise ValueError(
                 f"Image {i} must be (H, W, 3) RGB, got shape {shape}."
             )
-    return iter(images), len(images), images
+    return images, len(images), images
 
 
 def _dataset_items(dataset):
