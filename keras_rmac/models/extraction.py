@@ -120,35 +120,41 @@ class Runner:
         self.precision = validate_precision(precision)
         self.jit_compile = jit_compile
 
-    def _traced(self, height, width):
+    def _traced(self, height, width, dtype):
         # XLA compiles per shape anyway, and the region grid must be
         # static for it: one function per (height, width). Otherwise a
         # single function with unknown height and width.
         shape = (height, width) if self.jit_compile else (None, None)
-        key = (self.kind, self.precision, self.jit_compile, shape)
+        key = (self.kind, self.precision, self.jit_compile, shape, dtype)
         functions = self.model._functions
         if key not in functions:
             model = self.model
             if self.kind == "descriptor":
 
                 def body(x):
-                    return model(x, training=False)
+                    return model(tf.cast(x, tf.float32), training=False)
 
             else:
 
                 def body(x):
+                    x = tf.cast(x, tf.float32)
                     return model.region_vectors(x, training=False)
 
-            spec = tf.TensorSpec([None, *shape, 3], tf.float32)
+            spec = tf.TensorSpec([None, *shape, 3], dtype)
             fn = tf.function(body, jit_compile=self.jit_compile)
             with backbone_policy(model, self.precision):
                 functions[key] = fn.get_concrete_function(spec)
         return functions[key]
 
     def __call__(self, batch):
-        """`(B, H, W, 3)` float32 array -> float32 NumPy outputs."""
-        fn = self._traced(*batch.shape[1:3])
-        out = fn(tf.convert_to_tensor(batch, tf.float32))
+        """`(B, H, W, 3)` float32 or uint8 array -> float32 NumPy outputs.
+
+        uint8 pixels are cast to float32 in the graph (exactly, and with a
+        quarter of the bytes to hand over); other dtypes here.
+        """
+        batch = _pixels(batch)
+        fn = self._traced(*batch.shape[1:3], batch.dtype.name)
+        out = fn(tf.convert_to_tensor(batch))
         return np.asarray(out).astype(np.float32, copy=False)
 
 
@@ -176,6 +182,14 @@ def _float32(images):
     return np.asarray(images, np.float32)
 
 
+def _pixels(images):
+    """uint8 and float32 pixels as they are, any other dtype as float32."""
+    images = np.asarray(images)
+    if images.dtype in (np.uint8, np.float32):
+        return images
+    return _float32(images)
+
+
 def prepare(chunk, size_fns, value_range=None):
     """The network's batches for one chunk, at every scale.
 
@@ -188,7 +202,8 @@ def prepare(chunk, size_fns, value_range=None):
 
     Returns:
         One list per scale of `(indices, batch)`: the positions in `chunk`
-        of the images of each float32 batch (images of one resized shape).
+        of the images of each batch (images of one resized shape and
+        dtype: uint8 pixels not resized stay uint8, the rest is float32).
     """
     if value_range is not None:
         if isinstance(chunk, np.ndarray):
@@ -201,7 +216,7 @@ def prepare(chunk, size_fns, value_range=None):
         for size_fn in size_fns:
             size = size_fn(chunk[0])
             if size is None or max(chunk.shape[1:3]) == size:
-                batch = _float32(chunk)
+                batch = _pixels(chunk)
             else:
                 batch = resize_longest_side(_float32(chunk), int(size))
                 batch = batch.numpy()
@@ -213,11 +228,12 @@ def prepare(chunk, size_fns, value_range=None):
         for i, image in enumerate(chunk):
             size = size_fn(image)
             if size is None or max(image.shape[:2]) == size:
-                image = _float32(image)
+                image = _pixels(image)
             else:
                 image = resize_longest_side(_float32(image), int(size))
                 image = image.numpy()
-            groups.setdefault(image.shape, []).append((i, image))
+            key = (image.shape, image.dtype.name)
+            groups.setdefault(key, []).append((i, image))
         out.append(
             [
                 ([i for i, _ in group], np.stack([im for _, im in group]))

@@ -108,6 +108,13 @@ def test_prepare_groups_a_list_by_resized_shape_at_each_scale():
     own = {b.shape: i for i, b in prepared[1]}
     assert own == {(1, 10, 20, 3): [0], (1, 20, 10, 3): [1], (1, 5, 10, 3): [2]}
     assert all(b.dtype == np.float32 for _, b in prepared[0] + prepared[1])
+    # uint8 pixels that are not resized stay uint8 (cast in the graph).
+    images = [np.zeros((10, 20, 3), np.uint8), np.zeros((10, 20, 3))]
+    prepared = extraction.prepare(images, [lambda im: None])[0]
+    assert sorted((b.dtype.name, i) for i, b in prepared) == [
+        ("float32", [1]),
+        ("uint8", [0]),
+    ]
 
 
 def test_prefetched_keeps_order_and_raises_the_producers_error_in_place():
@@ -204,6 +211,13 @@ def test_mobilenet_v2_run_options_on_coil_photos():
     model = RMACModel("mobilenet_v2", weights=MOBILENET_V2)
     paths = sorted(glob.glob(os.path.join(DATA, "coil100", "obj7__*.png")))
     images = [load_image(p) for p in paths[:3]]
+    # float32: the Keras model called eagerly, image by image, as before
+    # the fast path (uint8 photos, 128x128, not resized: cast in the graph).
+    eager = np.concatenate(
+        [model(im[None].astype("float32")).numpy() for im in images]
+    )
+    got = model.extract(images, batch_size=2, verbose=0)
+    np.testing.assert_allclose(got, eager, atol=1e-6)
     want = model.extract(images, max_size=160, verbose=0)
     xla = model.extract(images, max_size=160, jit_compile=True, verbose=0)
     np.testing.assert_allclose(xla, want, atol=1e-5)
