@@ -165,6 +165,22 @@ def main(argv=None):
     minutes = (time.time() - started) / 60
     load_after = os.getloadavg()
     table = summarise(times, args.batch_sizes, args.images)
+    caveat = ""
+    if max(load_before[0], load_after[0]) > (os.cpu_count() or 1):
+        ratios = [
+            t[0] / o[0]
+            for b in args.batch_sizes
+            for v in ("arrays", "files")
+            for t, o in zip(times[(b, "trunk")], times[(b, v)])
+        ]
+        caveat = (
+            "**Shared machine**: the load average exceeded the "
+            f"{os.cpu_count()} cores, and single-round ratios ranged "
+            f"{min(ratios):.2f}-{max(ratios):.2f}, so these wall-clock "
+            "medians cannot decide a criterion of a few percent; the "
+            "CPU-time ratio is the steadier figure. Rerun on a quiet "
+            "machine to decide it.\n\n"
+        )
     loads = (
         f"load average (1, 5, 15 min) {load_before[0]:.2f}, "
         f"{load_before[1]:.2f}, {load_before[2]:.2f} before and "
@@ -185,7 +201,7 @@ def main(argv=None):
         "(4 threads, ahead of the network). The ratio is extract's "
         "throughput over the trunk's, per round, median (min-max); the "
         "CPU-time ratio compares the CPU seconds each side used.\n\n"
-        f"{table}\n"
+        f"{caveat}{table}\n"
     )
     print(body)
     if not args.no_write:
