@@ -298,6 +298,12 @@ def prefetched(iterator, depth=_PREFETCH):
         except BaseException as exc:  # Re-raised in the consumer.
             put(_Failure(exc))
             return
+        finally:
+            # Stops what the source runs (e.g. the decoding thread pool)
+            # here, not whenever it is garbage collected.
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
         put(_DONE)
 
     thread = threading.Thread(

@@ -367,10 +367,10 @@ class RMACModel(keras.Model):
     def _pixels(self, images, num_workers, value_range, where, **decode):
         """`(source of RGB images, count, value range to map to 0..255)`.
 
-        The source is a `(N, H, W, 3)` array or an iterator over `(H, W,
-        3)` arrays. Arrays and datasets in a `value_range` are rescaled
-        as they are batched; without one, float pixels that look like
-        [0, 1] warn once per model (the check of
+        The source is a `(N, H, W, 3)` array, a list of `(H, W, 3)`
+        arrays or an iterator over them. Arrays and datasets in a
+        `value_range` are rescaled as they are batched; without one, float
+        pixels that look like [0, 1] warn once per model (the check of
         `keras_rmac.models.value_range`) and pass unchanged.
         """
         value_range = validate_value_range(value_range)
