@@ -21,21 +21,19 @@ from keras_rmac.layers.mac_pooling import MACPooling
 from keras_rmac.layers.preprocess import Preprocess
 from keras_rmac.layers.shift_pca import ShiftPCA
 from keras_rmac.layers.spoc_pooling import SPoCPooling
+from keras_rmac.models import extraction
 from keras_rmac.models.multiscale import scale_sizes
 from keras_rmac.models.multiscale import sum_over_scales
 from keras_rmac.models.multiscale import validate_scales
 from keras_rmac.models.regions import region_pooling
 from keras_rmac.models.regions import validate_regions
 from keras_rmac.models.value_range import ValueRangeWarning
-from keras_rmac.models.value_range import rescale_to_255
 from keras_rmac.models.value_range import unit_range_message
 from keras_rmac.models.value_range import unit_range_peak
 from keras_rmac.models.value_range import validate_value_range
 from keras_rmac.progress import progress_bar
 
 POOLINGS = ("rmac", "mac", "spoc", "gem")
-
-_IMAGE_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32)
 
 
 @keras.saving.register_keras_serializable(package="keras_rmac")
@@ -210,41 +208,6 @@ class RMACModel(keras.Model):
     # ----------------------------------------------------------------------
     # Inference on images of any size.
 
-    def _function(self, key):
-        """Cached `tf.function`s over a batch of any size and shape."""
-        if key not in self._functions:
-            if key == "descriptor":
-                fn = self.__call__
-            else:
-                fn = self.region_vectors
-            self._functions[key] = tf.function(
-                lambda x: fn(x, training=False),
-                input_signature=[_IMAGE_SPEC],
-            )
-        return self._functions[key]
-
-    def _resize(self, image, size):
-        if size is None or max(image.shape[:2]) == size:
-            return np.asarray(image, np.float32)
-        return image_io.resize_longest_side(
-            np.asarray(image, np.float32), int(size)
-        ).numpy()
-
-    def _run_chunk(self, fn, chunk, size):
-        """`fn` on images resized to longest side `size(image)`, batched
-        by resized shape; the list of outputs in `chunk`'s order."""
-        resized = [self._resize(im, size(im)) for im in chunk]
-        out = [None] * len(resized)
-        groups = {}
-        for i, im in enumerate(resized):
-            groups.setdefault(im.shape, []).append(i)
-        for idx in groups.values():
-            batch = np.stack([resized[i] for i in idx])
-            values = fn(tf.constant(batch)).numpy()
-            for i, v in zip(idx, values):
-                out[i] = v
-        return out
-
     def extract(
         self,
         images,
@@ -255,6 +218,7 @@ class RMACModel(keras.Model):
         verbose="auto",
         value_range=None,
         draft_above=image_io.DEFAULT_DRAFT_ABOVE,
+        **options,
     ):
         """Computes L2-normalised descriptors of images.
 
@@ -295,6 +259,15 @@ class RMACModel(keras.Model):
                 see `keras_rmac.data.pixel_limits`) when `max_size` is
                 set; None decodes every file whole. Defaults to
                 `image_io.DEFAULT_DRAFT_ABOVE` (100 megapixels).
+            **options: keyword-only run options (a catch-all only to keep
+                the argument list short; anything else raises `TypeError`):
+            precision: str. `"float32"`, or `"mixed_float16"` /
+                `"mixed_bfloat16"` (the network runs under that Keras
+                dtype policy; for GPUs and TPUs, slow on CPU; descriptors
+                keep a cosine >= 0.999 with float32's). Defaults to
+                `"float32"`.
+            jit_compile: bool. Compile the network with XLA (once per
+                resized image shape). Defaults to `False`.
 
         Returns:
             float32 NumPy array `(N, D)`.
@@ -306,12 +279,14 @@ class RMACModel(keras.Model):
                 that is not RGB.
         """
         scales = validate_scales(scales)
+        options = extraction.check_run_options(options, "RMACModel.extract")
+        runner = extraction.Runner(self, "descriptor", **options)
         # Files: large JPEGs decode at reduced scale, down to the largest
         # size they are resized to.
         draft_size = (
             None if max_size is None else max(scale_sizes(max_size, scales))
         )
-        source, count = self._pixels(
+        source, count, value_range = self._pixels(
             images,
             num_workers,
             value_range,
@@ -320,22 +295,24 @@ class RMACModel(keras.Model):
             draft_above=draft_above,
         )
         progress = _progress(count, verbose, "extract")
-        fn = self._function("descriptor")
+        size_fns = [_size_fn(max_size, s) for s in scales]
         rows = []
         done = 0
-        # Each image is decoded once, then resized and run at every scale.
-        for chunk in _chunks(source, batch_size):
-            per_scale = [
-                np.stack(self._run_chunk(fn, chunk, _size_fn(max_size, s)))
-                for s in scales
-            ]
+        # Each image is decoded once, then resized and run at every scale;
+        # chunks are prepared (resized, batched by shape) ahead.
+        for n, prepared in extraction.prepared_chunks(
+            source, batch_size, size_fns, value_range
+        ):
+            per_scale = extraction.run_prepared(runner, prepared, n)
             rows.append(sum_over_scales(per_scale))
-            done += len(chunk)
+            done += n
             if progress is not None:
                 progress.update(done)
         if not rows:
             return np.zeros((0, self.dimension), np.float32)
-        return np.concatenate(rows).astype(np.float32)
+        if len(rows) == 1:
+            return rows[0]
+        return np.concatenate(rows).astype(np.float32, copy=False)
 
     def adapt_pca(
         self,
@@ -369,7 +346,7 @@ class RMACModel(keras.Model):
         Returns:
             The number of region vectors used.
         """
-        source, count = self._pixels(
+        source, count, value_range = self._pixels(
             images,
             num_workers,
             value_range,
@@ -377,16 +354,20 @@ class RMACModel(keras.Model):
             draft_size=max_size,
         )
         progress = _progress(count, verbose, "adapt_pca")
-        fn = self._function("regions")
-        size = _size_fn(max_size, 1.0)
+        runner = extraction.Runner(self, "regions")
         used = [0]
 
         def blocks():
             done = 0
-            for chunk in _chunks(source, batch_size):
-                block = np.concatenate(self._run_chunk(fn, chunk, size))
+            for n, prepared in extraction.prepared_chunks(
+                source, batch_size, [_size_fn(max_size, 1.0)], value_range
+            ):
+                vectors = extraction.run_prepared(
+                    runner, prepared, n, stack=False
+                )[0]
+                block = np.concatenate(vectors)
                 used[0] += len(block)
-                done += len(chunk)
+                done += n
                 if progress is not None:
                     progress.update(done)
                 yield block
@@ -398,18 +379,20 @@ class RMACModel(keras.Model):
         return used[0]
 
     def _pixels(self, images, num_workers, value_range, where, **decode):
-        """`(iterator over (H, W, 3) RGB arrays in [0, 255], count)`.
+        """`(source of RGB images, count, value range to map to 0..255)`.
 
-        Arrays and datasets in `value_range` are rescaled; without one,
-        float pixels that look like [0, 1] warn once per model (the check
-        of `keras_rmac.models.value_range`) and pass unchanged.
+        The source is a `(N, H, W, 3)` array, a list of `(H, W, 3)`
+        arrays or an iterator over them. Arrays and datasets in a
+        `value_range` are rescaled as they are batched; without one, float
+        pixels that look like [0, 1] warn once per model (the check of
+        `keras_rmac.models.value_range`) and pass unchanged.
         """
         value_range = validate_value_range(value_range)
         source, count, sample = _image_source(images, num_workers, **decode)
         if sample is None:  # Decoded image files: always 0..255.
-            return source, count
+            return source, count, None
         if value_range is not None:
-            return (rescale_to_255(im, value_range) for im in source), count
+            return source, count, value_range
         if not self._value_range_warned:
             peak = unit_range_peak(sample)
             if peak is not None:
@@ -420,7 +403,7 @@ class RMACModel(keras.Model):
                     ValueRangeWarning,
                     stacklevel=3,
                 )
-        return source, count
+        return source, count, None
 
     def fingerprint(self):
         """sha256 of the weights and of what else decides the output (hex).
@@ -479,18 +462,6 @@ def _size_fn(max_size, scale):
     return size
 
 
-def _chunks(items, size):
-    """Consecutive lists of `size` items (the last one may be shorter)."""
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _progress(count, verbose, label):
     """A progress reporter over `count` images, or None."""
     if verbose == "auto":
@@ -499,7 +470,10 @@ def _progress(count, verbose, label):
 
 
 def _image_source(images, num_workers, **decode):
-    """`(iterator over (H, W, 3) arrays, count or None, sample)`.
+    """`(source, count or None, sample)`.
+
+    The source is the `(N, H, W, 3)` array itself for an array, the list
+    for a list of arrays, else an iterator over `(H, W, 3)` arrays.
 
     Files are decoded by `image_io.load_images` with options `decode`.
     `sample` is what the value-range check looks at: a list of the arrays
@@ -531,7 +505,7 @@ def _image_source(images, num_workers, **decode):
                 "Image arrays must be (N, H, W, 3) or (H, W, 3) RGB, got "
                 f"shape {images.shape}."
             )
-        return iter(images), len(images), [images]
+        return images, len(images), [images]
     images = list(images)
     if images and isinstance(images[0], (str, os.PathLike)):
 
@@ -550,7 +524,7 @@ def _image_source(images, num_workers, **decode):
             raise ValueError(
                 f"Image {i} must be (H, W, 3) RGB, got shape {shape}."
             )
-    return iter(images), len(images), images
+    return images, len(images), images
 
 
 def _dataset_items(dataset):
