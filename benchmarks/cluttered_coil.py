@@ -29,13 +29,20 @@ Data README
 - Generation (`benchmarks/cluttered_coil_data.py`, parameters in
   `ClutterConfig`, seed 15): object mask = brightest channel > 40, opened
   3x3, closed 5x5, components under a tenth of the largest dropped, holes
-  filled; the object's longest side is 30-65 % of the 256x256 image; the
-  background is a square crop of 25-60 % of the photo's shorter side
-  (photos first reduced to a shorter side of 1024), flipped half the time;
-  occluder: none (40 %), a rectangle of another background photo (30 %) or
-  another object of the same split (30 %), reaching 20-50 % into the
-  object's box from a random side and leaving 50-95 % of its pixels
-  visible. Each image has its own seed `(seed, split, object, angle)`.
+  filled; the object's longest side is 30-65 % of the 256x256 image, at a
+  uniform random position inside it. Background: each photo (shorter side
+  first reduced to 1024) is cut into a grid of square tiles of a third of
+  its shorter side (9-15 tiles per photo, 150+ per split); the images of
+  one object take distinct tiles (a seeded permutation per object), so two
+  images of the same object never share background pixels (as photos of
+  one landmark share the landmark, not their surroundings), while images
+  of different objects do reuse tiles (background as a distractor). The
+  crop is a square of 70-100 % of the tile, flipped half the time.
+  Occluder: none (40 %), a rectangle cut from another background photo
+  (30 %) or another object of the same split, opaque (30 %), reaching
+  20-50 % into the object's box from a random side and leaving 50-95 % of
+  its pixels visible (else drawn again, 20 tries, then none). Each image
+  has its own seed `(seed, split, object, angle)`.
 - True boxes: the extent of the object's *visible* pixels after
   occlusion (alpha >= 0.5 after rescaling, minus the occluder), as
   `x0,y0,x1,y1` with exclusive ends, in the format `keras-rmac clean`
@@ -65,6 +72,7 @@ Usage:
     python -m benchmarks.cluttered_coil --parts=recall,retrieval
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -235,28 +243,43 @@ def load_photos(root: pathlib.Path, split: str):
 # Generation.
 
 
-def _coil_view(coil_dir, name, cache):
+@functools.lru_cache(maxsize=512)
+def _coil_view(coil_dir, name, threshold=CONFIG.mask_threshold):
+    """A COIL view (RGB uint8) and its object mask."""
     from PIL import Image
 
-    if name not in cache:
-        view = np.asarray(Image.open(coil_dir / name).convert("RGB"))
-        cache[name] = (view, clutter.object_mask(view, CONFIG.mask_threshold))
-    return cache[name]
+    view = np.asarray(Image.open(pathlib.Path(coil_dir) / name).convert("RGB"))
+    return view, clutter.object_mask(view, threshold)
 
 
-def _manifest():
+def _manifest(config):
     return {
         "config": {
             k: list(v) if isinstance(v, tuple) else v
-            for k, v in vars(CONFIG).items()
+            for k, v in vars(config).items()
         },
         "photo_short_side": PHOTO_SHORT_SIDE,
         "jpeg_quality": JPEG_QUALITY,
     }
 
 
-def generate(coil_dir: pathlib.Path, out: pathlib.Path, verbose=1) -> None:
+def load_backgrounds(root: pathlib.Path):
+    """`{split: (photos, manifest rows)}`, extracting the packages first
+    when files are missing."""
+    fetch_backgrounds(root)
+    return {split: load_photos(root, split) for split in clutter.SPLITS}
+
+
+def generate(coil_dir, out, backgrounds, config=CONFIG, verbose=1) -> None:
     """Writes the images, lists, metadata and manifest under `out`.
+
+    Args:
+        coil_dir: path. The COIL-100 folder (`obj{N}__{deg}.png`).
+        out: path. Output folder.
+        backgrounds: `{split: (photos, rows)}` as `load_backgrounds`
+            returns: RGB uint8 photos and their manifest rows.
+        config: `ClutterConfig`. Defaults to the committed `CONFIG`.
+        verbose: int. Progress lines when not 0. Defaults to 1.
 
     Skips the work when `out/manifest.json` records the same parameters.
     """
@@ -267,18 +290,21 @@ def generate(coil_dir: pathlib.Path, out: pathlib.Path, verbose=1) -> None:
     from keras_rmac.data.labelled import write_image_list
     from keras_rmac.progress import progress_bar
 
+    coil_dir, out = str(coil_dir), pathlib.Path(out)
     manifest_path = out / "manifest.json"
-    expected = _manifest()
+    expected = _manifest(config)
     if manifest_path.is_file():
         done = json.loads(manifest_path.read_text())
         if {k: done.get(k) for k in expected} == expected:
             return
-    fetch_backgrounds(pathlib.Path(FLAGS.backgrounds_dir))
     views = clutter.split_views(os.listdir(coil_dir))
-    cache, metadata = {}, []
+    metadata = []
     manifest = dict(expected, backgrounds={})
     for split in clutter.SPLITS:
-        photos, rows = load_photos(pathlib.Path(FLAGS.backgrounds_dir), split)
+        photos, rows = backgrounds[split]
+        tiles = clutter.photo_tiles(photos, config.tiles_per_side)
+        step = clutter.VIEW_STEP_DEGREES[split]
+        slots = {}
         manifest["backgrounds"][split] = rows
         folder = out / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
@@ -287,16 +313,21 @@ def generate(coil_dir: pathlib.Path, out: pathlib.Path, verbose=1) -> None:
             len(views[split]), verbose, unit_name="image", label=split
         )
         for obj, deg, name in views[split]:
-            rng = clutter.image_rng(CONFIG.seed, split, obj, deg)
+            rng = clutter.image_rng(config.seed, split, obj, deg)
             other = clutter.occluding_object(views[split], obj, rng)
             other_view = (
                 None
                 if other is None
-                else (_coil_view(coil_dir, other[2], cache))
+                else _coil_view(coil_dir, other[2], config.mask_threshold)
             )
-            view, mask = _coil_view(coil_dir, name, cache)
+            view, mask = _coil_view(coil_dir, name, config.mask_threshold)
+            if obj not in slots:
+                slots[obj] = clutter.object_tiles(
+                    len(tiles), 360 // step, config.seed, split, obj
+                )
+            tile = tiles[slots[obj][deg // step]]
             result = clutter.composite(
-                view, mask, photos, rng, CONFIG, other_view
+                view, mask, photos, rng, config, other_view, tile
             )
             path = folder / name.replace(".png", ".jpg")
             with fileio.atomic_write(path) as f:
@@ -388,10 +419,9 @@ def contact_sheet(coil_dir, out, path, columns=8):
     24 generated images with their true box (green)."""
     import cv2
 
-    cache = {}
     tiles = []
     for obj in range(2, 100, 6)[:16]:
-        view, mask = _coil_view(coil_dir, f"obj{obj}__0.png", cache)
+        view, mask = _coil_view(str(coil_dir), f"obj{obj}__0.png")
         tile = np.where(mask[..., None], view, 128).astype(np.uint8)
         contours, _ = cv2.findContours(
             mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
@@ -774,7 +804,8 @@ def main(argv):
         )
     out = pathlib.Path(FLAGS.out_dir)
     if "generate" in FLAGS.parts:
-        generate(coil_dir, out)
+        backgrounds = load_backgrounds(pathlib.Path(FLAGS.backgrounds_dir))
+        generate(coil_dir, out, backgrounds)
     if not (out / "manifest.json").is_file():
         raise app.UsageError(f"No data set in {out}; run --parts=generate.")
     if "sheet" in FLAGS.parts:

@@ -36,6 +36,9 @@ TEST_OBJECTS = range(51, 101)
 """Test objects: database = views at multiples of 15 degrees."""
 
 TEST_STEP_DEGREES = 15
+VIEW_STEP_DEGREES = {"train": 5, "test": TEST_STEP_DEGREES}
+"""Angle between the views of a split: an object's background tiles are
+assigned per angle slot `degrees // step`."""
 SPLITS = ("train", "test")
 _SPLIT_ID = {"train": 1, "test": 2}
 _COIL_NAME = re.compile(r"^obj(\d+)__(\d+)\.png$")
@@ -53,9 +56,13 @@ class ClutterConfig:
             channel exceeds this (the turntable background is ~25).
         object_scale: (float, float). Range of the visible object's longest
             side (before occlusion) as a fraction of `image_size`.
-        crop_fraction: (float, float). Range of the background crop's side
-            as a fraction of the photo's shorter side (smaller crops make
-            two images of the same photo overlap less).
+        tiles_per_side: int. Each photo is cut into square tiles of side
+            `shorter side // tiles_per_side`; an image's background is a
+            crop inside one tile, and no tile serves twice for one object.
+        tile_crop: (float, float). Range of the background crop's side as
+            a fraction of the tile's side.
+        crop_fraction: (float, float). Range of a patch occluder's source
+            crop as a fraction of the photo's shorter side.
         occluder_weights: (float, float, float). Probabilities of no
             occluder, a background patch, another object.
         occluded_fraction: (float, float). Range of the object's bounding
@@ -72,6 +79,8 @@ class ClutterConfig:
     image_size: int = 256
     mask_threshold: int = 40
     object_scale: tuple = (0.3, 0.65)
+    tiles_per_side: int = 3
+    tile_crop: tuple = (0.7, 1.0)
     crop_fraction: tuple = (0.25, 0.6)
     occluder_weights: tuple = (0.4, 0.3, 0.3)
     occluded_fraction: tuple = (0.2, 0.5)
@@ -104,8 +113,12 @@ def object_mask(view: np.ndarray, threshold: int = 40) -> np.ndarray:
     if view.ndim != 3 or view.shape[-1] != 3:
         raise ValueError(f"Expected an (H, W, 3) RGB view, got {view.shape}.")
     mask = (view.max(axis=-1) > threshold).astype(np.uint8)
+    # Zero padding: OpenCV's default border would let the closing grow
+    # objects near the image border onto it.
+    mask = np.pad(mask, 3)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    mask = np.ascontiguousarray(mask[3:-3, 3:-3])
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, 8)
     if count <= 1:
         return np.zeros(mask.shape, bool)
@@ -162,14 +175,30 @@ def _resize(array, size):
     return cv2.resize(array, size, interpolation=method)
 
 
-def background_crop(photo: np.ndarray, rng, config: ClutterConfig):
-    """A random square crop of `photo`, flipped half the time, resized to
-    `image_size`; returns `(uint8 image, info dict)`."""
+def background_crop(photo, rng, config, region=None, fraction=None):
+    """A random square crop of `photo` (inside `region` when given),
+    flipped half the time, resized to `image_size`.
+
+    Args:
+        photo: uint8 `(H, W, 3)`.
+        rng: `numpy.random.Generator`.
+        config: `ClutterConfig`.
+        region: `(x, y, side)` square to crop inside, or None for the
+            whole photo. Defaults to None.
+        fraction: (float, float). Range of the crop's side as a fraction
+            of the region's side (or of the photo's shorter side).
+            Defaults to `config.tile_crop`.
+
+    Returns:
+        `(uint8 image, info dict)`.
+    """
     h, w = photo.shape[:2]
-    side = int(min(h, w) * rng.uniform(*config.crop_fraction))
-    side = max(side, 8)
-    y = int(rng.integers(0, h - side + 1))
-    x = int(rng.integers(0, w - side + 1))
+    rx, ry, rside = (0, 0, min(h, w)) if region is None else region
+    rw, rh = (w, h) if region is None else (rside, rside)
+    fraction = config.tile_crop if fraction is None else fraction
+    side = max(8, int(rside * rng.uniform(*fraction)))
+    y = ry + int(rng.integers(0, rh - side + 1))
+    x = rx + int(rng.integers(0, rw - side + 1))
     crop = photo[y : y + side, x : x + side]
     flip = bool(rng.random() < 0.5)
     if flip:
@@ -177,6 +206,44 @@ def background_crop(photo: np.ndarray, rng, config: ClutterConfig):
     size = (config.image_size, config.image_size)
     image = _resize(np.ascontiguousarray(crop), size)
     return image, {"crop": [x, y, side], "flip": flip}
+
+
+def photo_tiles(photos, tiles_per_side):
+    """The square background tiles of the photos, in order.
+
+    Returns:
+        list of `(photo index, x, y, side)`: a grid of squares of side
+        `min(H, W) // tiles_per_side`, centred on each photo.
+    """
+    tiles = []
+    for index, photo in enumerate(photos):
+        h, w = photo.shape[:2]
+        side = min(h, w) // tiles_per_side
+        if side < 8:
+            raise ValueError(
+                f"Background photo {index} ({w}x{h}) is too small for "
+                f"{tiles_per_side} tiles per side; use larger photos."
+            )
+        nx, ny = w // side, h // side
+        x0, y0 = (w - nx * side) // 2, (h - ny * side) // 2
+        tiles.extend(
+            (index, x0 + i * side, y0 + j * side, side)
+            for j in range(ny)
+            for i in range(nx)
+        )
+    return tiles
+
+
+def object_tiles(num_tiles, views, seed, split, obj):
+    """Tile index of each of an object's `views` (a distinct one each),
+    from a permutation seeded with `(seed, split, object)`."""
+    if views > num_tiles:
+        raise ValueError(
+            f"{views} views of object {obj} but only {num_tiles} background "
+            "tiles: add photos or raise tiles_per_side."
+        )
+    rng = np.random.default_rng([seed, _SPLIT_ID[split], obj, 1_000_000])
+    return rng.permutation(num_tiles)[:views]
 
 
 def scaled_object(view, mask, longest):
@@ -262,14 +329,15 @@ def _clip_paste(canvas, rgb, alpha, x, y):
     )
 
 
-def composite(view, mask, photos, rng, config, other=None):
+def composite(view, mask, photos, rng, config, other=None, tile=None):
     """Pastes one COIL-100 object onto a background photo crop.
 
     Args:
         view: uint8 `(H, W, 3)` COIL view.
         mask: bool `(H, W)` its `object_mask`.
         photos: list of uint8 RGB photos of this split; the first one
-            drawn is the background, another one gives the patch occluders.
+            holding `tile` (or, without `tile`, a random one) gives the
+            background, another one the patch occluders.
         rng: `numpy.random.Generator`.
         config: `ClutterConfig`.
         other: `(view, mask)` of another object of the same split, for the
@@ -281,8 +349,11 @@ def composite(view, mask, photos, rng, config, other=None):
     if not mask.any():
         raise ValueError("The object's mask is empty; nothing to paste.")
     size = config.image_size
-    index = int(rng.integers(len(photos)))
-    background, bg_info = background_crop(photos[index], rng, config)
+    if tile is None:
+        index, region = int(rng.integers(len(photos))), None
+    else:
+        index, region = int(tile[0]), tuple(int(v) for v in tile[1:])
+    background, bg_info = background_crop(photos[index], rng, config, region)
     longest = max(2, round(size * rng.uniform(*config.object_scale)))
     rgb, alpha = scaled_object(view, mask, longest)
     h, w = alpha.shape
@@ -321,7 +392,9 @@ def _occlude(canvas, pasted, kind, photos, background, rng, config, other):
         longest = max(
             2, round(config.image_size * rng.uniform(*config.object_scale))
         )
-        occluder_object = scaled_object(other[0], other[1], longest)
+        rgb, alpha = scaled_object(other[0], other[1], longest)
+        # Opaque: no pixel of the hidden object shows through its edge.
+        occluder_object = rgb, (alpha > 0).astype(np.float32)
     else:
         choices = [i for i in range(len(photos)) if i != background]
         source = (
@@ -335,7 +408,10 @@ def _occlude(canvas, pasted, kind, photos, background, rng, config, other):
         )
         if kind == "patch":
             patch, _ = background_crop(
-                source, rng, dataclasses.replace(config, image_size=64)
+                source,
+                rng,
+                dataclasses.replace(config, image_size=64),
+                fraction=config.crop_fraction,
             )
             rgb = _resize(patch, (w, h)).astype(np.float32)
             alpha = np.ones((h, w), np.float32)
