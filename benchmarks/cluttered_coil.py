@@ -47,6 +47,8 @@ Data README
   occlusion (alpha >= 0.5 after rescaling, minus the occluder), as
   `x0,y0,x1,y1` with exclusive ends, in the format `keras-rmac clean`
   writes (`image[y0:y1, x0:x1]`).
+- `benchmarks/cluttered_coil_examples.jpg` (`--parts=sheet`): masks of
+  16 objects (red outline) and 24 generated images with their true box.
 - Files under `--out_dir`: `images/{train,test}/obj{N}__{deg}.jpg` (JPEG
   quality 95), `train.csv` (`path,label`: the input of `keras-rmac clean`),
   `train_boxes.csv` and `test_boxes.csv` (`path,label,x0,y0,x1,y1`, true
@@ -94,6 +96,7 @@ from benchmarks.results import write_section  # noqa: E402
 HERE = pathlib.Path(__file__).resolve().parent
 WEIGHTS = "weights/mobilenet_v2_1.0_224_torchvision_imagenet.weights.h5"
 CONFIG = clutter.ClutterConfig()
+EXAMPLES = HERE / "cluttered_coil_examples.jpg"
 PHOTO_SHORT_SIDE = 1024
 JPEG_QUALITY = 95
 
@@ -410,6 +413,74 @@ def _degrees(path):
     return clutter.parse_view(name)[1]
 
 
+def data_section(out: pathlib.Path) -> str:
+    """What was generated: counts, occluders, visible shares, box sizes."""
+    records = [
+        json.loads(line)
+        for line in (out / "metadata.jsonl").read_text().splitlines()
+    ]
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = []
+    for split in clutter.SPLITS:
+        mine = [r for r in records if r["split"] == split]
+        kinds = {
+            k: sum(r["occluder"] == k for r in mine) for k in clutter.OCCLUDERS
+        }
+        failed = sum("occluder_failed" in r for r in mine)
+        visible = np.array(
+            [r["visible_fraction"] for r in mine if r["occluder"] != "none"]
+        )
+        boxes = np.array([r["box"] for r in mine], float)
+        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        photos = manifest["backgrounds"][split]
+        rows.append(
+            (
+                split,
+                len(mine),
+                len({r["image"].split("__")[0] for r in mine}),
+                len(photos),
+                " / ".join(str(kinds[k]) for k in clutter.OCCLUDERS)
+                + f" ({failed} gave up)",
+                f"{np.median(visible):.2f} [{visible.min():.2f}, "
+                f"{visible.max():.2f}]",
+                f"{np.median(side):.0f} [{side.min():.0f}, {side.max():.0f}]",
+            )
+        )
+    table = markdown_table(
+        [
+            "split",
+            "images",
+            "objects",
+            "photos",
+            "occluder none / patch / object",
+            "visible share when occluded, median [min, max]",
+            "true box longest side, px, median [min, max]",
+        ],
+        rows,
+    )
+    packages = sorted(
+        {
+            (b["package"], b["version"])
+            for rows_ in manifest["backgrounds"].values()
+            for b in rows_
+        }
+    )
+    return (
+        "## Cluttered COIL-100 (`benchmarks/cluttered_coil.py`)\n\n"
+        "Command: `python -m benchmarks.cluttered_coil --parts=generate` — "
+        f"{machine()}, load average {_load()}. COIL-100 objects cut by "
+        "mask and pasted with occluders onto background photos from the "
+        "Debian bookworm packages "
+        + ", ".join(f"`{p}` {v}" for p, v in packages)
+        + " (train and test photos disjoint; the script's docstring is the "
+        "data README, `benchmarks/cluttered_coil_examples.jpg` shows "
+        f"masks and images); {CONFIG.image_size}x{CONFIG.image_size} "
+        "JPEGs, true box = extent of the visible object. Parameters "
+        f"(fixed before any training): `{manifest['config']}`.\n\n"
+        f"{table}\n"
+    )
+
+
 # ---------------------------------------------------------------------------
 # Contact sheet (a visual check of masks and boxes).
 
@@ -444,7 +515,8 @@ def contact_sheet(coil_dir, out, path, columns=8):
     ]
     sheet = np.concatenate(rows, axis=0)
     sheet = cv2.resize(sheet, (sheet.shape[1] // 2, sheet.shape[0] // 2))
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    sheet = cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(path), sheet, [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
 # ---------------------------------------------------------------------------
@@ -514,6 +586,9 @@ def clean_section(out: pathlib.Path) -> str:
     started = time.time()
     subprocess.run(command, check=True)
     wall = time.time() - started
+    report = json.loads((work / "clean.csv.report.json").read_text())
+    per_class = [c["seconds"] for c in report["classes"]]
+    resumed = sum(c["resumed"] for c in report["classes"])
     cleaned = read_image_list(work / "clean.csv")
     true_box = dict(zip(subset.paths, subset.boxes))
     true_label = dict(zip(subset.paths, subset.label_names()))
@@ -561,9 +636,14 @@ def clean_section(out: pathlib.Path) -> str:
         f"load average {_load()}. It runs `keras-rmac clean LIST.csv "
         f"--out CLEAN.csv --workers {FLAGS.workers}{shortlist}` (default "
         f"cleaning settings) on the cluttered training images of objects "
-        f"{FLAGS.clean_objects} ({len(subset)} images), {wall / 60:.1f} min "
-        f"wall; {len(ious)} kept rows have the right label, "
-        f"{len(cleaned) - len(ious)} a wrong one.\n\n"
+        f"{FLAGS.clean_objects} ({len(subset)} images); "
+        f"{len(ious)} kept rows have the right label, "
+        f"{len(cleaned) - len(ious)} a wrong one; dropped: "
+        f"{report['dropped_counts']}. Time per class, one worker: median "
+        f"{np.median(per_class):.0f} s, mean {np.mean(per_class):.0f} s "
+        f"({resumed} of {len(per_class)} classes computed by an earlier, "
+        f"interrupted run of the same command; this run {wall / 60:.1f} "
+        "min wall).\n\n"
         f"{table}\n"
     )
 
@@ -806,11 +886,17 @@ def main(argv):
     if "generate" in FLAGS.parts:
         backgrounds = load_backgrounds(pathlib.Path(FLAGS.backgrounds_dir))
         generate(coil_dir, out, backgrounds)
+        body = data_section(out)
+        print(body)
+        if FLAGS.write:
+            write_section("cluttered_coil", body)
     if not (out / "manifest.json").is_file():
         raise app.UsageError(f"No data set in {out}; run --parts=generate.")
     if "sheet" in FLAGS.parts:
         contact_sheet(coil_dir, out, out / "sheet.png")
         print(f"contact sheet: {out / 'sheet.png'}")
+        if FLAGS.write:
+            contact_sheet(coil_dir, out, EXAMPLES)
     sections = {
         "clean": ("cluttered_coil_clean", clean_section),
         "recall": ("cluttered_coil_recall", recall_section),
