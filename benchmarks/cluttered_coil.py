@@ -714,7 +714,9 @@ def recall_section(out: pathlib.Path) -> str:
         "its first N regions in `RegionProposal` order (whole map, then "
         "level 1, 2, ...) are the top N. L=3 is `RMACModel`'s grid: it has "
         "fewer than 16 regions, so both columns use all of them; L=8 is "
-        "the finest grid on this map (side-1 squares at level 8).\n\n"
+        "the first grid whose finest squares are single cells (deeper "
+        "levels only repeat single cells); neither reaches 256 regions, "
+        "so its recall@256 uses all of them.\n\n"
         f"{table}\n"
     )
 
