@@ -641,9 +641,11 @@ def clean_section(out: pathlib.Path) -> str:
         f"{len(cleaned) - len(ious)} a wrong one; dropped: "
         f"{report['dropped_counts']}. Time per class, one worker: median "
         f"{np.median(per_class):.0f} s, mean {np.mean(per_class):.0f} s "
-        f"({resumed} of {len(per_class)} classes computed by an earlier, "
-        f"interrupted run of the same command; this run {wall / 60:.1f} "
-        "min wall).\n\n"
+        f"({resumed} of {len(per_class)} classes resumed from the work "
+        f"folder of an earlier run of the same command; this run "
+        f"{wall / 60:.1f} min wall). Of all {len(subset)} training "
+        f"images, {(ious >= 0.5).sum() / len(subset):.3f} get a cleaning "
+        "box with IoU >= 0.5.\n\n"
         f"{table}\n"
     )
 
