@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import cluttered_coil as script
 from benchmarks import cluttered_coil_data as clutter
+from benchmarks import cluttered_coil_files as script
 
 CONFIG = clutter.ClutterConfig(image_size=64)
 
