@@ -17,7 +17,7 @@ QUERY  ?= $(PHOTOS)/obj42__0.png
 $(BIN)/keras-rmac: setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,clean,serve]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,clean,serve,beam]"
 	touch $@
 
 setup: $(BIN)/keras-rmac
