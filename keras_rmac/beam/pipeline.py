@@ -33,11 +33,16 @@ def make_options(runner: str, pipeline_args: Sequence[str] = ()):
         runner: str. A Beam runner name (`"DirectRunner"` ...).
         pipeline_args: sequence of str. Beam pipeline options as on a
             command line (`--direct_num_workers=2`, `--project=...`).
+            Workers log at WARNING unless
+            `--default_sdk_harness_log_level` is given.
 
     Returns:
         `apache_beam.options.pipeline_options.PipelineOptions`.
     """
     args = [a for a in pipeline_args if not a.startswith("--runner")]
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+        # Workers log INFO lines by default; quiet unless asked.
+        args.append("--default_sdk_harness_log_level=WARNING")
     return PipelineOptions([f"--runner={runner}", *args])
 
 
