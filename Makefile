@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.search
 	$(BIN)/python -m benchmarks.train_coil100
 	$(BIN)/python -m benchmarks.cleaning
+	$(BIN)/python -m benchmarks.beam
 
 clean:
 	rm -rf .venv .venv-* out *.egg-info
