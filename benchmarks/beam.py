@@ -179,7 +179,7 @@ def part_b(args) -> dict:
     db, queries = synthetic(args.rows, 512, 1000)
     truth, _ = top_k_inner_product(queries, db, 10)
     work = tempfile.mkdtemp(prefix="keras_rmac_bench_shards_")
-    out = {"rows": args.rows, "load": []}
+    out = {"rows": args.rows}
     try:
         for name in ("one", "sharded"):
             load = _load_sampler()
