@@ -17,7 +17,7 @@ QUERY  ?= $(PHOTOS)/obj42__0.png
 $(BIN)/keras-rmac: setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,clean,serve]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,clean,serve,beam]"
 	touch $@
 
 setup: $(BIN)/keras-rmac
@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.search
 	$(BIN)/python -m benchmarks.train_coil100
 	$(BIN)/python -m benchmarks.cleaning
+	$(BIN)/python -m benchmarks.beam
 
 clean:
 	rm -rf .venv .venv-* out *.egg-info

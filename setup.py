@@ -44,6 +44,10 @@ setup(
         "clean": ["opencv-python-headless>=4.8,<6"],
         # `keras-rmac serve`: the HTTP search service and its page.
         "serve": ["starlette>=0.40", "uvicorn>=0.30", "python-multipart"],
+        # `keras-rmac index --runner` and keras_rmac.beam: extraction and
+        # index building on Apache Beam (moves protobuf to 6.x and Pillow
+        # to 12.x beside TF 2.20; the whole suite runs on those).
+        "beam": ["apache-beam>=2.77,<3"],
     },
     entry_points={
         "console_scripts": ["keras-rmac=keras_rmac.cli.main:main"],

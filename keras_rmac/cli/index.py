@@ -25,6 +25,11 @@ kill -9) resumes where it stopped when started again. Unreadable files are
 skipped and listed in INDEX_DIR/report.json.
 
 Search with: keras-rmac search --index photos_index query.jpg
+
+On Apache Beam (pip install 'keras-rmac[beam]'), Beam's own options after
+the others:
+  keras-rmac index photos/ --index photos_index --runner DirectRunner \
+      --direct_num_workers=2 --direct_running_mode=multi_processing
 """
 
 
@@ -125,8 +130,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="No progress bar."
     )
     add_max_pixels_argument(runtime, "an image")
-    parser.set_defaults(run=run)
+    beam = parser.add_argument_group(
+        "Apache Beam (pip install 'keras-rmac[beam]')"
+    )
+    beam.add_argument(
+        "--runner",
+        default=None,
+        metavar="RUNNER",
+        help="Describe the photos and build the index on this Beam runner "
+        "(DirectRunner; DataflowRunner, FlinkRunner, SparkRunner untested "
+        "here). Unknown options are passed to Beam as pipeline options "
+        "(e.g. --direct_num_workers=2 --direct_running_mode="
+        "multi_processing). Without --runner, nothing of Beam is used.",
+    )
+    beam.add_argument(
+        "--index-shards",
+        type=_common.positive_int,
+        default=4,
+        help="With --runner: parts of the search index, each built by one "
+        "worker and searched together (default: 4).",
+    )
+    parser.set_defaults(run=run, takes_extra=_takes_extra)
     return parser
+
+
+def _takes_extra(args) -> bool:
+    """Unknown options are Beam pipeline options, with --runner only."""
+    return args.runner is not None
 
 
 def add_max_pixels_argument(parser, what: str) -> None:
@@ -230,8 +260,22 @@ def run(args: argparse.Namespace) -> int:
                     "draft_above": draft_above,
                 },
             )
+    index_folder = indexing.index_folder
+    beam_options = {}
+    if args.runner is not None:
+        try:
+            from keras_rmac.beam import index_folder_on_beam
+        except ImportError as exc:
+            logger.error("--runner: %s", exc)
+            return 1
+        index_folder = index_folder_on_beam
+        beam_options = {
+            "runner": args.runner,
+            "pipeline_args": list(getattr(args, "extra", None) or []),
+            "index_shards": args.index_shards,
+        }
     try:
-        report = indexing.index_folder(
+        report = index_folder(
             args.photos_dir,
             index_dir,
             indexing.IndexSettings(
@@ -251,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
             model=model,
             rebuild=args.rebuild,
             verbose=0 if args.quiet else 1,
+            **beam_options,
         )
     except (
         indexing.IndexMismatchError,

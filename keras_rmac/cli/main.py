@@ -120,7 +120,13 @@ def main(argv=None) -> int:
     command, verbose = _split(argv)
     with _quiet.quiet_logs(verbose):
         parser = build_parser(command)
-        args = parser.parse_args(argv)
+        # Unknown options are an error, except where the sub-command
+        # passes them on (`index --runner`: Beam pipeline options).
+        args, extra = parser.parse_known_args(argv)
+        takes_extra = getattr(args, "takes_extra", None)
+        if extra and not (takes_extra and takes_extra(args)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.extra = extra
         if not getattr(args, "run", None):
             parser.print_help()
             return 2

@@ -47,6 +47,19 @@ from keras_rmac.search import IndexMismatchError
 logger = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The two heavy steps of a run, replaceable by another engine.
+
+    `extract(job, plan, report, verbose)` commits the descriptors of
+    `plan.todo` to `job.store`; `build_version(job, records)` returns a
+    new complete generation. `keras_rmac.beam` runs both on Apache Beam.
+    """
+
+    extract: Any = extract_into_store
+    build_version: Any = build_version
+
+
 @dataclasses.dataclass
 class Job:
     """One indexing run: where, with which settings and model.
@@ -96,6 +109,7 @@ def index_folder(
     model=None,
     rebuild: bool = False,
     verbose: int = 1,
+    steps: Steps | None = None,
     **options: Any,
 ) -> IndexReport:
     """Indexes (or updates the index of) every photo under a folder.
@@ -121,6 +135,9 @@ def index_folder(
             (needed to change the model, `max_size`, `scales` or
             `draft_above`). Defaults to False.
         verbose: int. 1 shows progress. Defaults to 1.
+        steps: `Steps` or None. Who extracts and builds (e.g. a Beam
+            pipeline, `keras_rmac.beam.index_folder_on_beam`). Defaults to
+            None (here, in this process).
         **options: fields of `IndexSettings` overriding `settings` (e.g.
             `mode="exact"`, `max_size=384`).
 
@@ -142,6 +159,7 @@ def index_folder(
     >>> print(report.summary())  # doctest: +SKIP
     """
     settings = _as_settings(settings, options)
+    steps = steps or Steps()
     started = time.perf_counter()
     photos_dir = os.path.abspath(os.fspath(photos_dir))
     index_dir = os.path.abspath(os.fspath(index_dir))
@@ -168,9 +186,9 @@ def index_folder(
         plan = plan_changes(job, paths, report)
         t0 = time.perf_counter()
         if plan.todo:
-            extract_into_store(job, plan, report, verbose)
+            steps.extract(job, plan, report, verbose)
         report.seconds_extracting = time.perf_counter() - t0
-        build(job, plan, report)
+        build(job, plan, report, steps.build_version)
         tidy_up(job, plan)
         report.seconds = time.perf_counter() - started
         fileio.atomic_write_json(
@@ -271,7 +289,7 @@ def _record(settings, fingerprint, dimension, photos_dir) -> dict:
     }
 
 
-def build(job, plan, report) -> None:
+def build(job, plan, report, build_version=build_version) -> None:
     """A new version when the indexed content changed, then the switch."""
     live = [job.store.records[rel] for rel in sorted(plan.listed)]
     report.failed = [

@@ -1,7 +1,8 @@
 """Nearest-neighbour search over R-MAC descriptors.
 
-`ExactIndex` (NumPy brute force, the oracle) and `ScannIndex` (ScaNN tree +
-product quantisation, `mode="fast"` or `mode="compact"`) share the `Index`
+`ExactIndex` (NumPy brute force, the oracle), `ScannIndex` (ScaNN tree +
+product quantisation, `mode="fast"` or `mode="compact"`) and `ShardedIndex`
+(one of those per shard, top-k merged by score) share the `Index`
 interface: `add`, `search`, `save`, `load`, `metadata`, `get_config` /
 `from_config`. `make_index(kind, dimension, **options)` makes any of them;
 `load_index` opens any saved index; `keras_rmac.search.expansion` holds
@@ -27,6 +28,7 @@ from keras_rmac.search.factory import make_index
 from keras_rmac.search.scann_index import ScannIndex
 from keras_rmac.search.scann_tuning import OperatingPoint
 from keras_rmac.search.scann_tuning import saved_operating_point
+from keras_rmac.search.sharded import ShardedIndex
 from keras_rmac.search.storage import INDEX_FORMAT_VERSION
 from keras_rmac.search.storage import IndexMismatchError
 
@@ -38,6 +40,7 @@ __all__ = [
     "IndexMismatchError",
     "OperatingPoint",
     "ScannIndex",
+    "ShardedIndex",
     "alpha_query_expansion",
     "average_query_expansion",
     "database_side_augmentation",

@@ -26,7 +26,8 @@ def make_index(
         kind: `"exact"` (`ExactIndex`, NumPy brute force), `"fast"`
             (`ScannIndex(mode="fast")`: tree + PQ + exact re-ordering),
             `"compact"` (`ScannIndex(mode="compact")`: PQ codes only,
-            `bytes_per_vector` bytes each), or a callable
+            `bytes_per_vector` bytes each), `"sharded"` (`ShardedIndex`,
+            with `shard_kind=` the kind of its shards), or a callable
             `dimension, **options -> Index`.
         dimension: int. The descriptor dimension.
         **options: passed to the index class (e.g. `bytes_per_vector`,
@@ -47,6 +48,10 @@ def make_index(
         return kind(dimension, **options)
     if kind == "exact":
         return ExactIndex(dimension, **options)
+    if kind == "sharded":
+        from keras_rmac.search.sharded import ShardedIndex
+
+        return ShardedIndex(dimension, **options)
     if kind in SCANN_MODES:
         mode = options.pop("mode", kind)
         if mode != kind:

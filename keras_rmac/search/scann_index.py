@@ -370,7 +370,10 @@ class ScannIndex(Index):
             params,
             self.options,
             self._scann_search,
-            rebuild=self._build_searcher if may_rebuild else None,
+            # The rebuild takes the new params; the rows stay these.
+            rebuild=(lambda p: self._build_searcher(x, p))
+            if may_rebuild
+            else None,
             sample=sample[:2],
         )
         # The sample's ground truth counts as measuring time too.

@@ -1,0 +1,249 @@
+"""`index_folder_on_beam`: the folder indexer with its heavy steps on Beam.
+
+The run is the folder indexer's (`keras_rmac.indexing.index_folder`):
+same plan (new, changed, removed photos), same descriptor store, same
+report, same generations and version marker, so `PhotoIndex` and
+`keras-rmac search` read the result like any other index. Two steps run
+as Beam pipelines instead of in this process:
+
+- extract: the photos to describe, in shards of `shard_size`, described
+  by the workers (`ExtractDescriptors`) into `INDEX_DIR/.work/beam/`, then
+  committed to the store in order. A run killed at any point and started
+  again skips the shards already written;
+- build: the live descriptors split into `index_shards` parts, one index
+  per part built by the workers (`BuildIndexShards`), joined into a
+  `ShardedIndex` in the new generation.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from keras_rmac import fileio
+from keras_rmac.beam import pipeline
+from keras_rmac.beam import shards
+from keras_rmac.indexing import layout
+from keras_rmac.indexing.report import IndexReport
+from keras_rmac.indexing.run import Steps
+from keras_rmac.indexing.run import index_folder
+from keras_rmac.indexing.settings import IndexSettings
+from keras_rmac.indexing.store import Record
+
+BEAM_DIR = "beam"
+BUILD_DIR = "beam-build"
+
+
+def index_folder_on_beam(  # noqa: PLR0913 - index_folder's arguments + Beam's
+    photos_dir: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    settings: IndexSettings | None = None,
+    *,
+    runner: str = "DirectRunner",
+    pipeline_args: Sequence[str] = (),
+    index_shards: int = 4,
+    model=None,
+    rebuild: bool = False,
+    verbose: int = 1,
+    **options: Any,
+) -> IndexReport:
+    """`index_folder` with extraction and index building on Apache Beam.
+
+    Args:
+        photos_dir: str or os.PathLike. The folder of photos (local).
+        index_dir: str or os.PathLike. The index directory.
+        settings: `IndexSettings` or None. As `index_folder`.
+        runner: str. Beam runner (`"DirectRunner"`, `"DataflowRunner"`,
+            `"FlinkRunner"`, `"SparkRunner"`). Defaults to
+            `"DirectRunner"`.
+        pipeline_args: sequence of str. Beam pipeline options, e.g.
+            `["--direct_num_workers=2",
+            "--direct_running_mode=multi_processing"]`.
+        index_shards: int >= 1. Parts of the search index, each built by
+            one worker. Defaults to 4.
+        model, rebuild, verbose, **options: as `index_folder`.
+
+    Returns:
+        The `IndexReport` (also in `INDEX_DIR/report.json`).
+
+    Example:
+
+    >>> index_folder_on_beam("photos", "photos_index",
+    ...     model=RMACModel("mobilenet_v2"),
+    ...     pipeline_args=["--direct_num_workers=2",
+    ...                    "--direct_running_mode=multi_processing"],
+    ... )  # doctest: +SKIP
+    """
+    from keras_rmac.checks import check_int
+
+    check_int("index_shards", index_shards)
+    beam_options = {"runner": runner, "pipeline_args": list(pipeline_args)}
+    steps = Steps(
+        extract=functools.partial(extract_on_beam, **beam_options),
+        build_version=functools.partial(
+            build_on_beam, index_shards=index_shards, **beam_options
+        ),
+    )
+    return index_folder(
+        photos_dir,
+        index_dir,
+        settings,
+        model=model,
+        rebuild=rebuild,
+        verbose=verbose,
+        steps=steps,
+        **options,
+    )
+
+
+def _describe_options(job) -> dict:
+    s = job.settings
+    return {
+        "max_size": int(s.max_size),
+        "scales": [float(x) for x in s.scales],
+        "batch_size": int(s.batch_size),
+        "num_workers": int(s.num_workers),
+        "max_pixels": int(s.max_pixels),
+        "draft_above": s.draft_above,
+        "dimension": int(job.dimension),
+    }
+
+
+def extract_on_beam(job, plan, report, verbose, *, runner, pipeline_args):
+    """The extract step (`Steps.extract`) as a Beam pipeline."""
+    del verbose  # Beam reports progress its own way.
+    out_dir = os.path.join(job.workspace, layout.WORK_DIR, BEAM_DIR)
+    options = _describe_options(job)
+    keyed = {k: v for k, v in options.items() if k != "num_workers"}
+    specs = shards.plan_shards(
+        [(rel, *plan.keys[rel]) for rel in plan.todo],
+        job.settings.shard_size,
+        {"fingerprint": job.fingerprint, **keyed},
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    shards.write_manifest(out_dir, specs, job.fingerprint, _marker(job))
+    pipeline.run_extraction(
+        specs,
+        model_path=job.model_path,
+        photos_dir=job.photos_dir,
+        out_dir=out_dir,
+        options=options,
+        runner=runner,
+        pipeline_args=pipeline_args,
+    )
+    for spec in specs:  # Committed in order: the store's own shards.
+        found = shards.read_shard(out_dir, spec, job.dimension)
+        if found is None:
+            raise RuntimeError(
+                f"The Beam pipeline finished without shard {spec.number} in "
+                f"{out_dir}; run the same command again (finished shards are "
+                "kept)."
+            )
+        records = [Record(**r) for r in found[0]]
+        for record in records:
+            if record.error is None:
+                report.extracted += 1
+            elif record.path in plan.retried:
+                report.reused += 1  # Still too large: as before.
+            else:
+                report.new_failures += 1
+        job.store.commit(records, found[1])
+    for name in os.listdir(out_dir):  # Keep the manifest and dead letters.
+        if name.split(".")[0].isdigit() or ".tmp-" in name:
+            os.remove(os.path.join(out_dir, name))
+
+
+def _marker(job) -> dict:
+    from keras_rmac.search import INDEX_FORMAT_VERSION
+
+    return {
+        "generation": job.generation,
+        "settings_format": layout.SETTINGS_FORMAT,
+        "index_format_version": INDEX_FORMAT_VERSION,
+    }
+
+
+def build_on_beam(job, records, *, index_shards, runner, pipeline_args):
+    """The build step (`Steps.build_version`): a `ShardedIndex` whose
+    parts are built by the workers, in a new generation."""
+    from keras_rmac.search import ShardedIndex
+
+    settings = job.settings
+    dimension = job.dimension
+    descriptors = (
+        job.store.descriptors(records)
+        if records
+        else np.zeros((0, dimension), np.float32)
+    )
+    index_options = {}
+    if settings.mode == "compact":
+        index_options["bytes_per_vector"] = settings.bytes_per_vector
+    metadata = {
+        "photos_dir": job.photos_dir,
+        "fingerprint": job.fingerprint,
+        "max_size": settings.max_size,
+        "scales": list(settings.scales),
+        "draft_above": settings.draft_above,
+        "dimension": dimension,
+    }
+    work = os.path.join(job.workspace, layout.WORK_DIR, BUILD_DIR)
+    os.makedirs(work, exist_ok=True)
+    paths = [r.path for r in records]
+    bounds = np.unique(
+        np.linspace(0, len(records), index_shards + 1).astype(np.int64)
+    )
+    parts = []
+    for number, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        x = np.ascontiguousarray(descriptors[start:stop])
+        ids = np.arange(start, stop, dtype=np.int64)
+        digest = hashlib.sha256(x.tobytes())
+        digest.update(json.dumps([settings.mode, index_options]).encode())
+        digest.update(json.dumps(paths[start:stop]).encode())
+        digest.update(job.fingerprint.encode())
+        part = os.path.join(work, f"{number:05d}")
+        fileio.atomic_save_npy(part + ".vectors.npy", x)
+        fileio.atomic_save_npy(part + ".ids.npy", ids)
+        parts.append(
+            {
+                "number": number,
+                "key": digest.hexdigest(),
+                "vectors": part + ".vectors.npy",
+                "ids": part + ".ids.npy",
+                "paths": paths[start:stop],
+                "target": part + ".index",
+            }
+        )
+    if parts:
+        pipeline.run_index_build(
+            parts,
+            kind=settings.mode,
+            dimension=dimension,
+            index_options=index_options,
+            metadata=metadata,
+            runner=runner,
+            pipeline_args=pipeline_args,
+        )
+        index = ShardedIndex.from_shards(
+            [p["target"] for p in parts], metadata=metadata
+        )
+    else:
+        index = ShardedIndex(
+            dimension,
+            shard_kind=settings.mode,
+            num_shards=index_shards,
+            shard_options=index_options,
+            metadata=metadata,
+        )
+    version = layout.new_generation(job.index_dir)
+    index.save(version.searchable)  # Hard links to the parts.
+    layout.link_or_copy(job.model_path, version.model_path)
+    fileio.fsync_tree(version.directory)
+    shutil.rmtree(work, ignore_errors=True)
+    return version

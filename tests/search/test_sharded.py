@@ -1,0 +1,136 @@
+"""ShardedIndex: merged top-k against the oracle, save/load, lazy shards."""
+
+import os
+
+import numpy as np
+import pytest
+
+from keras_rmac.search import ExactIndex
+from keras_rmac.search import IndexMismatchError
+from keras_rmac.search import ScannIndex
+from keras_rmac.search import ShardedIndex
+from keras_rmac.search import load_index
+from keras_rmac.search import make_index
+from tests.search.helpers import clustered
+from tests.search.helpers import oracle_top_k
+from tests.search.helpers import recall_at_k
+from tests.search.helpers import unit_rows
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 257])
+@pytest.mark.parametrize("num_shards", [1, 4])
+@pytest.mark.parametrize("k", [1, 10])
+def test_exact_shards_equal_the_oracle_and_exact_index(n, num_shards, k):
+    rng = np.random.default_rng(n * 10 + num_shards)
+    db = unit_rows(rng, n, 12)
+    q = unit_rows(rng, 6, 12)
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)
+    sharded = ShardedIndex(12, shard_kind="exact", num_shards=num_shards)
+    sharded.add(db[: n // 2], ids=ids[: n // 2])
+    sharded.add(db[n // 2 :], ids=ids[n // 2 :])
+    found, scores = sharded.search(q, k)
+    single = ExactIndex(12)
+    single.add(db, ids=ids)
+    want_ids, want_scores = single.search(q, k)
+    np.testing.assert_array_equal(found, want_ids)
+    # The same products, blocked differently by BLAS: equal to 1 ulp.
+    np.testing.assert_allclose(scores, want_scores, rtol=0, atol=1e-6)
+    kk = min(k, n)
+    rows, oracle = oracle_top_k(db, q, kk)
+    np.testing.assert_array_equal(found[:, :kk], ids[rows])
+    np.testing.assert_allclose(scores[:, :kk], oracle, atol=1e-6)
+    assert (found[:, kk:] == -1).all() and np.isneginf(scores[:, kk:]).all()
+    assert len(sharded.shards) == min(num_shards, n)
+
+
+def test_ties_across_shards_go_to_the_earlier_row():
+    rng = np.random.default_rng(3)
+    base = unit_rows(rng, 3, 8)
+    db = np.concatenate([base, base, base])  # Row r equals rows r+3, r+6.
+    index = ShardedIndex(8, shard_kind="exact", num_shards=3)
+    index.add(db, ids=[90, 80, 70, 60, 50, 40, 30, 20, 10])
+    found, _ = index.search(base[1], 3)
+    # Rows 1, 4, 7 tie (one in each shard): row order, not id order.
+    assert found.tolist() == [[80, 50, 20]]
+
+
+def test_save_load_is_lazy_and_checks_fingerprints(tmp_path):
+    rng = np.random.default_rng(4)
+    db = unit_rows(rng, 40, 8)
+    paths = [f"p{i}.jpg" for i in range(40)]
+    index = ShardedIndex(8, shard_kind="exact", num_shards=4)
+    index.add(db, paths=paths)
+    index.metadata["fingerprint"] = "abc"
+    index.save(tmp_path / "idx")
+    loaded = load_index(tmp_path / "idx", expect={"fingerprint": "abc"})
+    assert isinstance(loaded, ShardedIndex)
+    assert loaded.loaded_shards == 0 and len(loaded) == 40
+    assert loaded.paths == paths
+    ids, scores = loaded.search(db[7], 2)
+    assert ids[0, 0] == 7 and scores[0, 0] == pytest.approx(1.0, abs=1e-6)
+    assert loaded.loaded_shards == 4
+    np.testing.assert_array_equal(
+        loaded.get_vectors([39, 0, 12]), db[[39, 0, 12]]
+    )
+    with pytest.raises(IndexMismatchError, match="fingerprint"):
+        ShardedIndex.load(tmp_path / "idx", expect={"fingerprint": "xyz"})
+    # A shard described by another model is refused when it is opened.
+    shard_dir = os.path.join(tmp_path, "idx", "shards", "00002")
+    other = load_index(shard_dir)
+    other.metadata["fingerprint"] = "other"
+    other.save(shard_dir)
+    reopened = load_index(tmp_path / "idx")
+    with pytest.raises(IndexMismatchError, match="Shard 2"):
+        reopened.search(db[0], 1)
+
+
+def test_from_saved_shards_and_config_round_trip(tmp_path):
+    rng = np.random.default_rng(5)
+    db = unit_rows(rng, 30, 6)
+    dirs = []
+    for part, rows in enumerate(np.array_split(np.arange(30), 3)):
+        shard = ExactIndex(6, metadata={"fingerprint": "m"})
+        shard.add(db[rows], ids=rows + 100)
+        dirs.append(str(tmp_path / f"part{part}"))
+        shard.save(dirs[-1])
+    index = ShardedIndex.from_shards(dirs)
+    assert index.loaded_shards == 0 and index.metadata == {"fingerprint": "m"}
+    index.save(tmp_path / "joined")
+    joined = load_index(tmp_path / "joined")
+    found, _ = joined.search(db, 1)
+    np.testing.assert_array_equal(found[:, 0], np.arange(30) + 100)
+    empty = make_index(joined.kind, **joined.get_config())
+    assert isinstance(empty, ShardedIndex) and empty.num_shards == 3
+    with pytest.raises(ValueError, match="duplicates"):
+        ShardedIndex.from_shards([dirs[0], dirs[0]])
+    with pytest.raises(IndexMismatchError, match="another model"):
+        ShardedIndex.from_shards(dirs, metadata={"fingerprint": "n"})
+
+
+def test_bad_arguments_and_add_after_build():
+    with pytest.raises(ValueError, match="num_shards"):
+        ShardedIndex(4, shard_kind="exact", num_shards=0)
+    with pytest.raises(ValueError, match="shard_kind"):
+        ShardedIndex(4, shard_kind="sharded")
+    index = ShardedIndex(4, shard_kind="exact", num_shards=2)
+    index.add(np.eye(4, dtype=np.float32))
+    index.search(np.eye(4, dtype=np.float32), 1)
+    with pytest.raises(RuntimeError, match="already split"):
+        index.add(np.eye(4, dtype=np.float32), ids=[7, 8, 9, 10])
+
+
+def test_sharded_scann_recall_is_within_001_of_one_index(tmp_path):
+    rng = np.random.default_rng(6)
+    db = clustered(rng, 8000, 32, 400)
+    q = clustered(rng, 200, 32, 400)
+    truth, _ = oracle_top_k(db, q, 10)
+    single = ScannIndex(32, mode="fast")
+    single.add(db)
+    sharded = ShardedIndex(32, shard_kind="fast", num_shards=4)
+    sharded.add(db)
+    sharded.save(tmp_path / "s")
+    loaded = load_index(tmp_path / "s")
+    r_single = recall_at_k(single.search(q, 10)[0], truth)
+    r_sharded = recall_at_k(loaded.search(q, 10)[0], truth)
+    assert all(s.kind == "fast" for s in loaded.shards)
+    assert r_sharded >= r_single - 0.01, (r_sharded, r_single)
