@@ -26,8 +26,34 @@ import os
 import sys
 import warnings
 
-FRAMEWORK_LOGGERS = ("absl", "tensorflow", "keras", "h5py", "PIL", "urllib3")
+FRAMEWORK_LOGGERS = (
+    "absl",
+    "tensorflow",
+    "keras",
+    "h5py",
+    "PIL",
+    "urllib3",
+    "apache_beam",
+)
 """Python loggers of libraries, raised to ERROR in quiet mode."""
+
+_ROOT_CALLERS = (f"{os.sep}apache_beam{os.sep}",)
+
+
+class LibraryRootFilter(logging.Filter):
+    """Drops records below ERROR that a library logs on the root logger.
+
+    Apache Beam logs some notes through `logging.warning(...)` itself (e.g.
+    "apitools not found" on import), which no named logger's level reaches.
+    """
+
+    def filter(self, record):
+        return not (
+            record.name == "root"
+            and record.levelno < logging.ERROR
+            and any(part in record.pathname for part in _ROOT_CALLERS)
+        )
+
 
 TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 QUIET_TF_LOG_LEVEL = "3"
@@ -138,6 +164,7 @@ def quiet_logs(verbose: bool = False):
     package = logging.getLogger("keras_rmac")
     levels = {logger: logger.level for logger in loggers + [package]}
     hook = None
+    root_filter = LibraryRootFilter()
     silenced = []  # Keras modules whose interactive logging was turned off.
 
     def quiet_keras(keras):
@@ -154,6 +181,8 @@ def quiet_logs(verbose: bool = False):
             # keras_rmac's own progress notes (models built, indexes saved)
             # only with -v; its warnings and errors always.
             package.setLevel(logging.WARNING)
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(root_filter)
             warnings.filterwarnings("ignore")
             warnings.filterwarnings("default", module=r"keras_rmac(\.|$)")
             callbacks = {_SCANN_EXTENSION: quiet_scann}
@@ -168,5 +197,7 @@ def quiet_logs(verbose: bool = False):
                 sys.meta_path.remove(hook)
             for keras in silenced:
                 keras.config.enable_interactive_logging()
+            for handler in logging.getLogger().handlers:
+                handler.removeFilter(root_filter)
             for logger, level in levels.items():
                 logger.setLevel(level)
