@@ -226,7 +226,10 @@ def class_batch_dataset(
     ds = ds.map(
         load_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-    return _finish(ds.batch(size, drop_remainder=True))
+    ds = ds.batch(size, drop_remainder=True)
+    # flat_map hides the length; Keras needs it to end epochs on time.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps - start))
+    return _finish(ds)
 
 
 def feature_class_batch_dataset(

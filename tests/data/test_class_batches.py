@@ -132,3 +132,9 @@ def test_folder_lists_feed_the_sampler(folder):
     images = folder_per_class(folder)
     sampler = ClassBatches(images.labels, 3, 3)
     assert sampler.batch_size == 9 and sampler.short_classes == 0
+
+
+def test_image_dataset_has_a_known_length(images):
+    sampler = ClassBatches(images.labels, 2, 2)
+    ds = class_batch_dataset(images, sampler, 5, 8, augment=False, start=1)
+    assert len(ds) == 4 and len(list(ds)) == 4
