@@ -44,6 +44,9 @@ NOT_RUNNABLE = {
     "keras_rmac.serve.engine": (
         "opens an index built from photos and searches it"
     ),
+    "keras_rmac.models.listwise_model": (
+        "fine-tunes from ImageNet weights (a download) on class batches"
+    ),
     "keras_rmac.models.triplet_model": (
         "fine-tunes from ImageNet weights (a download) on a triplet dataset"
     ),
