@@ -118,7 +118,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     defaults = training.TrainConfig()
     parser = subparsers.add_parser(
         "train",
-        help="Fine-tune R-MAC (triplet, contrastive or AP loss).",
+        help="Fine-tune R-MAC with triplets and hard-negative mining.",
         description=(
             "Train an R-MAC model end to end with the triplet ranking loss "
             "(Gordo et al., IJCV 2017), the contrastive loss on mined tuples "
