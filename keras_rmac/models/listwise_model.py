@@ -41,6 +41,7 @@ from keras import ops
 from keras_rmac.checks import check_int
 from keras_rmac.losses import APLoss
 from keras_rmac.models.triplet_model import TripletModel
+from keras_rmac.models.triplet_model import _multi_worker
 
 
 def _chunks(inputs, chunk_size):
@@ -120,7 +121,9 @@ class ListwiseModel(TripletModel):
     `chunk_size` to train batches larger than fit in memory, exactly
     (`two_pass_gradients`). Fine-tuning settings (frozen BatchNorm,
     `trainable_from`, optimizer defaults, gradient accumulation) are those
-    of `TripletModel`.
+    of `TripletModel`. Under a `tf.distribute` strategy each replica
+    scores its own share of the batch (consecutive rows: whole classes
+    when the per-replica batch is a multiple of K), not the global batch.
 
     Args:
         embedding: `RMACModel` or `FeatureEmbedding`.
@@ -223,11 +226,20 @@ class ListwiseModel(TripletModel):
             loss_fn,
             self.chunk_size,
         )
-        self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
+        # Keras divides the loss by the replicas; the log shows it whole.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self._loss_tracker.update_state(
+            loss * ops.cast(replicas, loss.dtype),
+            sample_weight=tf.shape(x)[0],
+        )
         self.optimizer.apply_gradients(zip(grads, variables))
-        return self.compute_metrics(
+        logs = self.compute_metrics(
             x, y, descriptors, sample_weight=sample_weight
         )
+        if _multi_worker(self.distribute_strategy):
+            # As TripletModel.train_step (tensorflow/tensorflow#72388).
+            logs = {k: ops.reshape(v, (1,)) for k, v in logs.items()}
+        return logs
 
     def get_config(self):
         config = super().get_config()
