@@ -289,6 +289,7 @@ def main(argv):
         optimizer=args.optimizer,
         learning_rate=args.learning_rate,
         lr_decay=args.lr_decay,
+        loss="triplet",  # this benchmark measures the triplet loss
         margin=args.margin,
         batch_size=args.batch_size,
         epochs=args.epochs,

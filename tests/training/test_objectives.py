@@ -23,7 +23,9 @@ def test_build_loss_and_margins_follow_the_config():
     from keras_rmac.training import TrainConfig
     from keras_rmac.training import build_loss
 
-    triplet = build_loss(TrainConfig(train_dir="x"))
+    default = build_loss(TrainConfig(train_dir="x"))
+    assert isinstance(default, losses.ContrastiveTupleLoss)
+    triplet = build_loss(TrainConfig(train_dir="x", loss="triplet"))
     assert isinstance(triplet, losses.TripletMarginLoss)
     assert triplet.margin == 0.1
     contrastive = build_loss(
@@ -69,7 +71,8 @@ def test_cli_loss_options_map_to_config(tmp_path):
     default = cli_train.config_from_args(
         parser.parse_args("train --train-dir p --out o".split())
     )
-    assert default.loss == "triplet" and default.margin is None
+    # The default follows benchmarks/RESULTS.md (train_losses).
+    assert default.loss == "contrastive" and default.margin is None
     with pytest.raises(SystemExit):
         parser.parse_args("train --train-dir p --out o --loss x".split())
 
@@ -113,6 +116,19 @@ def test_ap_loss_trains_on_class_batches(tmp_path, cached):
         result.embedding(x.astype("float32")),
         atol=1e-6,
     )
+
+
+def test_triplet_loss_trains_with_mined_triplets(tmp_path):
+    from keras_rmac.losses import TripletMarginLoss
+    from keras_rmac.training import train
+
+    data = make_images(str(tmp_path / "data"))
+    config = toy_config(data, str(tmp_path / "run"), loss="triplet")
+    result = train(config, embedding_fn=tiny_embedding)
+    loss = result.triplet_model.loss
+    assert isinstance(loss, TripletMarginLoss) and loss.margin == 0.1
+    assert len(result.history["loss"]) == 2
+    assert np.all(np.isfinite(result.history["loss"]))
 
 
 def test_contrastive_loss_trains_with_mined_tuples(tmp_path):
