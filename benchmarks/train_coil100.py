@@ -35,7 +35,6 @@ Usage:
 
 import json
 import os
-import re
 import sys
 import time
 
@@ -45,12 +44,15 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.coil_protocol import WEIGHTS  # noqa: E402
+from benchmarks.coil_protocol import evaluation_callback as _callbacks  # noqa: E402
+from benchmarks.coil_protocol import mean_ap as _map  # noqa: E402
+from benchmarks.coil_protocol import split as _split  # noqa: E402
 from benchmarks.results import machine  # noqa: E402
 from benchmarks.results import markdown_table  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WEIGHTS = "weights/mobilenet_v2_1.0_224_torchvision_imagenet.weights.h5"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -111,47 +113,6 @@ flags.DEFINE_list(
     "summary.json files of --split val runs, tabulated as the tuning evidence.",
 )
 
-_NAME = re.compile(r"obj(\d+)__(\d+)\.png$")
-
-
-# ---------------------------------------------------------------------------
-# Data.
-
-
-def _split(data_dir, split):
-    """`(train LabelledImages, db paths, db labels, query db indices, gnd)`."""
-    from keras_rmac.data.datasets import load_coil100
-    from keras_rmac.data.triplets import LabelledImages
-
-    coil = load_coil100(os.path.join(data_dir, "coil100"))
-    train = LabelledImages.from_labels(coil.train_paths, coil.train_labels)
-    if split == "test":
-        return (
-            train,
-            coil.db_paths,
-            np.asarray(coil.db_labels),
-            np.asarray(coil.query_db_indices),
-            coil.gnd,
-        )
-    # Validation: objects 41-50 of the train split, same database rule;
-    # four queries per object (0, 90, 180, 270 degrees) to halve the noise
-    # of a 10-object estimate.
-    views = [
-        (int(m.group(1)), int(m.group(2)), p)
-        for p in coil.train_paths
-        for m in [_NAME.search(os.path.basename(p))]
-    ]
-    fit = [(o, p) for o, _, p in views if o <= 40]
-    db = [(o, d, p) for o, d, p in views if o > 40 and d % 15 == 0]
-    train = LabelledImages.from_labels([p for _, p in fit], [o for o, _ in fit])
-    labels = np.array([o for o, _, _ in db])
-    queries = np.array([i for i, (_, d, _) in enumerate(db) if d % 90 == 0])
-    gnd = []
-    for q in queries:
-        same = np.flatnonzero(labels == labels[q])
-        gnd.append({"ok": same[same != q], "junk": np.array([q])})
-    return train, [p for _, _, p in db], labels, queries, gnd
-
 
 def _train_list(path, use_boxes):
     """The labelled images of a CSV list, boxes kept only if asked."""
@@ -165,59 +126,8 @@ def _train_list(path, use_boxes):
     return images
 
 
-def _map(descriptors, queries, gnd):
-    from keras_rmac.evaluation import compute_map
-
-    scores = descriptors @ descriptors[queries].T  # (n_db, n_queries)
-    ranks = np.argsort(-scores, axis=0, kind="stable")
-    return float(compute_map(ranks, gnd)[0])
-
-
 # ---------------------------------------------------------------------------
 # Callbacks.
-
-
-def _callbacks(db_features, queries, gnd):
-    import keras
-    import tensorflow as tf
-
-    class Evaluate(keras.callbacks.Callback):
-        """Test mAP from cached db features at train start and each epoch."""
-
-        def __init__(self):
-            super().__init__()
-            self.maps = {}
-            self.step_losses = []
-            self._fn = None
-
-        def _evaluate(self):
-            head = self.model.embedding
-            if self._fn is None:
-                self._fn = tf.function(
-                    lambda x: head(x, training=False), autograph=False
-                )
-            out = [
-                np.asarray(self._fn(db_features[i : i + 64]))
-                for i in range(0, len(db_features), 64)
-            ]
-            return _map(np.concatenate(out), queries, gnd)
-
-        def on_train_begin(self, logs=None):
-            if "before" not in self.maps:
-                self.maps["before"] = self._evaluate()
-                print(f"mAP before training: {self.maps['before']:.4f}")
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.step_losses.append(float(logs["loss"]))
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.maps[epoch] = self._evaluate()
-            print(
-                f"epoch {epoch + 1}: loss {logs['loss']:.4f}, "
-                f"mAP {self.maps[epoch]:.4f}"
-            )
-
-    return Evaluate()
 
 
 class _StepTimer:
@@ -379,6 +289,7 @@ def main(argv):
         optimizer=args.optimizer,
         learning_rate=args.learning_rate,
         lr_decay=args.lr_decay,
+        loss="triplet",  # this benchmark measures the triplet loss
         margin=args.margin,
         batch_size=args.batch_size,
         epochs=args.epochs,

@@ -47,6 +47,9 @@ NOT_RUNNABLE = {
     "keras_rmac.beam.folder": (
         "indexes a photo folder with a full backbone on a Beam runner"
     ),
+    "keras_rmac.models.listwise_model": (
+        "fine-tunes from ImageNet weights (a download) on class batches"
+    ),
     "keras_rmac.models.triplet_model": (
         "fine-tunes from ImageNet weights (a download) on a triplet dataset"
     ),

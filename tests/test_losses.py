@@ -118,3 +118,31 @@ def test_loss_classes_reject_bad_input():
         losses.TripletMarginLoss()(np.zeros(2), np.zeros((2, 2, 4), "f"))
     with pytest.raises(ValueError, match=r"\(B, 2, D\)"):
         losses.ContrastiveLoss()(np.zeros(2), np.zeros((2, 4), "f"))
+
+
+@pytest.mark.parametrize("negatives", [1, 3])
+def test_contrastive_tuple_loss_sums_to_the_tuple_loss(negatives):
+    # cnnimageretrieval's tuple (q, p, n_1..n_N): the sum of the pair
+    # losses, the positive pair once. Mining writes it as N rows.
+    rng = np.random.default_rng(negatives)
+    q, p = _unit(rng, 1, 6), _unit(rng, 1, 6)
+    n = _unit(rng, negatives, 6)
+    n[0] = q[0] + 0.01  # a hard negative, inside the margin
+    tuple_loss = _contrastive_oracle(q, p, [1], 0.7).sum() + sum(
+        _contrastive_oracle(q, n[i : i + 1], [0], 0.7).sum()
+        for i in range(negatives)
+    )
+    rows = np.stack(
+        [np.repeat(q, negatives, 0), np.repeat(p, negatives, 0), n], axis=1
+    ).astype("float32")
+    loss = keras.losses.deserialize(
+        keras.losses.serialize(
+            losses.ContrastiveTupleLoss(0.7, negatives, reduction="sum")
+        )
+    )
+    assert loss.negatives_per_query == negatives
+    np.testing.assert_allclose(
+        float(loss(np.zeros(negatives), rows)), tuple_loss, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="negatives_per_query"):
+        losses.ContrastiveTupleLoss(negatives_per_query=0)

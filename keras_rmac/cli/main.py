@@ -27,7 +27,7 @@ SUBCOMMANDS = {
     "search": "Find the photos of an index most similar to a query image.",
     "serve": "Serve an index: a JSON search API and a web page.",
     "export": "Export a SavedModel for TF Serving (image bytes -> descriptor).",
-    "train": "Fine-tune R-MAC with triplets and hard-negative mining.",
+    "train": "Fine-tune R-MAC (contrastive, triplet or AP loss).",
     "clean": "Clean a noisy labelled image list (local features + RANSAC).",
     "train-rpn": "Train the region proposal network on a cleaned list's boxes.",
 }

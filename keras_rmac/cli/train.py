@@ -1,4 +1,5 @@
-"""`keras-rmac train`: fine-tune an R-MAC model with triplets."""
+"""`keras-rmac train`: fine-tune an R-MAC model (triplet, contrastive or
+listwise AP loss)."""
 
 import argparse
 import logging
@@ -23,6 +24,11 @@ Examples:
   keras-rmac train --coil100 ../shared/data/coil100 --out runs/coil \\
       --trainable-from block_15_expand --cache-features --no-augment
 
+  # Listwise AP loss on batches of 16 classes x 8 images, two passes of 32:
+  keras-rmac train --coil100 ../shared/data/coil100 --out runs/coil-ap \
+      --trainable-from block_15_expand --cache-features --no-augment \
+      --loss ap --classes-per-batch 16 --images-per-class 8 --chunk-size 32
+
 Outputs in OUT: model.keras (the trained RMACModel, for `keras-rmac index
 --model`), log.csv (loss per epoch), config.json, bad_files.txt and, while
 training, backup/ (checkpoints). Interrupted? Run the same command again:
@@ -39,8 +45,38 @@ _OPTIONS = (
     ("--learning-rate", "learning_rate", float, "Learning rate."),
     ("--lr-decay", "lr_decay", float, "Learning-rate factor per epoch."),
     ("--weight-decay", "weight_decay", float, "Decoupled weight decay."),
-    ("--margin", "margin", float, "Triplet margin (squared distances)."),
-    ("--batch-size", "batch_size", int, "Triplets per step (global)."),
+    (
+        "--margin",
+        "margin",
+        float,
+        "Margin: triplet (squared distances, 0.1 if unset) or contrastive "
+        "(distances, 0.7 if unset)",
+    ),
+    (
+        "--batch-size",
+        "batch_size",
+        int,
+        "Triplets per step (global; triplet and contrastive losses).",
+    ),
+    ("--ap-bins", "ap_bins", int, "AP loss: quantisation bins."),
+    (
+        "--classes-per-batch",
+        "classes_per_batch",
+        int,
+        "AP loss: classes per batch (P).",
+    ),
+    (
+        "--images-per-class",
+        "images_per_class",
+        int,
+        "AP loss: images per class in a batch (K).",
+    ),
+    (
+        "--chunk-size",
+        "chunk_size",
+        int,
+        "AP loss: images per pass of the exact two-pass step (big batches).",
+    ),
     (
         "--accumulate",
         "gradient_accumulation_steps",
@@ -88,12 +124,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     defaults = training.TrainConfig()
     parser = subparsers.add_parser(
         "train",
-        help="Fine-tune R-MAC with triplets and hard-negative mining.",
+        help="Fine-tune R-MAC (contrastive, triplet or AP loss).",
         description=(
             "Train an R-MAC model end to end with the triplet ranking loss "
-            "(Gordo et al., IJCV 2017): shift + PCA-whitening learned first, "
-            "hard negatives re-mined with the current weights, checkpoints "
-            "that resume after an interruption."
+            "(Gordo et al., IJCV 2017), the contrastive loss on mined tuples "
+            "(Radenovic et al., 2018) or the listwise AP loss on "
+            "class-balanced batches (Revaud et al., 2019): shift + "
+            "PCA-whitening learned first, hard negatives re-mined with the "
+            "current weights, checkpoints that resume after an interruption."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -112,6 +150,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="Run folder."
+    )
+    parser.add_argument(
+        "--loss",
+        choices=training.LOSSES,
+        default=defaults.loss,
+        help=f"Training objective (default: {defaults.loss}).",
     )
     for flag, field, kind, text in _OPTIONS:
         default = getattr(defaults, field)
@@ -171,6 +215,7 @@ def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
         train_dir=args.train_dir,
         coil100=args.coil100,
         output_dir=args.out,
+        loss=args.loss,
         trainable_from=_trainable_from(args.trainable_from),
         use_boxes=args.use_boxes,
         augment=not args.no_augment,

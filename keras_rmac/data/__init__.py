@@ -8,7 +8,8 @@ Modules, in the order the data flows:
 - `labelled`: `LabelledImages`, the `path,label[,x0,y0,x1,y1]` CSV format
   (`read_image_list`, `write_image_list`) and one folder per class.
 - `bad_files`, `triplet_table`, `augmentation`, `triplets`: the `tf.data`
-  pipeline of training triplets; `mining`: hard negatives.
+  pipeline of training triplets; `mining`: hard negatives;
+  `class_batches`: class-balanced (P x K) batches for listwise losses.
 - `datasets`: retrieval benchmarks (Oxford/Paris, Holidays, COIL-100...).
 - `cleaning`, `local_features`: automatic cleaning of noisy lists.
 
@@ -28,6 +29,9 @@ import importlib
 _EXPORTS = {
     "Augmentation": "augmentation",
     "BadFiles": "bad_files",
+    "ClassBatches": "class_batches",
+    "class_batch_dataset": "class_batches",
+    "feature_class_batch_dataset": "class_batches",
     "validate_images": "bad_files",
     "IMAGE_EXTENSIONS": "image_io",
     "ImageError": "image_io",

@@ -1,5 +1,7 @@
 """Keras models of keras_rmac."""
 
+from keras_rmac.models.listwise_model import ListwiseModel
+from keras_rmac.models.listwise_model import two_pass_gradients
 from keras_rmac.models.multiscale import scale_sizes
 from keras_rmac.models.multiscale import sum_over_scales
 from keras_rmac.models.multiscale import validate_scales
@@ -22,6 +24,7 @@ __all__ = [
     "DEFAULT_VALUE_RANGE",
     "POOLINGS",
     "FeatureEmbedding",
+    "ListwiseModel",
     "RMACModel",
     "TripletModel",
     "ValueRangeWarning",
@@ -31,6 +34,7 @@ __all__ = [
     "scale_sizes",
     "set_trainable",
     "split_backbone",
+    "two_pass_gradients",
     "sum_over_scales",
     "validate_scales",
     "validate_value_range",

@@ -8,10 +8,13 @@ image list:
 2. build the `RMACModel`, learn shift + PCA-whitening from the region
    vectors of training images (`adapt_pca`);
 3. wrap it in a `TripletModel` (BatchNorm frozen, early backbone layers
-   optionally frozen) and compile it;
-4. `model.fit` on the triplet dataset, with hard-negative mining, a CSV log
-   of the loss, and `ResumableBackupAndRestore` checkpoints every
-   `checkpoint_every` steps;
+   optionally frozen) and compile it with the triplet or contrastive loss
+   (`loss="triplet" | "contrastive"`), or, for `loss="ap"`, in a
+   `ListwiseModel` with the listwise AP loss;
+4. `model.fit` on the triplet dataset, with hard-negative mining (or, for
+   the AP loss, on class-balanced P x K batches), a CSV log of the loss,
+   and `ResumableBackupAndRestore` checkpoints every `checkpoint_every`
+   steps;
 5. save the trained `RMACModel` as `<output_dir>/model.keras`.
 
 Resuming: run the same command again after an interruption (even
@@ -41,6 +44,8 @@ Modules: `config` (`TrainConfig`), `callbacks` (`ResumableBackupAndRestore`,
 from keras_rmac.models import optimizer_step
 from keras_rmac.training.callbacks import RandomTriplets
 from keras_rmac.training.callbacks import ResumableBackupAndRestore
+from keras_rmac.training.config import DEFAULT_MARGINS
+from keras_rmac.training.config import LOSSES
 from keras_rmac.training.config import OPTIMIZERS
 from keras_rmac.training.config import TrainConfig
 from keras_rmac.training.feature_cache import adapt_pca_from_features
@@ -49,6 +54,7 @@ from keras_rmac.training.feature_cache import cached_features
 from keras_rmac.training.feature_cache import feature_extract_fn
 from keras_rmac.training.loop import TrainResult
 from keras_rmac.training.loop import adapt_pca
+from keras_rmac.training.loop import build_loss
 from keras_rmac.training.loop import build_optimizer
 from keras_rmac.training.loop import load_training_images
 from keras_rmac.training.loop import train
@@ -57,6 +63,8 @@ from keras_rmac.training.rpn import RPNResult
 from keras_rmac.training.rpn import train_rpn
 
 __all__ = [
+    "DEFAULT_MARGINS",
+    "LOSSES",
     "OPTIMIZERS",
     "RPNConfig",
     "RPNResult",
@@ -66,6 +74,7 @@ __all__ = [
     "TrainResult",
     "adapt_pca",
     "adapt_pca_from_features",
+    "build_loss",
     "build_optimizer",
     "cache_key",
     "cached_features",

@@ -1,9 +1,10 @@
 """The training run, as plain steps: `train(config)`.
 
 prepare the output folder -> read and check the images -> first triplet
-table -> build the models (feature cache, shift + PCA, `TripletModel`) ->
-restore a checkpoint -> fit (the rest of an interrupted epoch first) ->
-save the trained `RMACModel`. See the package docstring for the recipe.
+table (or the class-balanced sampler of the AP loss) -> build the models
+(feature cache, shift + PCA, `TripletModel` or `ListwiseModel`) -> restore
+a checkpoint -> fit (the rest of an interrupted epoch first) -> save the
+trained `RMACModel`. See the package docstring for the recipe.
 """
 
 import dataclasses
@@ -17,8 +18,14 @@ import tensorflow as tf
 
 from keras_rmac.data import mining
 from keras_rmac.data import triplets as triplet_data
+from keras_rmac.data.class_batches import ClassBatches
+from keras_rmac.data.class_batches import class_batch_dataset
+from keras_rmac.data.class_batches import feature_class_batch_dataset
 from keras_rmac.fileio import atomic_write_text
+from keras_rmac.losses import APLoss
+from keras_rmac.losses import ContrastiveTupleLoss
 from keras_rmac.losses import TripletMarginLoss
+from keras_rmac.models.listwise_model import ListwiseModel
 from keras_rmac.models.rmac_model import RMACModel
 from keras_rmac.models.triplet_model import FeatureEmbedding
 from keras_rmac.models.triplet_model import TripletModel
@@ -207,7 +214,23 @@ def _checked_images(config, images, work):
 
 
 def _first_table(config, images):
-    """Random triplets for the first epoch (mining replaces them)."""
+    """Random triplets for the first epoch (mining replaces them), or the
+    class-balanced sampler of the AP loss."""
+    if config.loss == "ap":
+        sampler = ClassBatches(
+            images.labels,
+            config.classes_per_batch,
+            config.images_per_class,
+            config.seed,
+        )
+        if sampler.short_classes:
+            logger.info(
+                "%d classes have fewer than %d images: their batches "
+                "repeat images, ignored by the loss",
+                sampler.short_classes,
+                config.images_per_class,
+            )
+        return sampler
     rows = triplet_data.random_triplets(
         images.labels,
         config.steps_per_epoch * config.batch_size,
@@ -236,32 +259,55 @@ def _build_models(config, embedding_fn, images, work, timings):
     return _Models(embedding, net, features, model)
 
 
+def build_loss(config: TrainConfig):
+    """The `keras.losses.Loss` of `config.loss`.
+
+    Example:
+
+    >>> build_loss(TrainConfig(train_dir="photos", loss="ap")).bins
+    20
+    """
+    if config.loss == "ap":
+        return APLoss(bins=config.ap_bins)
+    if config.loss == "contrastive":
+        # Mining writes each tuple as negatives_per_query rows.
+        rows = config.negatives_per_query if config.mining else 1
+        return ContrastiveTupleLoss(config.loss_margin, rows)
+    return TripletMarginLoss(margin=config.loss_margin)
+
+
 def _triplet_model(config, net, features):
-    """The compiled `TripletModel` of `net`, every variable created."""
+    """The compiled `TripletModel` (or `ListwiseModel` for the AP loss) of
+    `net`, every variable created."""
     # With cached features `net` holds only the trainable tail.
     tail_from = None if features is not None else config.trainable_from
-    model = TripletModel(
-        net,
-        freeze_batchnorm=config.freeze_batchnorm,
-        trainable_from=tail_from,
+    settings = dict(
+        freeze_batchnorm=config.freeze_batchnorm, trainable_from=tail_from
     )
-    model.compile(
-        optimizer=build_optimizer(config),
-        loss=TripletMarginLoss(margin=config.margin),
-    )
+    if config.loss == "ap":
+        model = ListwiseModel(net, chunk_size=config.chunk_size, **settings)
+    else:
+        model = TripletModel(net, **settings)
+    model.compile(optimizer=build_optimizer(config), loss=build_loss(config))
     # Create every variable (BackupAndRestore restores into them).
     if features is not None:
         shape = (1,) + features.shape[1:]
     else:
         side = config.image_size or 64
         shape = (1, side, side, 3)
-    model({k: tf.zeros(shape) for k in triplet_data.STREAMS})
+    if config.loss == "ap":
+        model(tf.zeros(shape))
+    else:
+        model({k: tf.zeros(shape) for k in triplet_data.STREAMS})
     model.optimizer.build(model.trainable_variables)
     return model
 
 
 def _triplet_source(config, images, table, models):
-    """The callback that rewrites the table: mining or random triplets."""
+    """The callback that rewrites the table: mining or random triplets (or
+    the one that gives the AP sampler its epoch)."""
+    if config.loss == "ap":
+        return table.callback()
     if not config.mining:
         return RandomTriplets(images.labels, table, config.seed)
     extract_fn = None
@@ -284,7 +330,22 @@ def _triplet_source(config, images, table, models):
 
 
 def _triplet_data(config, images, table, features, bad_files, start=0):
-    """The training dataset from row `start` of the table on."""
+    """The training dataset from batch `start` of the epoch on."""
+    if config.loss == "ap":
+        if features is not None:
+            return feature_class_batch_dataset(
+                features, table, config.steps_per_epoch, start
+            )
+        return class_batch_dataset(
+            images,
+            table,
+            config.steps_per_epoch,
+            config.image_size,
+            config.augment,
+            bad_files,
+            start,
+        )
+    start = start * config.batch_size  # Rows of the table.
     if features is not None:
         return triplet_data.feature_triplet_dataset(
             features, table, config.batch_size, start=start
@@ -318,7 +379,7 @@ def _fit(model, data, config, backup, restored, callbacks):
         # Finish the interrupted epoch on its remaining rows first: a fit
         # of its own, since Keras cannot start an epoch mid-way.
         backup.keep_checkpoint = True
-        start = restored["batches_done"] * config.batch_size
+        start = restored["batches_done"]
         partial = model.fit(
             data(start), epochs=epoch + 1, initial_epoch=epoch, **fit
         )
@@ -360,7 +421,7 @@ def train(
     images: triplet_data.LabelledImages | None = None,
     callbacks=(),
 ) -> TrainResult:
-    """Trains an R-MAC model with triplets and hard-negative mining.
+    """Trains an R-MAC model (triplet, contrastive or AP loss).
 
     See the `keras_rmac.training` docstring for the steps. Calling it
     again with the same `config` after an interruption resumes the run.
@@ -386,16 +447,18 @@ def train(
     timings = {}
     with strategy.scope():
         models = _build_models(config, embedding_fn, images, work, timings)
+    pairwise = config.loss != "ap"
     backup = ResumableBackupAndRestore(
         os.path.join(work, "backup"),
-        table=table,
-        batches_per_epoch=len(table) // config.batch_size,
+        # The AP batches follow from (seed, epoch, position) alone.
+        table=table if pairwise else None,
+        batches_per_epoch=config.steps_per_epoch,
         save_freq=config.checkpoint_every,
     )
     restored = backup.restore(models.triplet_model)
     all_callbacks = [
         backup,
-        table.callback(),
+        *([table.callback()] if pairwise else []),
         _triplet_source(config, images, table, models),
         keras.callbacks.CSVLogger(os.path.join(work, "log.csv"), append=True),
         *callbacks,
