@@ -255,6 +255,7 @@ def build_on_beam(job, records, *, index_shards, runner, pipeline_args):
     index = ShardedIndex.from_shards(
         [p["target"] for p in parts], metadata=metadata
     )
+    index.tune(descriptors)  # The merged operating point (ScaNN parts).
     version = _save_version(job, index)  # Hard links to the parts.
     shutil.rmtree(work, ignore_errors=True)
     return version

@@ -312,20 +312,54 @@ class ShardedIndex(Index):
         bounds = np.unique(bounds)  # Fewer rows than shards: fewer shards.
         self._build_shards(x, bounds)
         self._chunks = []
-        if self.target_recall is None or len(x) < 2:
+        if self.target_recall is not None:
+            self._measure(x, bounds)
+
+    def tune(self, x: np.ndarray) -> OperatingPoint | None:
+        """Measures the merged operating point of shards built elsewhere.
+
+        `from_shards` keeps each shard's own setting; this measures the
+        common setting whose merged top-`recall_k` reaches the shards'
+        `target_recall` (as `build` does for shards built here, without
+        its rebuild), saved with the index and used by `search`.
+
+        Args:
+            x: float32 `(N, D)`: every row of the index, in row order
+                (the shards' rows one after another).
+
+        Returns:
+            The `OperatingPoint` (also `operating_point`), or None when
+            the shards have no recall target (exact shards).
+        """
+        x = np.asarray(x, np.float32)
+        if x.shape != (len(self), self.dimension):
+            raise ValueError(
+                f"`x` must hold the index's {len(self)} rows of dimension "
+                f"{self.dimension}. Received: shape {x.shape}"
+            )
+        if self.target_recall is not None:
+            self._measure(x)
+        return self.operating_point
+
+    def _measure(self, x, bounds=None) -> None:
+        """Sets `operating_point` (rebuilding once with more leaves when
+        the target is missed and `bounds` allows a rebuild here)."""
+        if len(x) < 2:
             return
         start = time.perf_counter()
         rows, truth = scann_tuning.draw_sample(x, self.recall_k)
         sample = (rows, truth, x[rows])
         point = self._tune(sample)
-        if not point.reached and self.shard_kind == "fast":
-            if "num_leaves" not in self.shard_options:
-                # As a ScannIndex: more, smaller leaves (no tree when
-                # small), once.
-                self._build_shards(
-                    x, bounds, scann_tuning.REBUILD_LEAVES_FACTOR
-                )
-                point = self._tune(sample)
+        if (
+            not point.reached
+            and bounds is not None
+            and self.shard_kind == "fast"
+            and "num_leaves" not in self.shard_options
+        ):
+            # As a ScannIndex: more, smaller leaves (no tree when small),
+            # once.
+            self._build_shards(x, bounds, scann_tuning.REBUILD_LEAVES_FACTOR)
+            point = self._tune(sample)
         if not point.reached:
             logger.warning(
                 "ShardedIndex: recall target %g of the merged results not "
@@ -366,7 +400,11 @@ class ShardedIndex(Index):
         own rows excluded), as `ScannIndex` tunes itself."""
         rows, truth, queries = sample
         k = truth.shape[1]
-        built = [s.built_params for s in self._shards]
+        built = []
+        for number in range(len(self._shards)):
+            shard = self._shard(number)
+            shard.build()  # A shard given unbuilt to `from_shards`.
+            built.append(shard.built_params)
         # Settings common to all shards: the largest shard's grid (the
         # others clip leaves to their own tree).
         first = max(built, key=lambda b: b["num_leaves"])

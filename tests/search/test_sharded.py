@@ -185,3 +185,29 @@ def test_shards_are_searched_concurrently(monkeypatch):
         monkeypatch.setattr(shard, "search", waiting)
     found, _ = index.search(np.eye(4, dtype=np.float32)[:1], 2)
     assert found.tolist() == [[0, 4]]
+
+
+def test_shards_built_elsewhere_are_tuned_together(tmp_path):
+    rng = np.random.default_rng(8)
+    db = clustered(rng, 3000, 16, 150)
+    parts = []
+    for rows in np.array_split(np.arange(3000), 3):
+        shard = ScannIndex(16, mode="fast")
+        shard.add(db[rows], ids=rows)
+        parts.append(shard)
+    index = ShardedIndex.from_shards(parts)
+    assert index.operating_point is None and index.target_recall == 0.95
+    with pytest.raises(ValueError, match="3000 rows"):
+        index.tune(db[:10])
+    point = index.tune(db)
+    assert point is index.operating_point and point.k == 10
+    index.save(tmp_path / "s")
+    loaded = load_index(tmp_path / "s")
+    assert loaded.operating_point == point
+    q = clustered(rng, 100, 16, 150)
+    truth, _ = oracle_top_k(db, q, 10)
+    got = recall_at_k(loaded.search(q, 10)[0], truth)
+    assert got >= point.recall - 0.05, (got, point.describe())
+    exact = ShardedIndex(16, shard_kind="exact", num_shards=2)
+    exact.add(db)
+    assert exact.tune(db) is None and exact.target_recall is None
