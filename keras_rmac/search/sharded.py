@@ -68,9 +68,12 @@ class ShardedIndex(Index):
     `num_shards` contiguous parts of (nearly) equal size; each part gets
     its own index (`make_index(shard_kind, dimension, **shard_options)`), the
     parts are built in parallel threads on the first search or save.
-    Adding after that is refused: make a new index. `from_shards`
-    assembles shards built elsewhere (e.g. one per worker of a Beam
-    pipeline). A loaded index opens each shard on first use.
+    Adding after that is refused: make a new index. ScaNN shards are
+    tuned together at build (`operating_point`: the merged top-k's
+    recall, see the module docstring). `from_shards` assembles shards
+    built elsewhere (e.g. one per worker of a Beam pipeline), which
+    `tune(x)` then tunes together. A loaded index opens each shard on
+    first use.
 
     Args:
         dimension: int. Descriptor dimension D.
