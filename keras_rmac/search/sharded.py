@@ -6,7 +6,7 @@ of the same kind over disjoint rows. A query is searched in every shard
 and the `S` lists of `k` results are merged by score (ties to the earlier
 row, as `ExactIndex` breaks them), so a sharded exact index returns what
 one `ExactIndex` over the same rows returns. The shards are searched in
-concurrent threads (ScaNN and NumPy release the GIL while they score).
+concurrent threads (the gain needs ScaNN to release the GIL: unmeasured).
 
 ScaNN shards built here are tuned together: the recall target (each
 shard's `target_recall`, at `recall_k`) is met by the merged top-k, not
