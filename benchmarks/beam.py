@@ -160,7 +160,9 @@ def _measure(index, queries, truth, directory):
     qps = len(queries) / (time.perf_counter() - start)
     n = len(index)
     rss = _loaded_rss(directory, queries[0])
+    point = getattr(index, "operating_point", None)
     return {
+        "operating_point": point.describe() if point else None,
         "build_s": build,
         "recall": recall_at_k(found, truth),
         "qps": qps,
@@ -252,7 +254,14 @@ def table_b(b: dict) -> str:
         rows,
     ) + (
         f"\n\nRecall@10 sharded - one: "
-        f"{b['sharded']['recall'] - b['one']['recall']:+.3f}."
+        f"{b['sharded']['recall'] - b['one']['recall']:+.3f}; QPS "
+        f"sharded / one: {b['sharded']['qps'] / b['one']['qps']:.2f}x."
+        + "".join(
+            f"\n\nOperating point at build, {label}: "
+            f"{b[name]['operating_point']}."
+            for name, label in (("one", "one index"), ("sharded", "4 shards"))
+            if b[name].get("operating_point")
+        )
     )
 
 

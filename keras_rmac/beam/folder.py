@@ -11,8 +11,12 @@ as Beam pipelines instead of in this process:
   committed to the store in order. A run killed at any point and started
   again skips the shards already written;
 - build: the live descriptors split into `index_shards` parts, one index
-  per part built by the workers (`BuildIndexShards`), joined into a
-  `ShardedIndex` in the new generation.
+  per part, joined into a `ShardedIndex` in the new generation. On a
+  remote runner (Dataflow, Flink, Spark) the workers build the parts
+  (`BuildIndexShards`); on a local one (`DirectRunner`) this process
+  builds them in threads, as `ShardedIndex` does, since a second local
+  pipeline would only start its worker processes (TensorFlow imports
+  and all) again on the same cores.
 """
 
 from __future__ import annotations
@@ -171,8 +175,9 @@ def _marker(job) -> dict:
 
 
 def build_on_beam(job, records, *, index_shards, runner, pipeline_args):
-    """The build step (`Steps.build_version`): a `ShardedIndex` whose
-    parts are built by the workers, in a new generation."""
+    """The build step (`Steps.build_version`): a `ShardedIndex` in a new
+    generation, its parts built by the workers of a remote runner, or in
+    this process's threads for a local one (`is_local_runner`)."""
     from keras_rmac.search import ShardedIndex
 
     settings = job.settings
@@ -193,9 +198,27 @@ def build_on_beam(job, records, *, index_shards, runner, pipeline_args):
         "draft_above": settings.draft_above,
         "dimension": dimension,
     }
+    paths = [r.path for r in records]
+    if is_local_runner(runner) or not records:
+        # A local runner's workers are processes of this machine: a
+        # second pipeline would only start them again (each importing
+        # TensorFlow) to build what this process builds in threads.
+        index = ShardedIndex(
+            dimension,
+            shard_kind=settings.mode,
+            num_shards=index_shards,
+            shard_options=index_options,
+            metadata=metadata,
+        )
+        if records:
+            index.add(
+                descriptors,
+                ids=np.arange(len(records), dtype=np.int64),
+                paths=paths,
+            )
+        return _save_version(job, index)
     work = os.path.join(job.workspace, layout.WORK_DIR, BUILD_DIR)
     os.makedirs(work, exist_ok=True)
-    paths = [r.path for r in records]
     bounds = np.unique(
         np.linspace(0, len(records), index_shards + 1).astype(np.int64)
     )
@@ -220,30 +243,40 @@ def build_on_beam(job, records, *, index_shards, runner, pipeline_args):
                 "target": part + ".index",
             }
         )
-    if parts:
-        pipeline.run_index_build(
-            parts,
-            kind=settings.mode,
-            dimension=dimension,
-            index_options=index_options,
-            metadata=metadata,
-            runner=runner,
-            pipeline_args=pipeline_args,
-        )
-        index = ShardedIndex.from_shards(
-            [p["target"] for p in parts], metadata=metadata
-        )
-    else:
-        index = ShardedIndex(
-            dimension,
-            shard_kind=settings.mode,
-            num_shards=index_shards,
-            shard_options=index_options,
-            metadata=metadata,
-        )
+    pipeline.run_index_build(
+        parts,
+        kind=settings.mode,
+        dimension=dimension,
+        index_options=index_options,
+        metadata=metadata,
+        runner=runner,
+        pipeline_args=pipeline_args,
+    )
+    index = ShardedIndex.from_shards(
+        [p["target"] for p in parts], metadata=metadata
+    )
+    index.tune(descriptors)  # The merged operating point (ScaNN parts).
+    version = _save_version(job, index)  # Hard links to the parts.
+    shutil.rmtree(work, ignore_errors=True)
+    return version
+
+
+def is_local_runner(runner: str) -> bool:
+    """Whether `runner` runs its workers on this machine (DirectRunner,
+    PrismRunner, or the Python SDK's in-process runners)."""
+    name = runner.rsplit(".", 1)[-1].lower()
+    return name in (
+        "directrunner",
+        "prismrunner",
+        "bundlebasedirectrunner",
+        "swallowingdirectrunner",
+        "fnapirunner",
+    )
+
+
+def _save_version(job, index):
     version = layout.new_generation(job.index_dir)
-    index.save(version.searchable)  # Hard links to the parts.
+    index.save(version.searchable)
     layout.link_or_copy(job.model_path, version.model_path)
     fileio.fsync_tree(version.directory)
-    shutil.rmtree(work, ignore_errors=True)
     return version

@@ -5,7 +5,18 @@ that builds one index per part, `keras_rmac.beam`) is held as `S` indexes
 of the same kind over disjoint rows. A query is searched in every shard
 and the `S` lists of `k` results are merged by score (ties to the earlier
 row, as `ExactIndex` breaks them), so a sharded exact index returns what
-one `ExactIndex` over the same rows returns.
+one `ExactIndex` over the same rows returns. The shards are searched in
+concurrent threads (the gain needs ScaNN to release the GIL: unmeasured).
+
+ScaNN shards built here are tuned together: the recall target (each
+shard's `target_recall`, at `recall_k`) is met by the merged top-k, not
+by each shard on its own (a shard's own top-k is not what the merged
+list needs from it). `build` measures the merged results of a sample of
+all rows against their exact neighbours for each common setting of
+leaves searched and re-order depth, keeps the fastest reaching the
+target as `operating_point` (saved in the manifest, printed by
+`keras-rmac index` as for a `ScannIndex`), and searches every shard with
+it unless the search is given its own knobs.
 
 Saved layout (besides the manifest, ids and paths of
 `keras_rmac.search.storage`): `shards/00000/`, `shards/00001/` ... each a
@@ -18,19 +29,31 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import dataclasses
+import logging
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from keras_rmac.search import scann_policy
+from keras_rmac.search import scann_tuning
 from keras_rmac.search import storage
 from keras_rmac.search.base import Index
 from keras_rmac.search.base import load_index
+from keras_rmac.search.scann_tuning import OperatingPoint
+
+logger = logging.getLogger(__name__)
 
 SHARDS_DIR = "shards"
+
+# The largest share of each shard's leaves the joint tuning searches (one
+# `ScannIndex` tunes up to `scann_tuning.MAX_SEARCHED_SHARE`).
+SHARD_SEARCHED_SHARE = 0.5
 
 # Metadata keys naming the descriptor model: every shard must carry the
 # parent's value (a shard described by another model is refused).
@@ -49,9 +72,12 @@ class ShardedIndex(Index):
     `num_shards` contiguous parts of (nearly) equal size; each part gets
     its own index (`make_index(shard_kind, dimension, **shard_options)`), the
     parts are built in parallel threads on the first search or save.
-    Adding after that is refused: make a new index. `from_shards`
-    assembles shards built elsewhere (e.g. one per worker of a Beam
-    pipeline). A loaded index opens each shard on first use.
+    Adding after that is refused: make a new index. ScaNN shards are
+    tuned together at build (`operating_point`: the merged top-k's
+    recall, see the module docstring). `from_shards` assembles shards
+    built elsewhere (e.g. one per worker of a Beam pipeline), which
+    `tune(x)` then tunes together. A loaded index opens each shard on
+    first use.
 
     Args:
         dimension: int. Descriptor dimension D.
@@ -115,6 +141,10 @@ class ShardedIndex(Index):
         self.build_threads = int(build_threads)
         probe = self._make_shard()  # Fails now on bad shard options.
         self.search_options = probe.search_options
+        # The merged recall target (ScaNN shards), None for exact ones.
+        self.target_recall = getattr(probe, "target_recall", None)
+        self.recall_k = getattr(probe, "recall_k", None)
+        self.operating_point: OperatingPoint | None = None
         self._chunks: list[np.ndarray] = []
         # Per shard: the index (built or loaded) or None (on disk, lazy).
         self._shards: list[Index | None] = []
@@ -137,13 +167,29 @@ class ShardedIndex(Index):
             "build_threads": self.build_threads,
         }
 
-    def _make_shard(self) -> Index:
+    def _make_shard(
+        self, rows: int | None = None, leaves_factor: int = 0
+    ) -> Index:
+        """A new shard; with `rows` and a recall target, one built with
+        the tree a tuned index of `rows` vectors gets (times
+        `leaves_factor`, none below `MIN_TREE_SIZE`, if > 0) but no
+        tuning of its own (`build` tunes the merged results)."""
         from keras_rmac.search.factory import make_index
 
+        options = copy.deepcopy(self.shard_options)
+        if rows is not None and getattr(self, "target_recall", None):
+            leaves = scann_policy.num_leaves_for_target(
+                rows, options.get("num_leaves"), mode=self.shard_kind
+            )
+            if leaves_factor:
+                small = rows < scann_policy.MIN_TREE_SIZE
+                leaves = 0 if small else leaves_factor * leaves
+            options["num_leaves"] = leaves
+            options["target_recall"] = None
         return make_index(
             self.shard_kind,
             self.dimension,
-            **copy.deepcopy(self.shard_options),
+            **options,
             metadata=copy.deepcopy(self.metadata),
         )
 
@@ -271,11 +317,75 @@ class ShardedIndex(Index):
         )
         bounds = np.linspace(0, len(x), self.num_shards + 1).astype(np.int64)
         bounds = np.unique(bounds)  # Fewer rows than shards: fewer shards.
+        self._build_shards(x, bounds)
+        self._chunks = []
+        if self.target_recall is not None:
+            self._measure(x, bounds)
+
+    def tune(self, x: np.ndarray) -> OperatingPoint | None:
+        """Measures the merged operating point of shards built elsewhere.
+
+        `from_shards` keeps each shard's own setting; this measures the
+        common setting whose merged top-`recall_k` reaches the shards'
+        `target_recall` (as `build` does for shards built here, without
+        its rebuild), saved with the index and used by `search`.
+
+        Args:
+            x: float32 `(N, D)`: every row of the index, in row order
+                (the shards' rows one after another).
+
+        Returns:
+            The `OperatingPoint` (also `operating_point`), or None when
+            the shards have no recall target (exact shards).
+        """
+        x = np.asarray(x, np.float32)
+        if x.shape != (len(self), self.dimension):
+            raise ValueError(
+                f"`x` must hold the index's {len(self)} rows of dimension "
+                f"{self.dimension}. Received: shape {x.shape}"
+            )
+        if self.target_recall is not None:
+            self._measure(x)
+        return self.operating_point
+
+    def _measure(self, x, bounds=None) -> None:
+        """Sets `operating_point` (rebuilding once with more leaves when
+        the target is missed and `bounds` allows a rebuild here)."""
+        if len(x) < 2:
+            return
+        start = time.perf_counter()
+        rows, truth = scann_tuning.draw_sample(x, self.recall_k)
+        sample = (rows, truth, x[rows])
+        point = self._tune(sample)
+        if (
+            not point.reached
+            and bounds is not None
+            and self.shard_kind == "fast"
+            and "num_leaves" not in self.shard_options
+        ):
+            # As a ScannIndex: more, smaller leaves (no tree when small),
+            # once.
+            self._build_shards(x, bounds, scann_tuning.REBUILD_LEAVES_FACTOR)
+            point = self._tune(sample)
+        if not point.reached:
+            logger.warning(
+                "ShardedIndex: recall target %g of the merged results not "
+                "reached (%s); fewer shards or more leaves "
+                "(`shard_options={'num_leaves': ...}`) raise it.",
+                self.target_recall,
+                point.describe(),
+            )
+        self.operating_point = dataclasses.replace(
+            point, seconds=round(time.perf_counter() - start, 3)
+        )
+        logger.info("Operating point: %s", self.operating_point.describe())
+
+    def _build_shards(self, x, bounds, leaves_factor: int = 0) -> None:
         parts = list(zip(bounds[:-1], bounds[1:]))
 
         def make(part):
             start, stop = part
-            shard = self._make_shard()
+            shard = self._make_shard(int(stop - start), leaves_factor)
             shard.add(
                 x[start:stop],
                 ids=self._ids[start:stop],
@@ -290,7 +400,53 @@ class ShardedIndex(Index):
             self._shards = list(pool.map(make, parts))
         self._shard_dirs = [None] * len(self._shards)
         self._offsets = bounds
-        self._chunks = []
+
+    def _tune(self, sample) -> OperatingPoint:
+        """The fastest common shard setting whose merged top-`recall_k`
+        reaches `target_recall` on `sample` (`(rows, truth, queries)`,
+        own rows excluded), as `ScannIndex` tunes itself."""
+        rows, truth, queries = sample
+        k = truth.shape[1]
+        built = []
+        for number in range(len(self._shards)):
+            shard = self._shard(number)
+            shard.build()  # A shard given unbuilt to `from_shards`.
+            built.append(shard.built_params)
+        # Settings common to all shards: the largest shard's grid (the
+        # others clip leaves to their own tree).
+        first = max(built, key=lambda b: b["num_leaves"])
+        options = self.shard_options
+        requested = options.get("num_leaves_to_search")
+        leaves = scann_tuning.tuning_leaves_grid(first["num_leaves"], requested)
+        if requested is None and first["num_leaves"]:
+            # Up to `SHARD_SEARCHED_SHARE` of each shard's leaves: a shard's
+            # tree, trained on 1/S of each neighbourhood, places it less
+            # well than one tree over every row (200k x 512 clustered
+            # rows: recall@10 0.946 at 1/4 of each shard's leaves, where
+            # one index reaches 0.955).
+            cap = max(1, int(SHARD_SEARCHED_SHARE * first["num_leaves"]))
+            more = {min(cap, int(leaves[-1] * f)) for f in (1.5, 2, 3, 4)}
+            leaves = sorted(set(leaves) | more)
+        reorders = scann_tuning.tuning_reorder_grid(
+            scann_policy.ScannParams(**first),
+            k,
+            options.get("reorder_num_neighbors"),
+        )
+
+        def run(leaves_to_search, reorder):
+            found, _ = self._merged_rows(
+                queries,
+                k + 1,
+                {
+                    "leaves_to_search": leaves_to_search or None,
+                    "reorder_num_neighbors": reorder,
+                },
+            )
+            return scann_tuning.drop_own_rows(found, rows, k)
+
+        return scann_tuning.tune(
+            run, truth, leaves, reorders, self.target_recall
+        )
 
     def _check_shard_metadata(self, number: int, metadata) -> None:
         for key in FINGERPRINT_KEYS:
@@ -329,13 +485,37 @@ class ShardedIndex(Index):
 
     def _search_rows(self, q, k, **options):
         self.build()
-        all_ids, all_scores = [], []
-        for number in range(len(self._shards)):
-            ids, scores = self._shard(number).search(q, k, **options)
-            all_ids.append(ids)
-            all_scores.append(scores)
-        ids = np.concatenate(all_ids, axis=1)
-        scores = np.concatenate(all_scores, axis=1)
+        options = {k: v for k, v in options.items() if v is not None}
+        point = self.operating_point
+        if point is not None:
+            # The merged operating point (or the fastest measured setting
+            # reaching `recall=`) for the knobs the caller did not fix.
+            recall = options.pop("recall", None)
+            leaves, reorder = (
+                point.setting_for(recall)
+                if recall is not None
+                else (point.num_leaves_to_search, point.reorder_num_neighbors)
+            )
+            if leaves:
+                options.setdefault("leaves_to_search", int(leaves))
+            if reorder:
+                options.setdefault("reorder_num_neighbors", int(reorder))
+        return self._merged_rows(q, k, options)
+
+    def _merged_rows(self, q, k, options):
+        """Every shard's top-`k` (concurrently), merged by score."""
+
+        def one(number):
+            return self._shard(number).search(q, k, **options)
+
+        count = len(self._shards)
+        if count == 1:
+            results = [one(0)]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(count) as pool:
+                results = list(pool.map(one, range(count)))
+        ids = np.concatenate([r[0] for r in results], axis=1)
+        scores = np.concatenate([r[1] for r in results], axis=1)
         rows = np.where(ids >= 0, self.rows_of(ids), -1)
         # Best score first; ties to the earlier row; padding (-1) last.
         tie = np.where(rows >= 0, rows, np.iinfo(np.int64).max)
@@ -375,9 +555,11 @@ class ShardedIndex(Index):
                     self._shard_dirs[number], target, copy_function=_link
                 )
             names.append(f"{SHARDS_DIR}/{name}")
+        point = self.operating_point
         params = {
             **self._options_config(),
             "shard_counts": np.diff(self._offsets).astype(int).tolist(),
+            "operating_point": point.to_dict() if point else None,
         }
         return params, {"shards": names}
 
@@ -385,7 +567,9 @@ class ShardedIndex(Index):
     def _from_saved(cls, directory, manifest):
         params = dict(manifest["params"])
         counts = params.pop("shard_counts")
+        point = OperatingPoint.from_dict(params.pop("operating_point", None))
         index = cls(manifest["dimension"], **params)
+        index.operating_point = point
         index.metadata = dict(manifest["metadata"])
         names = manifest["files"]["shards"]
         index._shards = [None] * len(names)

@@ -285,3 +285,39 @@ def test_kill_9_midway_then_rerun_has_no_missing_or_duplicate_rows(
         atol=1e-5,
     )
     assert _report(index_dir)["indexed"] == 24
+
+
+def test_remote_build_pipeline_equals_the_local_build(
+    tmp_path, tiny, monkeypatch
+):
+    """A remote runner's build step (`BuildIndexShards` in a second
+    pipeline, here run on the in-process DirectRunner) gives the index a
+    local runner builds in this process."""
+    from keras_rmac.beam import folder
+    from keras_rmac.beam import index_folder_on_beam
+
+    model, _ = tiny
+    is_local = folder.is_local_runner
+    root = tmp_path / "photos"
+    for i in range(7):
+        photos.save(root / f"p{i}.png", photos.photo(i))
+    built = {}
+    for name, remote in (("local", False), ("remote", True)):
+        monkeypatch.setattr(
+            folder, "is_local_runner", lambda r, v=remote: not v
+        )
+        index_folder_on_beam(
+            root, tmp_path / name, model=model, max_size=64, mode="exact",
+            index_shards=3, verbose=0,
+        )  # fmt: skip
+        built[name] = indexing.PhotoIndex(tmp_path / name)
+        assert not (tmp_path / name / ".work" / folder.BUILD_DIR).exists()
+    local, remote = built["local"], built["remote"]
+    assert local.paths == remote.paths
+    assert [len(s) for s in remote.index.shards] == [2, 2, 3]
+    x = local.stored_descriptors(np.arange(len(local)))
+    np.testing.assert_array_equal(
+        remote.index.search(x, 5)[0], local.index.search(x, 5)[0]
+    )
+    assert is_local("DirectRunner") and is_local("PrismRunner")
+    assert not is_local("DataflowRunner") and not is_local("FlinkRunner")

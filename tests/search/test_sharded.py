@@ -11,6 +11,7 @@ from keras_rmac.search import ScannIndex
 from keras_rmac.search import ShardedIndex
 from keras_rmac.search import load_index
 from keras_rmac.search import make_index
+from keras_rmac.search import saved_operating_point
 from tests.search.helpers import clustered
 from tests.search.helpers import oracle_top_k
 from tests.search.helpers import recall_at_k
@@ -134,3 +135,79 @@ def test_sharded_scann_recall_is_within_001_of_one_index(tmp_path):
     r_sharded = recall_at_k(loaded.search(q, 10)[0], truth)
     assert all(s.kind == "fast" for s in loaded.shards)
     assert r_sharded >= r_single - 0.01, (r_sharded, r_single)
+    # One operating point for the merged results, saved and reloaded,
+    # read by `keras-rmac index` as a ScannIndex's.
+    point = loaded.operating_point
+    assert point == sharded.operating_point and point.reached
+    assert point.k == 10 and point.target_recall == 0.95
+    assert saved_operating_point(tmp_path / "s") == point
+    # Its recall is the merged top-10's on the sample, own row excluded:
+    # recomputed here with the exact oracle.
+    rows = np.sort(
+        np.random.default_rng(0).choice(len(db), point.sample_size, False)
+    )
+    sample_truth = oracle_top_k(db, db[rows], 11)[0]
+    found = loaded.search(
+        db[rows],
+        11,
+        leaves_to_search=point.num_leaves_to_search or None,
+        reorder_num_neighbors=point.reorder_num_neighbors,
+    )[0]
+    hits = [
+        len(set(f[f != r][:10]) & set(t[t != r][:10]))
+        for f, t, r in zip(found, sample_truth, rows)
+    ]
+    assert np.mean(hits) / 10 == pytest.approx(point.recall, abs=1e-3)
+    # The shards themselves were not tuned one by one.
+    assert all(s.operating_point is None for s in loaded.shards)
+    # `recall=` picks a measured setting; explicit knobs win.
+    low = loaded.search(q, 10, recall=0.5)[0]
+    assert recall_at_k(low, truth) >= 0.5 - 0.05
+    few = loaded.search(q, 10, reorder_num_neighbors=11)[0]
+    assert recall_at_k(few, truth) < r_sharded, recall_at_k(few, truth)
+
+
+def test_shards_are_searched_concurrently(monkeypatch):
+    """Each shard's search runs in its own thread at the same time."""
+    import threading
+
+    index = ShardedIndex(4, shard_kind="exact", num_shards=3)
+    index.add(np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]])
+    index.build()
+    barrier = threading.Barrier(3, timeout=10)
+    for shard in index.shards:
+        search = shard.search
+
+        def waiting(q, k, _search=search, **options):
+            barrier.wait()  # Breaks (timeout) if the shards run in turn.
+            return _search(q, k, **options)
+
+        monkeypatch.setattr(shard, "search", waiting)
+    found, _ = index.search(np.eye(4, dtype=np.float32)[:1], 2)
+    assert found.tolist() == [[0, 4]]
+
+
+def test_shards_built_elsewhere_are_tuned_together(tmp_path):
+    rng = np.random.default_rng(8)
+    db = clustered(rng, 3000, 16, 150)
+    parts = []
+    for rows in np.array_split(np.arange(3000), 3):
+        shard = ScannIndex(16, mode="fast")
+        shard.add(db[rows], ids=rows)
+        parts.append(shard)
+    index = ShardedIndex.from_shards(parts)
+    assert index.operating_point is None and index.target_recall == 0.95
+    with pytest.raises(ValueError, match="3000 rows"):
+        index.tune(db[:10])
+    point = index.tune(db)
+    assert point is index.operating_point and point.k == 10
+    index.save(tmp_path / "s")
+    loaded = load_index(tmp_path / "s")
+    assert loaded.operating_point == point
+    q = clustered(rng, 100, 16, 150)
+    truth, _ = oracle_top_k(db, q, 10)
+    got = recall_at_k(loaded.search(q, 10)[0], truth)
+    assert got >= point.recall - 0.05, (got, point.describe())
+    exact = ShardedIndex(16, shard_kind="exact", num_shards=2)
+    exact.add(db)
+    assert exact.tune(db) is None and exact.target_recall is None
