@@ -545,8 +545,13 @@ def part_cost():
     }
 
 
+PAIR = ("rpn", "grid")
+
+
 def cost_section(result):
     ips = result["images_per_s"]
+    ratios = [r / g for r, g in zip(*(result["times"][k] for k in PAIR))]
+    lo, hi = min(ratios), max(ratios)
     spread = {
         k: f"{min(v):.2f}-{max(v):.2f}" for k, v in result["times"].items()
     }
@@ -567,7 +572,8 @@ def cost_section(result):
         f"(256x256 uint8 arrays, batch {FLAGS.batch_size}), "
         f"{result['rounds']} interleaved rounds after an untimed trace, "
         f"load average {result['load']}. Median time ratio learned / grid: "
-        f"**{result['ratio']:.2f}**.\n\n{table}\n"
+        f"**{result['ratio']:.2f}** (per round {lo:.2f}-{hi:.2f}).\n\n"
+        f"{table}\n"
     )
 
 
