@@ -25,6 +25,14 @@ a run that stops resumes at the first missing part; `--redo` recomputes):
   learned proposals, shift + PCA-whitening learned on the train split's
   region vectors (views at multiples of 15 degrees), as the retrieval
   part of `benchmarks/cluttered_coil.py`.
+- `finetune`: triplet fine-tuning (`keras_rmac.training.train`, cached
+  frozen-prefix features) on the cluttered train split with the grid and
+  with the learned regions (`TrainConfig(rpn_model=...)`), the same budget
+  (`FINETUNE`), seeds 0 and 1; test mAP through `extract`. Each run is
+  its own JSON (`finetune-{grid,rpn}-s{0,1}.json`) and resumes from its
+  Keras checkpoint when stopped.
+- `coil`: plain COIL-100 (the `benchmarks/coil100.py` protocol), off the
+  shelf, learned proposals (the cluttered RPN) vs the grid.
 
 Backbone feature maps are computed once per image and kept (float16) in
 `--work_dir/features`; the RPN head trains on them as `train_rpn` does
@@ -958,7 +966,14 @@ def main(argv):
         "(`benchmarks/rpn_coil.py`)\n\n"
         "Command: `nice -n 5 python -m benchmarks.rpn_coil` (resumable: "
         "each part is a JSON under `--work_dir`). Missing parts: "
-        f"{', '.join(missing) if missing else 'none'}.\n\n"
+        f"{', '.join(missing) if missing else 'none'}"
+        + (
+            "; the same command resumes them (a fine-tuning run stopped "
+            "midway restarts from its last epoch's checkpoint)"
+            if missing
+            else ""
+        )
+        + ".\n\n"
         + "\n".join(sections)
     )
     print(body)
