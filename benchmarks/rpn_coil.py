@@ -1,0 +1,985 @@
+"""Learned region proposals vs the R-MAC grid on cluttered COIL-100.
+
+The measurements of issue 15 ("Done when") on the data of
+`benchmarks/cluttered_coil.py` (run its `generate` and `clean` parts
+first). MobileNetV2 with the shared torchvision ImageNet weights, images of
+256x256 (feature map 8x8, a cell is 32 pixels).
+
+Parts (`--parts`; each finished part is a JSON file under `--work_dir`, so
+a run that stops resumes at the first missing part; `--redo` recomputes):
+
+- `select`: RPN settings chosen on the validation split only. The RPN is
+  trained on the cleaning's boxes of objects 1-40 and its proposal recall
+  at IoU >= 0.5 measured on the validation database (objects 41-50 every
+  15 degrees, true boxes); the candidate anchor sizes and learning rates
+  are `CANDIDATES`, the number of epochs is taken from the evaluations
+  after every `--eval_every` epochs; the best recall@16 wins (recall@256
+  breaks ties).
+- `recall`: with the chosen settings, RPNs trained on the cleaning's
+  boxes of objects 1-50 (the paper's recipe) and on the true boxes of all
+  training images (a reference), against "untrained" proposals and the
+  grid, on the test split (objects 51-100, 1200 images).
+- `cost`: `RMACModel.extract` throughput with learned proposals vs the
+  grid on the same images, interleaved rounds, median.
+- `retrieval`: off-the-shelf mAP on the cluttered test protocol, grid vs
+  learned proposals, shift + PCA-whitening learned on the train split's
+  region vectors (views at multiples of 15 degrees), as the retrieval
+  part of `benchmarks/cluttered_coil.py`.
+- `finetune`: triplet fine-tuning (`keras_rmac.training.train`, cached
+  frozen-prefix features) on the cluttered train split with the grid and
+  with the learned regions (`TrainConfig(rpn_model=...)`), the same budget
+  (`FINETUNE`), seeds 0 and 1; test mAP through `extract`. Each run is
+  its own JSON (`finetune-{grid,rpn}-s{0,1}.json`) and resumes from its
+  Keras checkpoint when stopped.
+- `coil`: plain COIL-100 (the `benchmarks/coil100.py` protocol), off the
+  shelf, learned proposals (the cluttered RPN) vs the grid.
+
+Backbone feature maps are computed once per image and kept (float16) in
+`--work_dir/features`; the RPN head trains on them as `train_rpn` does
+(the same `_Trainer` step, one image per step, seeded order per epoch).
+
+Usage:
+    python -m benchmarks.rpn_coil                      # all parts
+    python -m benchmarks.rpn_coil --parts=select,recall
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.cluttered_coil_files import grid_boxes  # noqa: E402
+from benchmarks.cluttered_coil_files import load_protocol  # noqa: E402
+from benchmarks.cluttered_coil_files import recall_at  # noqa: E402
+from benchmarks.cluttered_coil_files import view_degrees  # noqa: E402
+from benchmarks.results import machine  # noqa: E402
+from benchmarks.results import markdown_table  # noqa: E402
+from benchmarks.results import write_section  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve().parent
+WEIGHTS = "weights/mobilenet_v2_1.0_224_torchvision_imagenet.weights.h5"
+SIZE = 256
+CELL = 32.0
+# (anchor sides in cells, learning rate): the objects' longest sides are
+# 41-166 px, 1.3-5.2 cells; the first row is the layer's default. (A step
+# costs ~0.1 s on the shared 2 cores, so the list and the epochs are short.)
+CANDIDATES = (
+    ((1.0, 2.0, 4.0, 8.0), 1e-3),
+    ((1.5, 2.0, 3.0, 4.0, 6.0), 1e-3),
+)
+PARTS = ("select", "recall", "cost", "retrieval", "finetune", "coil")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "data_dir",
+    os.environ.get(
+        "KERAS_RMAC_DATA", str(HERE.parent.parent / "shared" / "data")
+    ),
+    "Folder holding coil100/ and weights/.",
+)
+flags.DEFINE_string(
+    "out_dir",
+    "/tmp/keras_rmac_cluttered_coil/data",
+    "The cluttered COIL-100 data (benchmarks/cluttered_coil.py).",
+)
+flags.DEFINE_string(
+    "clean_csv",
+    "/tmp/keras_rmac_cluttered_coil/data/clean/objects-1-50-k0/clean.csv",
+    "`keras-rmac clean`'s list with boxes of the cluttered train split.",
+)
+flags.DEFINE_string(
+    "work_dir", "/tmp/keras_rmac_rpn_coil", "Features, RPNs, part JSONs."
+)
+flags.DEFINE_list("parts", list(PARTS), f"Parts to run: {PARTS}.")
+flags.DEFINE_list("redo", [], "Parts recomputed even when their JSON exists.")
+flags.DEFINE_integer("epochs", 2, "Most RPN epochs (selection evaluates).")
+flags.DEFINE_integer("eval_every", 1, "Selection: epochs between checks.")
+flags.DEFINE_integer("hidden", 256, "Filters of the RPN head.")
+flags.DEFINE_integer("cost_images", 48, "Images timed by --parts=cost.")
+flags.DEFINE_integer("cost_rounds", 5, "Interleaved rounds of the cost.")
+flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
+flags.DEFINE_bool("write", True, "Write benchmarks/RESULTS.md sections.")
+
+
+def _load():
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _work():
+    path = pathlib.Path(FLAGS.work_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Backbone features, once per image.
+
+
+def _model(**kwargs):
+    from keras_rmac.models import RMACModel
+
+    return RMACModel(
+        "mobilenet_v2",
+        weights=os.path.join(FLAGS.data_dir, WEIGHTS),
+        **kwargs,
+    )
+
+
+class Features:
+    """Feature maps `(8, 8, 1280)` of the cluttered images, by path."""
+
+    def __init__(self, paths, size=SIZE):
+        import tensorflow as tf
+
+        from keras_rmac.data import image_io
+        from keras_rmac.progress import progress_bar
+
+        self.row = {p: i for i, p in enumerate(paths)}
+        # The cluttered images' key has no size (they are all at SIZE).
+        text = "\n".join(paths) + ("" if size == SIZE else f"\n{size}")
+        key = hashlib.sha256(text.encode()).hexdigest()[:12]
+        path = _work() / f"features-{key}.npy"
+        if path.is_file():
+            self.maps = np.load(path, mmap_mode="r")
+            return
+        model = _model()
+        run = tf.function(
+            lambda x: model.backbone(model.preprocess(x), training=False)
+        )
+        maps, batch = [], FLAGS.batch_size
+        bar = progress_bar(len(paths), 1, label="features")
+        for i in range(0, len(paths), batch):
+            images = []
+            for _, image in image_io.load_images(paths[i : i + batch]):
+                if isinstance(image, image_io.ImageError):
+                    raise image
+                images.append(
+                    image_io.resize_longest_side(
+                        image.astype("float32"), size
+                    ).numpy()
+                )
+            maps.append(run(np.stack(images)).numpy().astype(np.float16))
+            bar.update(i + len(images))
+        from keras_rmac.fileio import atomic_save_npy
+
+        atomic_save_npy(path, np.concatenate(maps))
+        self.maps = np.load(path, mmap_mode="r")
+
+    def get(self, paths):
+        return np.asarray(
+            self.maps[[self.row[p] for p in paths]], dtype=np.float32
+        )
+
+
+_FEATURES = {}
+
+
+def features():
+    """One `Features` over the train and test images of the data set."""
+    if "all" not in _FEATURES:
+        from keras_rmac.data.labelled import read_image_list
+
+        out = pathlib.Path(FLAGS.out_dir)
+        paths = list(read_image_list(out / "train_boxes.csv").paths)
+        paths += list(read_image_list(out / "test_boxes.csv").paths)
+        _FEATURES["all"] = Features(paths)
+    return _FEATURES["all"]
+
+
+# ---------------------------------------------------------------------------
+# RPN training on cached features.
+
+
+def _pool(sizes, top_n=256, seed=0):
+    import keras
+
+    from keras_rmac.layers import LearnedRegionPooling
+
+    keras.utils.set_random_seed(seed)
+    pool = LearnedRegionPooling(
+        sizes=sizes, top_n=top_n, hidden=FLAGS.hidden, name="rpn_pooling"
+    )
+    pool.build((None, 8, 8, 1280))
+    return pool
+
+
+def train_rpn_on(items, sizes, learning_rate, epochs, seed=0, check=None):
+    """Trains a fresh `LearnedRegionPooling` head on `items` (feature map
+    `(1, 8, 8, C)`, boxes in cells); `check(pool, epoch)` after every
+    `--eval_every` epochs. Returns `(pool, losses per epoch, seconds)`."""
+    from keras_rmac.training.rpn import RPNConfig
+    from keras_rmac.training.rpn import _Trainer
+
+    config = RPNConfig(
+        train_list="-",
+        output_dir=str(_work()),
+        sizes=sizes,
+        learning_rate=learning_rate,
+        epochs=epochs,
+        hidden=FLAGS.hidden,
+        seed=seed,
+    )
+    config.validate()
+    pool = _pool(sizes, seed=seed)
+    trainer = _Trainer(pool, config)
+    losses, started = [], time.time()
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(items))
+        losses.append(float(np.mean([trainer.run(*items[i]) for i in order])))
+        if check is not None and (epoch + 1) % FLAGS.eval_every == 0:
+            check(pool, epoch + 1)
+    return pool, losses, time.time() - started
+
+
+def boxed_items(listed):
+    """`[(features (1, 8, 8, C), boxes (1, 4) in cells)]` of a box list."""
+    import tensorflow as tf
+
+    maps = features().get(listed.paths)
+    return [
+        (tf.constant(m[None]), tf.constant(b[None] / CELL, tf.float32))
+        for m, b in zip(maps, np.asarray(listed.boxes, np.float32))
+    ]
+
+
+def proposals(pool, maps, batch=64):
+    """Proposals of `pool` for feature maps `(N, 8, 8, C)`, in pixels."""
+    import tensorflow as tf
+
+    run = tf.function(lambda x: pool.proposals(x)[0])
+    out = [run(maps[i : i + batch]).numpy() for i in range(0, len(maps), batch)]
+    return np.concatenate(out) * CELL
+
+
+def recalls(boxes_per_image, true_boxes):
+    from keras_rmac.evaluation import proposal_recall
+
+    return {
+        n: proposal_recall(list(boxes_per_image), list(true_boxes), top_n=n)
+        for n in (16, 256)
+    }
+
+
+def save_pool(pool, name):
+    np.savez(_work() / f"{name}.npz", *[w.numpy() for w in pool.weights])
+
+
+def load_pool(name, sizes, top_n=256):
+    pool = _pool(sizes, top_n=top_n)
+    with np.load(_work() / f"{name}.npz") as data:
+        for i, w in enumerate(pool.weights):
+            w.assign(data[f"arr_{i}"])
+    return pool
+
+
+def _clean_list(objects_max):
+    from keras_rmac.data.labelled import read_image_list
+
+    clean = read_image_list(FLAGS.clean_csv)
+    keep = [
+        i for i, n in enumerate(clean.label_names()) if int(n) <= objects_max
+    ]
+    return clean.subset(keep)
+
+
+# ---------------------------------------------------------------------------
+# Part select: settings on the validation split.
+
+
+def part_select():
+    from keras_rmac.fileio import atomic_write_json
+
+    _, val, val_boxes = load_protocol(FLAGS.out_dir, "val")
+    items = boxed_items(_clean_list(40))
+    maps = features().get(val.db_paths)
+    rows = []
+    for number, (sizes, lr) in enumerate(CANDIDATES):
+        done = _work() / f"select-{number}.json"
+        if done.is_file() and "select" not in FLAGS.redo:
+            rows += json.loads(done.read_text())
+            continue
+        mine = []
+
+        def check(pool, epoch, sizes=sizes, lr=lr, mine=mine):
+            found = recalls(proposals(pool, maps), val_boxes)
+            mine.append(
+                {
+                    "sizes": list(sizes),
+                    "learning_rate": lr,
+                    "epochs": epoch,
+                    "recall16": found[16],
+                    "recall256": found[256],
+                }
+            )
+            print(mine[-1], flush=True)
+
+        train_rpn_on(items, sizes, lr, FLAGS.epochs, check=check)
+        atomic_write_json(done, mine)
+        rows += mine
+    best = max(rows, key=lambda r: (r["recall16"], r["recall256"]))
+    return {
+        "train_images": len(items),
+        "val_images": len(val.db_paths),
+        "rows": rows,
+        "chosen": best,
+    }
+
+
+def select_section(result):
+    table = markdown_table(
+        [
+            "anchor sides (cells)",
+            "learning rate",
+            "epochs",
+            "val recall@16",
+            "val recall@256",
+        ],
+        [
+            (
+                ", ".join(f"{s:g}" for s in r["sizes"]),
+                f"{r['learning_rate']:g}",
+                r["epochs"],
+                f"{r['recall16']:.3f}",
+                f"{r['recall256']:.3f}",
+            )
+            for r in result["rows"]
+        ],
+    )
+    c = result["chosen"]
+    return (
+        "### RPN settings chosen on the validation split\n\n"
+        f"RPN head (3x3 conv, {FLAGS.hidden} filters, anchor ratios 0.5, "
+        "1, 2; Faster R-CNN labels: IoU >= 0.7 or best anchor positive, "
+        "< 0.3 negative, 256 sampled anchors per image; Adam) trained on the "
+        f"cleaning's boxes of objects 1-40 ({result['train_images']} "
+        "images), frozen backbone; recall at IoU >= 0.5 of the true boxes "
+        f"of the validation database (objects 41-50 every 15 degrees, "
+        f"{result['val_images']} images). Chosen (best recall@16, then "
+        f"recall@256): sides {c['sizes']}, learning rate "
+        f"{c['learning_rate']:g}, {c['epochs']} epochs.\n\n{table}\n"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Part recall: the test split.
+
+
+def _chosen():
+    result = json.loads((_work() / "select.json").read_text())["chosen"]
+    return tuple(result["sizes"]), result["learning_rate"], result["epochs"]
+
+
+def part_recall():
+    import tensorflow as tf
+
+    from keras_rmac.data.labelled import read_image_list
+    from keras_rmac.layers import box_ops
+
+    sizes, lr, epochs = _chosen()
+    _, test, test_boxes = load_protocol(FLAGS.out_dir, "test")
+    maps = features().get(test.db_paths)
+    rows = []
+
+    def add(name, boxes, note=""):
+        found = recalls(boxes, test_boxes)
+        rows.append(
+            {
+                "name": name,
+                "recall16": found[16],
+                "recall256": found[256],
+                "note": note,
+            }
+        )
+        print(rows[-1], flush=True)
+
+    # The reference learns from the true boxes of the same images (those
+    # the cleaning kept), so the two differ only in the boxes.
+    clean = _clean_list(50)
+    truth = read_image_list(pathlib.Path(FLAGS.out_dir) / "train_boxes.csv")
+    true_box = dict(zip(truth.paths, truth.boxes))
+    true = clean.subset(range(len(clean)))
+    true.boxes = np.array([true_box[p] for p in true.paths], np.float32)
+    arms = (("rpn_clean", clean), ("rpn_true", true))
+    for name, listed in arms:
+        items = boxed_items(listed)
+        pool, losses, seconds = train_rpn_on(items, sizes, lr, epochs)
+        save_pool(pool, name)
+        add(
+            name,
+            proposals(pool, maps),
+            f"{len(items)} images, {seconds / 60:.1f} min",
+        )
+    add("rpn_untrained", proposals(_pool(sizes), maps))
+    # Anchors without learning: every anchor (clipped), NMS 0.7 over
+    # seeded uniform random scores (no box deltas).
+    anchors = box_ops.clip_boxes(
+        box_ops.make_anchors(8, 8, sizes, (0.5, 1.0, 2.0)), 8, 8
+    )
+    rng = np.random.default_rng(0)
+    random_boxes = []
+    for _ in range(len(maps)):
+        scores = tf.constant(rng.random(anchors.shape[0]), tf.float32)
+        keep = box_ops.nms_top_n(anchors, scores, 256)
+        random_boxes.append(tf.gather(anchors, keep).numpy() * CELL)
+    add("anchors_random", random_boxes)
+    for levels in (3, 8):
+        grid = grid_boxes(8, 8, SIZE, SIZE, levels)
+        r16 = recall_at(grid, test_boxes, 16)[0]
+        r256 = recall_at(grid, test_boxes, 256)[0]
+        rows.append(
+            {
+                "name": f"grid_L{levels}",
+                "recall16": r16,
+                "recall256": r256,
+                "note": f"{len(grid)} regions",
+            }
+        )
+    return {
+        "sizes": list(sizes),
+        "learning_rate": lr,
+        "epochs": epochs,
+        "test_images": len(maps),
+        "rows": rows,
+    }
+
+
+NAMES = {
+    "rpn_clean": "learned RPN, trained on the cleaning's boxes (objects 1-50)",
+    "rpn_true": "learned RPN, trained on the true boxes of the same "
+    "images (reference)",
+    "rpn_untrained": "RPN before training (same layer, seed-0 initial "
+    "weights: random scores and deltas, then NMS)",
+    "anchors_random": "anchors without learning (clipped anchors, NMS 0.7 "
+    "over seeded uniform random scores)",
+    "grid_L3": "R-MAC grid, L=3 (RMACModel's default)",
+    "grid_L8": "R-MAC grid, L=8",
+}
+
+
+def recall_section(result):
+    table = markdown_table(
+        ["proposals", "recall@16", "recall@256", "note"],
+        [
+            (
+                NAMES[r["name"]],
+                f"{r['recall16']:.3f}",
+                f"{r['recall256']:.3f}",
+                r["note"],
+            )
+            for r in result["rows"]
+        ],
+    )
+    by = {r["name"]: r for r in result["rows"]}
+    learned = by["rpn_clean"]
+    others = max(
+        by[n]["recall16"]
+        for n in ("rpn_untrained", "anchors_random", "grid_L3", "grid_L8")
+    )
+    verdict = (
+        "Issue 15's criterion (learned RPN from the cleaning's boxes >= 0.9 "
+        f"at N = 256: {'met' if learned['recall256'] >= 0.9 else 'NOT met'}"
+        f"; above the untrained proposals and the grid at N = 16: "
+        f"{'met' if learned['recall16'] > others else 'NOT met'})."
+    )
+    return (
+        "### Proposal recall, learned vs untrained vs grid (IoU >= 0.5)\n\n"
+        f"Test split ({result['test_images']} images of 256x256, true "
+        "boxes), settings from the validation split: anchor sides "
+        f"{result['sizes']} cells, ratios 0.5/1/2, learning rate "
+        f"{result['learning_rate']:g}, {result['epochs']} epochs. Learned "
+        "proposals are the layer's top N after NMS 0.7, before rounding to "
+        "cells, in pixels; the grids have fewer than 256 regions and use "
+        "all of them at N = 256 (L=3 has 15 at both N). "
+        f"{verdict}\n\n{table}\n"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Part cost: extraction throughput.
+
+
+def _rpn_model(name, top_n=256):
+    sizes = tuple(json.loads((_work() / "recall.json").read_text())["sizes"])
+    model = _model(
+        regions="rpn",
+        rpn_options={
+            "sizes": list(sizes),
+            "top_n": top_n,
+            "hidden": FLAGS.hidden,
+        },
+    )
+    trained = load_pool(name, sizes, top_n)
+    model.build((None, None, None, 3))
+    for mine, theirs in zip(model.pool.weights, trained.weights):
+        mine.assign(theirs)
+    return model
+
+
+def part_cost():
+    from keras_rmac.data import image_io
+
+    _, test, _ = load_protocol(FLAGS.out_dir, "test")
+    paths = test.db_paths[:: max(1, len(test.db_paths) // FLAGS.cost_images)]
+    paths = paths[: FLAGS.cost_images]
+    images = np.stack([im for _, im in image_io.load_images(paths)])
+    models = {"grid": _model(), "rpn": _rpn_model("rpn_clean")}
+    for model in models.values():  # trace once, untimed
+        model.extract(
+            images[: FLAGS.batch_size], batch_size=FLAGS.batch_size, verbose=0
+        )
+    times = {k: [] for k in models}
+    for _ in range(FLAGS.cost_rounds):
+        for name, model in models.items():
+            started = time.perf_counter()
+            model.extract(images, batch_size=FLAGS.batch_size, verbose=0)
+            times[name].append(time.perf_counter() - started)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "images": len(images),
+        "rounds": FLAGS.cost_rounds,
+        "times": times,
+        "images_per_s": {k: len(images) / v for k, v in median.items()},
+        "ratio": median["rpn"] / median["grid"],
+        "load": _load(),
+    }
+
+
+PAIR = ("rpn", "grid")
+
+
+def cost_section(result):
+    ips = result["images_per_s"]
+    ratios = [r / g for r, g in zip(*(result["times"][k] for k in PAIR))]
+    lo, hi = min(ratios), max(ratios)
+    spread = {
+        k: f"{min(v):.2f}-{max(v):.2f}" for k, v in result["times"].items()
+    }
+    table = markdown_table(
+        ["regions", "images/s (median)", "seconds per round (min-max)"],
+        [
+            (
+                "R-MAC grid, L=3 (15 regions)",
+                f"{ips['grid']:.1f}",
+                spread["grid"],
+            ),
+            ("learned RPN, top 256", f"{ips['rpn']:.1f}", spread["rpn"]),
+        ],
+    )
+    return (
+        "### Extraction cost: learned proposals vs the grid\n\n"
+        f"`RMACModel.extract` on the same {result['images']} test images "
+        f"(256x256 uint8 arrays, batch {FLAGS.batch_size}), "
+        f"{result['rounds']} interleaved rounds after an untimed trace, "
+        f"load average {result['load']}. Median time ratio learned / grid: "
+        f"**{result['ratio']:.2f}** (per round {lo:.2f}-{hi:.2f}).\n\n"
+        f"{table}\n"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Part retrieval: off-the-shelf mAP.
+
+
+def _map(descriptors, queries, gnd):
+    from keras_rmac.evaluation import compute_map
+
+    scores = descriptors @ descriptors[queries].T
+    ranks = np.argsort(-scores, axis=0, kind="stable")
+    return float(compute_map(ranks, gnd)[0])
+
+
+def _descriptors(model, maps, fit_maps, batch=32):
+    """Descriptors without and with ShiftPCA learned on `fit_maps`."""
+    import tensorflow as tf
+
+    pooled = tf.function(lambda x: model.pool_regions(x))
+    regions = np.concatenate(
+        [
+            pooled(fit_maps[i : i + batch]).numpy()
+            for i in range(0, len(fit_maps), batch)
+        ]
+    )
+    plain = tf.function(lambda x: model.aggregate(model.pool_regions(x)))
+    without = np.concatenate(
+        [plain(maps[i : i + batch]).numpy() for i in range(0, len(maps), batch)]
+    )
+    model.shift_pca.adapt(regions)
+    with_pca = np.concatenate(
+        [plain(maps[i : i + batch]).numpy() for i in range(0, len(maps), batch)]
+    )
+    return without, with_pca
+
+
+def part_retrieval():
+    fit, test, _ = load_protocol(FLAGS.out_dir, "test")
+    fit_paths = [p for p in fit.paths if view_degrees(p) % 15 == 0]
+    maps = features().get(test.db_paths)
+    fit_maps = features().get(fit_paths)
+    queries = np.asarray(test.query_db_indices)
+    rows = []
+    arms = (
+        ("grid_L3", lambda: _model()),
+        ("rpn_clean", lambda: _rpn_model("rpn_clean")),
+        ("rpn_clean_16", lambda: _rpn_model("rpn_clean", 16)),
+        ("rpn_true", lambda: _rpn_model("rpn_true")),
+    )
+    for name, build in arms:
+        model = build()
+        model.build((None, None, None, 3))
+        without, with_pca = _descriptors(model, maps, fit_maps)
+        rows.append(
+            {
+                "name": name,
+                "map": _map(without, queries, test.gnd),
+                "map_pca": _map(with_pca, queries, test.gnd),
+            }
+        )
+        print(rows[-1], flush=True)
+    return {"fit_images": len(fit_paths), "rows": rows}
+
+
+RETRIEVAL_NAMES = {
+    "grid_L3": "R-MAC grid, L=3",
+    "rpn_clean": "learned RPN (cleaning's boxes), top 256",
+    "rpn_clean_16": "learned RPN (cleaning's boxes), top 16",
+    "rpn_true": "learned RPN (true boxes, reference), top 256",
+}
+
+
+def retrieval_section(result):
+    table = markdown_table(
+        ["regions", "mAP, no PCA", "mAP, shift + PCA-whitening"],
+        [
+            (
+                RETRIEVAL_NAMES[r["name"]],
+                f"{r['map']:.4f}",
+                f"{r['map_pca']:.4f}",
+            )
+            for r in result["rows"]
+        ],
+    )
+    by = {r["name"]: r for r in result["rows"]}
+    gain = by["rpn_clean"]["map_pca"] - by["grid_L3"]["map_pca"]
+    note = (
+        f"With shift + PCA-whitening, learned (top 256) minus grid: "
+        f"{100 * gain:+.2f} points (one run, no seeds involved: nothing is "
+        "trained but the RPN and the PCA)."
+    )
+    return (
+        "### Off-the-shelf retrieval on cluttered COIL-100: learned "
+        "proposals vs the grid\n\n"
+        "MobileNetV2 (shared ImageNet weights, no fine-tuning), 256x256, "
+        "single scale; mAP over the 50 test queries; shift + PCA-whitening "
+        "learned on the region vectors of the train split's views at "
+        f"multiples of 15 degrees ({result['fit_images']} images), of each "
+        "region kind; same protocol as `benchmarks/cluttered_coil.py "
+        f"--parts=retrieval`. {note}\n\n{table}\n"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Part finetune: triplet fine-tuning, grid vs learned regions, 2 seeds.
+
+FINETUNE = {
+    # benchmarks/train_coil100.py's settings (chosen there on COIL-100's
+    # validation split), the same for both arms.
+    "trainable_from": "block_15_expand",
+    "learning_rate": 1e-4,
+    "margin": 0.6,
+    "batch_size": 8,
+    "epochs": 3,
+    "steps_per_epoch": 100,
+    "negatives_per_query": 4,
+    "pca_images": 1000,
+}
+
+
+def finetune_run(arm, seed):
+    """One triplet fine-tuning run; its JSON is its own resume point."""
+    import keras
+
+    from keras_rmac.training import TrainConfig
+    from keras_rmac.training import train
+
+    path = _work() / f"finetune-{arm}-s{seed}.json"
+    if path.is_file() and "finetune" not in FLAGS.redo:
+        return json.loads(path.read_text())
+    out = _work() / f"finetune-{arm}-s{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    # Every run has the same frozen prefix and images: its cached features
+    # (keyed by prefix weights, size and list) are shared, not recomputed.
+    for cached in _work().glob("finetune-*/features-*.npy"):
+        if not (out / cached.name).exists():
+            os.link(cached, out / cached.name)
+    rpn_path = None
+    if arm == "rpn":
+        rpn_path = _work() / "rpn_clean.keras"
+        if not rpn_path.is_file():
+            _rpn_model("rpn_clean").save(rpn_path)
+    started = time.time()
+    config = TrainConfig(
+        train_list=str(pathlib.Path(FLAGS.out_dir) / "train.csv"),
+        output_dir=str(out),
+        backbone="mobilenet_v2",
+        weights=os.path.join(FLAGS.data_dir, WEIGHTS),
+        rpn_model=None if rpn_path is None else str(rpn_path),
+        cache_features=True,
+        augment=False,
+        image_size=SIZE,
+        checkpoint_every=FINETUNE["steps_per_epoch"],
+        seed=seed,
+        verbose=0,
+        **FINETUNE,
+    )
+    result = train(config)
+    _, test, _ = load_protocol(FLAGS.out_dir, "test")
+    trained = keras.models.load_model(result.model_path)
+    descriptors = trained.extract(test.db_paths, max_size=SIZE, verbose=0)
+    row = {
+        "arm": arm,
+        "seed": seed,
+        "map": _map(descriptors, np.asarray(test.query_db_indices), test.gnd),
+        "loss": [float(x) for x in result.history.get("loss", [])],
+        "minutes": (time.time() - started) / 60,
+        "load": _load(),
+    }
+    from keras_rmac.fileio import atomic_write_json
+
+    atomic_write_json(path, row)
+    print(row, flush=True)
+    return row
+
+
+def part_finetune():
+    runs = [
+        finetune_run(arm, seed) for seed in (0, 1) for arm in ("grid", "rpn")
+    ]
+    return {"settings": FINETUNE, "runs": runs}
+
+
+def _finetune_so_far():
+    """`(result of the finished runs or None, names of the missing runs)`."""
+    runs, missing = [], []
+    for seed in (0, 1):
+        for arm in ("grid", "rpn"):
+            path = _work() / f"finetune-{arm}-s{seed}.json"
+            if path.is_file():
+                runs.append(json.loads(path.read_text()))
+            else:
+                missing.append(f"{arm}-s{seed}")
+    if not runs:
+        return None, missing
+    result = {
+        "settings": FINETUNE,
+        "runs": runs,
+        "minutes": sum(r["minutes"] for r in runs),
+        "load": runs[-1]["load"],
+        "machine": machine(),
+    }
+    return result, missing
+
+
+def finetune_section(result):
+    rows = []
+    for arm, label in (
+        ("grid", "R-MAC grid, L=3"),
+        ("rpn", "learned RPN (cleaning's boxes), top 256"),
+    ):
+        maps = [r["map"] for r in result["runs"] if r["arm"] == arm]
+        if not maps:
+            rows.append((label, "not run", "", ""))
+            continue
+        rows.append(
+            (
+                label,
+                ", ".join(f"{m:.4f}" for m in maps),
+                f"{np.mean(maps):.4f}",
+                f"{max(maps) - min(maps):.4f}",
+            )
+        )
+    table = markdown_table(
+        ["regions", "test mAP per seed (0, 1)", "mean", "spread (max - min)"],
+        rows,
+    )
+    settings = ", ".join(f"`{k}={v}`" for k, v in result["settings"].items())
+    verdict = "Issue 15's criterion: needs both arms at 2 seeds."
+    arms = {
+        a: [r["map"] for r in result["runs"] if r["arm"] == a]
+        for a in ("grid", "rpn")
+    }
+    if all(len(m) == 2 for m in arms.values()):
+        gain = np.mean(arms["rpn"]) - np.mean(arms["grid"])
+        spread = max(np.ptp(m) for m in arms.values())
+        met = gain >= 0.02 and gain > spread
+        verdict = (
+            f"Learned minus grid: {100 * gain:+.2f} points on the mean, "
+            f"largest spread {100 * spread:.2f} points: issue 15's "
+            f"criterion (>= 2 points and more than the spread) "
+            f"{'met' if met else 'NOT met'}."
+        )
+    return (
+        "### Triplet fine-tuning on cluttered COIL-100: learned regions vs "
+        "the grid\n\n"
+        "`keras_rmac.training.train` on the cluttered train split (objects "
+        "1-50, 3568 images, no boxes), same budget for both arms: "
+        f"{settings}, hard-negative mining, frozen-prefix features cached "
+        "(`cache_features=True`, no augmentation), 256x256; the learned arm "
+        "is `TrainConfig(rpn_model=...)` with the RPN of the recall part "
+        "(cleaning's boxes), frozen. Test mAP through `extract` of the "
+        "saved model on the 1200 test files. Settings are those "
+        "`benchmarks/train_coil100.py` chose on plain COIL-100's "
+        "validation split, not tuned on the cluttered data. "
+        f"{verdict}\n\n{table}\n"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Part coil: plain COIL-100, off the shelf.
+
+
+def part_coil():
+    from keras_rmac.data.datasets import load_coil100
+
+    coil = load_coil100(os.path.join(FLAGS.data_dir, "coil100"))
+    fit_paths = [p for p in coil.train_paths if view_degrees(p) % 15 == 0]
+    size = 224
+    db = Features(list(coil.db_paths), size).get(list(coil.db_paths))
+    fit = Features(fit_paths, size).get(fit_paths)
+    queries = np.asarray(coil.query_db_indices)
+    rows = []
+    for name, build in (
+        ("grid_L3", lambda: _model()),
+        ("rpn_clean", lambda: _rpn_model("rpn_clean")),
+        ("rpn_clean_16", lambda: _rpn_model("rpn_clean", 16)),
+    ):
+        model = build()
+        model.build((None, None, None, 3))
+        without, with_pca = _descriptors(model, db, fit)
+        rows.append(
+            {
+                "name": name,
+                "map": _map(without, queries, coil.gnd),
+                "map_pca": _map(with_pca, queries, coil.gnd),
+            }
+        )
+        print(rows[-1], flush=True)
+    return {"fit_images": len(fit_paths), "size": size, "rows": rows}
+
+
+def coil_section(result):
+    table = markdown_table(
+        ["regions", "mAP, no PCA", "mAP, shift + PCA-whitening"],
+        [
+            (
+                RETRIEVAL_NAMES[r["name"]],
+                f"{r['map']:.4f}",
+                f"{r['map_pca']:.4f}",
+            )
+            for r in result["rows"]
+        ],
+    )
+    by = {r["name"]: r for r in result["rows"]}
+    loss = by["grid_L3"]["map_pca"] - by["rpn_clean"]["map_pca"]
+    verdict = (
+        f"With shift + PCA-whitening the learned proposals (top 256) are "
+        f"{100 * -loss:+.2f} points from the grid: issue 15's criterion "
+        f"(lose no more than 0.5) {'met' if loss <= 0.005 else 'NOT met'}."
+    )
+    return (
+        "### Plain COIL-100, off the shelf: learned proposals vs the grid\n\n"
+        "The `benchmarks/coil100.py` protocol (database objects 51-100 "
+        "every 15 degrees, 50 queries), single scale, longest side "
+        f"{result['size']} (feature map 7x7); the RPN is the one trained on "
+        "the cluttered cleaning's boxes at 256 px (anchor sides in cells), "
+        "not retrained; shift + PCA-whitening on the train views at "
+        f"multiples of 15 degrees ({result['fit_images']} images). "
+        f"{verdict}\n\n{table}\n"
+    )
+
+
+# ---------------------------------------------------------------------------
+
+
+RUN = {
+    "select": (part_select, select_section),
+    "recall": (part_recall, recall_section),
+    "cost": (part_cost, cost_section),
+    "retrieval": (part_retrieval, retrieval_section),
+    "finetune": (part_finetune, finetune_section),
+    "coil": (part_coil, coil_section),
+}
+
+
+def main(argv):
+    del argv
+    unknown = set(FLAGS.parts) - set(PARTS)
+    if unknown:
+        raise app.UsageError(f"Unknown --parts {sorted(unknown)}; use {PARTS}.")
+    out = pathlib.Path(FLAGS.out_dir)
+    if not (out / "manifest.json").is_file():
+        raise app.UsageError(
+            f"No cluttered data in {out}: run `python -m "
+            "benchmarks.cluttered_coil --parts=generate,clean "
+            "--clean_objects=1-50` first."
+        )
+    from keras_rmac.fileio import atomic_write_json
+
+    for part in PARTS:
+        path = _work() / f"{part}.json"
+        if part in FLAGS.parts and (part in FLAGS.redo or not path.is_file()):
+            started = time.time()
+            result = RUN[part][0]()
+            result["minutes"] = (time.time() - started) / 60
+            result["load"] = result.get("load", _load())
+            result["machine"] = machine()
+            atomic_write_json(path, result)
+    sections, missing = [], []
+    for part in PARTS:
+        path = _work() / f"{part}.json"
+        result = None
+        if path.is_file():
+            result = json.loads(path.read_text())
+        elif part == "finetune":
+            result, runs_missing = _finetune_so_far()
+            if runs_missing:
+                missing.append(f"finetune runs {', '.join(runs_missing)}")
+        else:
+            missing.append(part)
+        if result is None:
+            continue
+        sections.append(
+            RUN[part][1](result)
+            + f"\n({result['machine']}, load average {result['load']}, "
+            f"{result['minutes']:.1f} min.)\n"
+        )
+    body = (
+        "## Learned region proposals on cluttered COIL-100 "
+        "(`benchmarks/rpn_coil.py`)\n\n"
+        "Command: `nice -n 5 python -m benchmarks.rpn_coil` (resumable: "
+        "each part is a JSON under `--work_dir`). Missing parts: "
+        f"{', '.join(missing) if missing else 'none'}"
+        + (
+            "; the same command resumes them (a fine-tuning run stopped "
+            "midway restarts from its last epoch's checkpoint)"
+            if missing
+            else ""
+        )
+        + ".\n\n"
+        + "\n".join(sections)
+    )
+    print(body)
+    if FLAGS.write:
+        write_section("rpn_coil", body)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,75 @@
+"""The verdicts that benchmarks/rpn_coil.py writes into RESULTS.md, on
+hand-made results (issue 15's "Done when" thresholds)."""
+
+from benchmarks import rpn_coil
+
+
+def _recall(clean16, clean256, grid16):
+    names = ("rpn_clean", "rpn_true", "rpn_untrained", "anchors_random")
+    rows = [
+        {"name": n, "recall16": 0.3, "recall256": 0.8, "note": ""}
+        for n in names
+    ]
+    rows[0].update(recall16=clean16, recall256=clean256)
+    rows[1].update(recall16=0.99)  # the reference does not count
+    rows += [
+        {
+            "name": "grid_L3",
+            "recall16": grid16,
+            "recall256": grid16,
+            "note": "",
+        },
+        {"name": "grid_L8", "recall16": 0.2, "recall256": 0.7, "note": ""},
+    ]
+    return rpn_coil.recall_section(
+        {
+            "sizes": [1.0],
+            "learning_rate": 1e-3,
+            "epochs": 1,
+            "test_images": 3,
+            "rows": rows,
+        }
+    )
+
+
+def test_recall_verdict():
+    assert "N = 256: met; above" in _recall(0.5, 0.9, 0.4)
+    assert "N = 16: met)" in _recall(0.5, 0.9, 0.4)
+    assert "N = 256: NOT met" in _recall(0.5, 0.899, 0.4)
+    # A tie with the grid at N = 16 is not "above".
+    assert "N = 16: NOT met)" in _recall(0.4, 0.95, 0.4)
+
+
+def _finetune(grid, rpn):
+    runs = [{"arm": "grid", "map": m} for m in grid]
+    runs += [{"arm": "rpn", "map": m} for m in rpn]
+    return rpn_coil.finetune_section({"settings": {}, "runs": runs})
+
+
+def test_finetune_verdict():
+    # +3 points on the mean, spreads 1 and 2 points: met.
+    text = _finetune([0.40, 0.41], [0.425, 0.445])
+    assert "+3.00 points on the mean" in text
+    assert "largest spread 2.00 points" in text and "NOT met" not in text
+    # +3 points but a 4-point spread between seeds: not met.
+    assert "NOT met" in _finetune([0.38, 0.42], [0.43, 0.44])
+    # +1.5 points, no spread: under the 2 points asked.
+    assert "NOT met" in _finetune([0.40, 0.40], [0.415, 0.415])
+    # One seed only: no verdict yet, the missing arm is said.
+    text = _finetune([0.40], [])
+    assert "needs both arms at 2 seeds" in text and "not run" in text
+
+
+def test_coil_verdict():
+    def section(grid, rpn):
+        rows = [
+            {"name": "grid_L3", "map": 0.0, "map_pca": grid},
+            {"name": "rpn_clean", "map": 0.0, "map_pca": rpn},
+        ]
+        return rpn_coil.coil_section(
+            {"fit_images": 1, "size": 224, "rows": rows}
+        )
+
+    assert "-0.40 points from the grid" in section(0.9, 0.896)
+    assert "(lose no more than 0.5) met" in section(0.9, 0.896)
+    assert "NOT met" in section(0.9, 0.894)
