@@ -160,9 +160,19 @@ def test_sharded_scann_recall_is_within_001_of_one_index(tmp_path):
     assert np.mean(hits) / 10 == pytest.approx(point.recall, abs=1e-3)
     # The shards themselves were not tuned one by one.
     assert all(s.operating_point is None for s in loaded.shards)
-    # `recall=` picks a measured setting; explicit knobs win.
+    # `recall=` picks the fastest measured setting whose sample recall
+    # reaches it (no margin below the target: independent queries may
+    # fall a little short of 0.5, hence the wide sanity bound);
+    # explicit knobs win.
+    leaves, reorder = point.setting_for(0.5)
+    measured = {(p[0], p[1]): p[2] for p in point.points}
+    assert measured[(leaves, reorder)] >= 0.5
     low = loaded.search(q, 10, recall=0.5)[0]
-    assert recall_at_k(low, truth) >= 0.5 - 0.05
+    same = loaded.search(
+        q, 10, leaves_to_search=leaves or None, reorder_num_neighbors=reorder
+    )[0]
+    np.testing.assert_array_equal(low, same)
+    assert 0.5 - 0.15 <= recall_at_k(low, truth) <= r_sharded
     few = loaded.search(q, 10, reorder_num_neighbors=11)[0]
     assert recall_at_k(few, truth) < r_sharded, recall_at_k(few, truth)
 
