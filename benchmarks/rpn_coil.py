@@ -655,8 +655,9 @@ RETRIEVAL_NAMES = {
 }
 
 
-def retrieval_section(result):
-    table = markdown_table(
+def map_table(rows):
+    """Markdown table of mAP without and with shift + PCA, per region kind."""
+    return markdown_table(
         ["regions", "mAP, no PCA", "mAP, shift + PCA-whitening"],
         [
             (
@@ -664,9 +665,13 @@ def retrieval_section(result):
                 f"{r['map']:.4f}",
                 f"{r['map_pca']:.4f}",
             )
-            for r in result["rows"]
+            for r in rows
         ],
     )
+
+
+def retrieval_section(result):
+    table = map_table(result["rows"])
     by = {r["name"]: r for r in result["rows"]}
     gain = by["rpn_clean"]["map_pca"] - by["grid_L3"]["map_pca"]
     note = (
@@ -876,17 +881,7 @@ def part_coil():
 
 
 def coil_section(result):
-    table = markdown_table(
-        ["regions", "mAP, no PCA", "mAP, shift + PCA-whitening"],
-        [
-            (
-                RETRIEVAL_NAMES[r["name"]],
-                f"{r['map']:.4f}",
-                f"{r['map_pca']:.4f}",
-            )
-            for r in result["rows"]
-        ],
-    )
+    table = map_table(result["rows"])
     by = {r["name"]: r for r in result["rows"]}
     loss = by["grid_L3"]["map_pca"] - by["rpn_clean"]["map_pca"]
     verdict = (
