@@ -31,6 +31,7 @@ from keras_rmac.data.bad_files import BadFiles
 from keras_rmac.data.labelled import LabelledImages
 from keras_rmac.data.triplets import _check_resize
 from keras_rmac.data.triplets import _image_fn
+from keras_rmac.data.triplets import _shard_by_data
 
 IGNORED = -1
 """Label of a repeated slot (and of an unreadable image) in a batch."""
@@ -161,14 +162,6 @@ def _positions(sampler, steps, start):
     return ds.map(load, num_parallel_calls=1, deterministic=True)
 
 
-def _finish(ds):
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA
-    )
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
 def class_batch_dataset(
     images: LabelledImages,
     sampler: ClassBatches,
@@ -229,7 +222,7 @@ def class_batch_dataset(
     ds = ds.batch(size, drop_remainder=True)
     # flat_map hides the length; Keras needs it to end epochs on time.
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps - start))
-    return _finish(ds)
+    return _shard_by_data(ds)
 
 
 def feature_class_batch_dataset(
@@ -279,4 +272,4 @@ def feature_class_batch_dataset(
 
     ds = _positions(sampler, steps, start)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _finish(ds)
+    return _shard_by_data(ds)

@@ -264,13 +264,7 @@ def triplet_dataset(
         deterministic=True,
     )
     ds = ds.batch(batch_size, drop_remainder=True)
-    options = tf.data.Options()
-    # Every worker of a multi-worker strategy builds the same positions and
-    # keeps its share of each global batch.
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA
-    )
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return _shard_by_data(ds)
 
 
 def feature_triplet_dataset(
@@ -325,11 +319,7 @@ def feature_triplet_dataset(
         batch_size, drop_remainder=True
     )
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA
-    )
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return _shard_by_data(ds)
 
 
 def image_dataset(
@@ -379,3 +369,16 @@ def _last(*values):
 
 def _drop_last(*values):
     return values[:-1]
+
+
+def _shard_by_data(ds):
+    """`ds` sharded by data under multi-worker strategies, prefetched.
+
+    Every worker of a multi-worker strategy builds the same positions and
+    keeps its share of each global batch.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
