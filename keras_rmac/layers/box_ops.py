@@ -222,26 +222,33 @@ def box_max_pool(x, boxes):
     """Max-pools `(B, H, W, C)` over `(B, N, 4)` boxes, to `(B, N, C)`.
 
     Boxes are rounded to cells with `boxes_to_cells` (integer boxes are
-    pooled exactly as given). Each box is pooled by a slice, in a loop over
-    the `B * N` boxes, so H, W and N may be unknown until run time.
+    pooled exactly as given). All boxes at once, with no loop over them:
+    the cells of every box are gathered (`sum of box areas` rows of `C`
+    values) and reduced per box with one segment max, so H, W and N may
+    be unknown until run time. The gradient goes to each box's maximal
+    cells (split evenly between tied cells, as `ops.max` does).
     """
     shape = ops.shape(x)
-    cells = boxes_to_cells(boxes, shape[1], shape[2])
-    count = ops.shape(cells)[1]
-    flat = ops.reshape(cells, (-1, 4))
-    index = ops.arange(ops.shape(flat)[0], dtype="int32")
-
-    def pool_one(item):
-        i, box = item
-        b = i // count
-        return ops.max(x[b, box[1] : box[3], box[0] : box[2], :], axis=(0, 1))
-
-    pooled = tf.map_fn(
-        pool_one,
-        (index, flat),
-        fn_output_signature=tf.TensorSpec([None], x.dtype),
+    channels = x.shape[-1] if x.shape[-1] is not None else shape[3]
+    cells = tf.reshape(boxes_to_cells(boxes, shape[1], shape[2]), (-1, 4))
+    count = ops.shape(boxes)[1]
+    x0, y0, x1, y1 = tf.unstack(cells, axis=1)
+    widths = x1 - x0
+    areas = widths * (y1 - y0)  # At least 1 (boxes_to_cells).
+    # For every gathered cell: its box, and its place within the box, in
+    # row-major order.
+    box = tf.repeat(tf.range(tf.size(areas), dtype="int32"), areas)
+    place = tf.range(tf.size(box), dtype="int32") - tf.gather(
+        tf.cumsum(areas, exclusive=True), box
     )
-    return ops.reshape(pooled, (shape[0], count, shape[3]))
+    width = tf.gather(widths, box)
+    row = tf.gather(y0, box) + place // width
+    col = tf.gather(x0, box) + place % width
+    image = box // tf.maximum(count, 1)
+    index = (image * shape[1] + row) * shape[2] + col
+    values = tf.gather(tf.reshape(x, (-1, channels)), index)
+    pooled = tf.math.unsorted_segment_max(values, box, tf.size(areas))
+    return tf.reshape(pooled, (shape[0], count, channels))
 
 
 def grid_boxes(regions):

@@ -199,6 +199,73 @@ def test_box_max_pool_matches_oracle_traced_with_unknown_sizes():
         )
 
 
+def oracle_box_pool_gradient(x, cells, weights):
+    """d sum(pool(x) * weights) / dx: each box's weight at its max cell
+    (per channel; the inputs have no ties)."""
+    grad = np.zeros_like(x)
+    for b in range(x.shape[0]):
+        for n, (x0, y0, x1, y1) in enumerate(cells[b]):
+            for c in range(x.shape[3]):
+                patch = x[b, y0:y1, x0:x1, c]
+                i, j = np.unravel_index(np.argmax(patch), patch.shape)
+                grad[b, y0 + i, x0 + j, c] += weights[b, n, c]
+    return grad
+
+
+def test_box_max_pool_gradient_matches_oracle():
+    rng = np.random.default_rng(4)
+    x = rng.permutation(2 * 5 * 6 * 3).reshape(2, 5, 6, 3).astype("f4")
+    boxes = rng.uniform(-1, 7, (2, 9, 4)).astype("f4")
+    boxes[..., 2:] = np.maximum(boxes[..., 2:], boxes[..., :2])
+    boxes[0, 0] = [0, 0, 6, 5]  # the whole map
+    boxes[1, 1] = boxes[1, 2]  # the same box twice: gradients add up
+    weights = rng.normal(size=(2, 9, 3)).astype("f4")
+    cells = box_ops.boxes_to_cells(boxes, 5, 6).numpy()
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(box_ops.box_max_pool(xt, boxes) * weights)
+    np.testing.assert_allclose(
+        tape.gradient(loss, xt).numpy(),
+        oracle_box_pool_gradient(x, cells, weights),
+        rtol=1e-6,
+    )
+
+
+def test_box_max_pool_splits_the_gradient_between_tied_cells():
+    x = tf.constant(np.ones((1, 2, 2, 1), "f4"))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        pooled = box_ops.box_max_pool(x, np.array([[[0, 0, 2, 2]]], "f4"))
+    np.testing.assert_allclose(tape.gradient(pooled, x).numpy(), 0.25)
+
+
+def test_box_max_pool_without_boxes_or_images():
+    x = np.zeros((2, 3, 4, 5), "f4")
+    assert box_ops.box_max_pool(x, np.zeros((2, 0, 4), "f4")).shape == (
+        2,
+        0,
+        5,
+    )
+    empty = np.zeros((0, 3, 4, 5), "f4")
+    assert box_ops.box_max_pool(empty, np.zeros((0, 7, 4), "f4")).shape == (
+        0,
+        7,
+        5,
+    )
+
+
+def test_box_max_pool_in_float16_is_exact():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 7, 4, 6)).astype("f2")
+    boxes = rng.uniform(0, 8, (3, 40, 4)).astype("f4")
+    boxes[..., 2:] = np.maximum(boxes[..., 2:], boxes[..., :2])
+    got = box_ops.box_max_pool(x, boxes)
+    assert got.dtype == tf.float16
+    cells = box_ops.boxes_to_cells(boxes, 7, 4).numpy()
+    np.testing.assert_array_equal(got.numpy(), oracle_box_pool(x, cells))
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 11), (9, 4), (13, 13)])
 def test_pooling_the_grid_boxes_equals_rmac_pooling(shape):
     x = np.random.default_rng(3).normal(size=(2, *shape, 5)).astype("f4")
