@@ -282,6 +282,36 @@ def test_round_trip_keeps_the_operating_point(collection, tuned, tmp_path):
     assert loaded.get_config() == tuned.get_config()
 
 
+def test_points_saved_without_standard_errors_still_load(
+    collection, tuned, tmp_path
+):
+    # Manifests written before each point carried its standard error.
+    db, queries = collection
+    tuned.save(tmp_path / "i")
+    path = tmp_path / "i" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    points = manifest["params"]["operating_point"]["points"]
+    assert all(len(p) == 5 for p in points)
+    for p in points:
+        del p[4]
+    path.write_text(json.dumps(manifest))
+    loaded = load_index(tmp_path / "i")
+    point = loaded.operating_point
+    assert [p[:4] for p in tuned.operating_point.points] == point.points
+    # The bound sqrt(r (1 - r) / S) is at least the measured error.
+    for old, new in zip(point.points, tuned.operating_point.points):
+        bound = np.sqrt(old[2] * (1 - old[2]) / point.sample_size)
+        assert bound >= new[4] - 1e-5
+        assert point.reaches(old, 0.8) <= tuned.operating_point.reaches(
+            new, 0.8
+        )
+    leaves, reorder = point.setting_for(0.8)
+    chosen = [p for p in point.points if p[:2] == [leaves, reorder]][0]
+    r = chosen[2]
+    assert r >= 0.8 + 2 * np.sqrt(r * (1 - r) / point.sample_size) - 5e-5
+    assert independent_recall(loaded, db, queries, recall=0.8) >= 0.78
+
+
 @pytest.mark.parametrize("name", ["fast_v2", "compact_v2"])
 def test_format_version_2_index_loads_without_operating_point(name):
     # Written by keras_rmac 0.2.0's layout (tests/search/data/format_v2).
