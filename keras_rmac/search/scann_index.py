@@ -417,9 +417,9 @@ class ScannIndex(Index):
                 re-scored exactly.
             recall: float or None. A recall@`recall_k` level: the fastest
                 setting measured at build (`operating_point.points`) that
-                reached it on the sample queries, or the most accurate
-                one measured if none did. The two knobs above, when
-                given, take precedence.
+                reached it on the sample queries with the target's margin
+                (`OperatingPoint.setting_for`), else the most accurate.
+                The two knobs above, when given, take precedence.
 
         Returns:
             `(ids, scores)`, both `(Q, k)`; see `Index.search`.

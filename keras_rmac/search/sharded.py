@@ -488,8 +488,8 @@ class ShardedIndex(Index):
         options = {k: v for k, v in options.items() if v is not None}
         point = self.operating_point
         if point is not None:
-            # The merged operating point (or the fastest measured setting
-            # reaching `recall=`) for the knobs the caller did not fix.
+            # The merged operating point (or `setting_for(recall)`, as a
+            # ScannIndex) for the knobs the caller did not fix.
             recall = options.pop("recall", None)
             leaves, reorder = (
                 point.setting_for(recall)

@@ -61,3 +61,28 @@ def structured(rng, n, d, per_cluster, noise=0.7, min_members=11):
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     return around(labels), lambda m: around(rng.integers(0, count, m))
+
+
+def recalls_at_levels(index, db, queries, levels, k=10):
+    """`{level: recall@k of search(queries, k, recall=level)}` against the
+    exact oracle, with the measured point each level chose (checked: the
+    search used it, and its sample recall cleared the level by two of its
+    standard errors)."""
+    truth, _ = oracle_top_k(db, queries, k)
+    index.build()
+    point = index.operating_point
+    out = {}
+    for level in levels:
+        leaves, reorder = point.setting_for(level)
+        chosen = [p for p in point.points if p[:2] == [leaves, reorder]][0]
+        assert chosen[2] >= level + 2 * chosen[4] - 5e-5, (level, chosen)
+        found, _ = index.search(queries, k, recall=level)
+        same, _ = index.search(
+            queries,
+            k,
+            leaves_to_search=leaves or None,
+            reorder_num_neighbors=reorder,
+        )
+        np.testing.assert_array_equal(found, same)
+        out[level] = (recall_at_k(found, truth), chosen)
+    return out

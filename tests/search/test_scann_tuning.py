@@ -14,6 +14,7 @@ from keras_rmac.search import scann_policy as P
 from keras_rmac.search import scann_tuning as T
 from tests.search.helpers import oracle_top_k
 from tests.search.helpers import recall_at_k
+from tests.search.helpers import recalls_at_levels
 from tests.search.helpers import structured
 
 D = 32
@@ -156,7 +157,9 @@ def test_search_time_overrides(collection, tuned):
     leaves, reorder = point.setting_for(level)
     chosen = [p for p in point.points if p[:2] == [leaves, reorder]]
     assert chosen[0][2] >= level
-    assert all(p[3] <= chosen[0][3] for p in point.points if p[2] >= level)
+    assert all(
+        p[3] <= chosen[0][3] for p in point.points if point.reaches(p, level)
+    )
     assert independent_recall(tuned, db, queries, recall=level) >= level - 0.02
     assert independent_recall(tuned, db, queries, recall=0.9) >= 0.88
     # Nothing was rebuilt, and the built setting is unchanged.
@@ -164,6 +167,70 @@ def test_search_time_overrides(collection, tuned):
         point.num_leaves_to_search
     )
     assert independent_recall(tuned, db, queries) == default
+
+
+@pytest.mark.parametrize("seed", [6, 7, 8])
+def test_low_recall_levels_hold_on_independent_queries(seed):
+    # The default tree (89 leaves at 8000 rows), 400 centres; queries
+    # drawn around the same centres. The sample overstates recall at 1-2
+    # leaves searched by up to 0.03 (module docstring): the margin of
+    # `setting_for` keeps the levels.
+    rng = np.random.default_rng(seed)
+    db, draw = structured(rng, 8000, D, 20)
+    index = ScannIndex(D, mode="fast")
+    index.add(db)
+    got = recalls_at_levels(index, db, draw(400), (0.5, 0.8, 0.9))
+    for level, (recall, chosen) in got.items():
+        assert recall >= level - 0.05, (level, recall, chosen)
+
+
+def test_recall_levels_keep_the_margin_of_the_target():
+    # Hand-computed: S = 400; a point saved without its standard error
+    # gets sqrt(r (1 - r) / S): 0.02498 for 0.52, 0.02449 for 0.6.
+    point = T.OperatingPoint(
+        recall=0.9,
+        k=10,
+        sample_size=400,
+        num_leaves_to_search=4,
+        reorder_num_neighbors=15,
+        queries_per_second=1000.0,
+        target_recall=0.9,
+        reached=True,
+        points=[
+            [1, 15, 0.52, 3000.0],
+            [2, 15, 0.6, 2000.0],
+            [4, 15, 0.9, 1000.0, 0.004],
+        ],
+    )
+    assert point.setting_for(0.45) == (1, 15)  # 0.45 + 0.04996 <= 0.52
+    assert point.setting_for(0.5) == (2, 15)  # 0.5 + 0.04996 > 0.52
+    assert point.setting_for(0.55) == (2, 15)  # 0.55 + 0.04899 <= 0.6
+    assert point.setting_for(0.56) == (4, 15)
+    assert point.setting_for(0.892) == (4, 15)  # 0.892 + 0.008 = 0.9
+    # Out of reach: the fastest of the most accurate.
+    assert point.setting_for(0.95) == (4, 15)
+    # The tuner records each point's standard error: the per-query
+    # recalls' (population) standard deviation over sqrt(S).
+    truth = np.arange(300 * 10).reshape(300, 10)
+
+    def search(leaves, reorder):
+        found = truth.copy()
+        for i, row in enumerate(found):
+            row[min(10, leaves + i % 4 + reorder // 10) :] = -1
+        return found
+
+    tuned = T.tune(search, truth, [1, 2, 3, 4, 6], [10, 20, 50], 0.9)
+    assert tuned.reached and len(tuned.points) >= 3
+    for leaves, reorder, recall, _, error in tuned.points:
+        kept = np.minimum(10, leaves + np.arange(300) % 4 + reorder // 10)
+        assert recall == round(kept.mean() / 10, 4)
+        assert error == round((kept / 10).std() / np.sqrt(300), 5)
+    for level in (0.3, 0.5, 0.7, 0.9):
+        leaves, reorder = tuned.setting_for(level)
+        kept = np.minimum(10, leaves + np.arange(300) % 4 + reorder // 10)
+        assert (kept / 10).mean() >= level + 2 * (kept / 10).std() / np.sqrt(
+            300
+        ) - 5e-5
 
 
 @pytest.mark.parametrize(
@@ -213,6 +280,36 @@ def test_round_trip_keeps_the_operating_point(collection, tuned, tmp_path):
         ):
             np.testing.assert_array_equal(a, b)
     assert loaded.get_config() == tuned.get_config()
+
+
+def test_points_saved_without_standard_errors_still_load(
+    collection, tuned, tmp_path
+):
+    # Manifests written before each point carried its standard error.
+    db, queries = collection
+    tuned.save(tmp_path / "i")
+    path = tmp_path / "i" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    points = manifest["params"]["operating_point"]["points"]
+    assert all(len(p) == 5 for p in points)
+    for p in points:
+        del p[4]
+    path.write_text(json.dumps(manifest))
+    loaded = load_index(tmp_path / "i")
+    point = loaded.operating_point
+    assert [p[:4] for p in tuned.operating_point.points] == point.points
+    # The bound sqrt(r (1 - r) / S) is at least the measured error.
+    for old, new in zip(point.points, tuned.operating_point.points):
+        bound = np.sqrt(old[2] * (1 - old[2]) / point.sample_size)
+        assert bound >= new[4] - 1e-5
+        assert point.reaches(old, 0.8) <= tuned.operating_point.reaches(
+            new, 0.8
+        )
+    leaves, reorder = point.setting_for(0.8)
+    chosen = [p for p in point.points if p[:2] == [leaves, reorder]][0]
+    r = chosen[2]
+    assert r >= 0.8 + 2 * np.sqrt(r * (1 - r) / point.sample_size) - 5e-5
+    assert independent_recall(loaded, db, queries, recall=0.8) >= 0.78
 
 
 @pytest.mark.parametrize("name", ["fast_v2", "compact_v2"])
