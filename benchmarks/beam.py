@@ -296,6 +296,7 @@ def main(argv=None) -> int:
             results[part] = fn(args)
             results[part]["command"] = command
             results[part]["machine"] = machine()
+            results[part]["load_end"] = _load_average()
             with open(path, "w") as f:
                 json.dump(results[part], f, indent=1)
         elif os.path.exists(path):
@@ -306,15 +307,17 @@ def main(argv=None) -> int:
         a = results["a"]
         body += [
             f"\n`{a['command']}` ({a['machine']}; load average at the end "
-            f"{_load_average()}). COIL-100, MobileNetV2 (torchvision "
-            f"weights) at {a['max_size']} px, fast mode, each run whole "
-            "(model load, pipeline start-up, extraction, index build):\n",
+            f"{a.get('load_end', 'not recorded')}). COIL-100, MobileNetV2 "
+            f"(torchvision weights) at {a['max_size']} px, fast mode, each "
+            "run whole (model load, pipeline start-up, extraction, index "
+            "build):\n",
             table_a(a),
         ]
     if "b" in results:
         b = results["b"]
         body += [
-            f"\n`{b['command']}` ({b['machine']}). Clustered synthetic "
+            f"\n`{b['command']}` ({b['machine']}; load average at the end "
+            f"{b.get('load_end', 'not recorded')}). Clustered synthetic "
             "descriptors (`benchmarks.search.synthetic`), 1,000 queries, "
             "ground truth by `ExactIndex`:\n",
             table_b(b),

@@ -236,7 +236,7 @@ def main(argv=None):
     )
     body = (
         "## Extraction throughput vs the bare backbone (issue 12)\n\n"
-        f"`nice -n 5 python -m benchmarks.extraction --rounds "
+        f"`python -m benchmarks.extraction --rounds "
         f"{args.rounds}` ({machine()}; {loads}). MobileNetV2 (shared "
         f"torchvision weights), {args.images} COIL-100 photos upscaled "
         "to 512x384 JPEG; median over "
