@@ -141,7 +141,19 @@ def save_map(path, features, size) -> None:
 
 
 def load_map(path):
-    """`(features (h, w, C) float32, (height, width))` of a `save_map` file."""
+    """`(features (h, w, C) float32, (height, width))` of a `save_map` file.
+
+    Example:
+
+    >>> import tempfile
+    >>> path = feature_path(tempfile.mkdtemp(), "ab12" + "0" * 20)
+    >>> os.path.basename(os.path.dirname(path))
+    'ab'
+    >>> save_map(path, np.ones((2, 3, 4)), (64, 96))
+    >>> features, size = load_map(path)
+    >>> features.shape, features.dtype, size
+    ((2, 3, 4), dtype('float32'), (64, 96))
+    """
     try:
         with np.load(path) as data:
             return data["features"], tuple(int(s) for s in data["size"])
