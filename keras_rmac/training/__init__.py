@@ -38,7 +38,8 @@ the learned regions with `TrainConfig(rpn_model=<its model.keras>)`.
 
 Modules: `config` (`TrainConfig`), `callbacks` (`ResumableBackupAndRestore`,
 `RandomTriplets`), `feature_cache` (cached frozen-prefix features) and
-`loop` (`train` and its steps).
+`loop` (`train` and its steps), `rpn` (`train_rpn`) and `rpn_features`
+(the RPN trainer's feature maps, cached on disk).
 """
 
 from keras_rmac.models import optimizer_step
@@ -52,6 +53,7 @@ from keras_rmac.training.feature_cache import adapt_pca_from_features
 from keras_rmac.training.feature_cache import cache_key
 from keras_rmac.training.feature_cache import cached_features
 from keras_rmac.training.feature_cache import feature_extract_fn
+from keras_rmac.training.feature_cache import features_key
 from keras_rmac.training.loop import TrainResult
 from keras_rmac.training.loop import adapt_pca
 from keras_rmac.training.loop import build_loss
@@ -79,6 +81,7 @@ __all__ = [
     "cache_key",
     "cached_features",
     "feature_extract_fn",
+    "features_key",
     "load_training_images",
     "optimizer_step",
     "train",

@@ -37,15 +37,35 @@ def _inference(function):
     return tf.function(function, reduce_retracing=True, autograph=False)
 
 
+def features_key(network, settings) -> str:
+    """What decides a network's features of an image, hashed (16 hex).
+
+    The network's weights and arithmetic (`update_with_weights` and
+    `graph_signature`: padding, strides, ...) and `settings`, a JSON-able
+    list of what else changes them (preprocessing, image size, ...). The
+    descriptor trainer's cache (`cache_key`) and the RPN trainer's
+    (`keras_rmac.training.rpn_features`) are both keyed by it.
+
+    Args:
+        network: `keras.Model` computing the features.
+        settings: JSON-serialisable list.
+
+    Returns:
+        str, 16 hex digits.
+    """
+    digest = update_with_weights(hashlib.sha256(), network.weights)
+    digest.update(graph_signature(network).encode())
+    digest.update(json.dumps(settings).encode())
+    return digest.hexdigest()[:16]
+
+
 def cache_key(head: FeatureEmbedding, images, config: TrainConfig) -> str:
     """What decides the cached features, hashed (16 hex digits).
 
     The prefix weights and arithmetic (padding, ...), the preprocessing,
     the cut layer, the image size and resizing, the image list and, when
-    images are cropped, their boxes.
+    images are cropped, their boxes (`features_key` of all that).
     """
-    digest = update_with_weights(hashlib.sha256(), head.prefix.weights)
-    digest.update(graph_signature(head.prefix).encode())
     key = [
         head.rmac.preprocessing,
         head.feature_layer,
@@ -55,8 +75,7 @@ def cache_key(head: FeatureEmbedding, images, config: TrainConfig) -> str:
     ]
     if images.boxes is not None:  # Cropped images are other features.
         key.append(images.boxes.tolist())
-    digest.update(json.dumps(key).encode())
-    return digest.hexdigest()[:16]
+    return features_key(head.prefix, key)
 
 
 def _compute_features(head, images, config):

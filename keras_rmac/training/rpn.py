@@ -18,11 +18,14 @@ positives, divided by the number sampled.
 
 Run: read the list (CSV `path,label,x0,y0,x1,y1`; images without a box are
 skipped, as are bad files) -> decode each image once, resize its longest
-side to `image_size`, run the frozen backbone once and keep the feature map
-in memory (about `image_size**2 / stride**2 * C * 4` bytes an image: 1.3 MB
-for MobileNetV2 at 512; a list of tens of thousands of images needs a disk
-cache, not written yet) -> train the RPN head (one image per step, seeded
-order per epoch) with a checkpoint every `checkpoint_every` steps in
+side to `image_size`, run the frozen backbone once and write the feature
+map to `<output_dir>/rpn_features/` (module `rpn_features`: one file per
+image, keyed by backbone, weights and image size, about
+`image_size**2 / stride**2 * C * 4` bytes an image: 1.3 MB for MobileNetV2
+at 512; an interrupted pass, or a second run, computes only the missing
+maps) -> train the RPN head (one image per step, seeded order per epoch,
+each map read from disk when its step comes, so memory does not grow with
+the list) with a checkpoint every `checkpoint_every` steps in
 `<output_dir>/rpn_backup.npz` (running the same config again resumes from
 it, with the same order and sampling) -> save the `RMACModel(regions="rpn")`
 as `<output_dir>/model.keras` and the loss per epoch in `rpn_log.csv` (after
@@ -42,7 +45,6 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rmac.checks import check_int
-from keras_rmac.data import image_io
 from keras_rmac.data.labelled import read_image_list
 from keras_rmac.fileio import atomic_write
 from keras_rmac.fileio import atomic_write_text
@@ -53,6 +55,7 @@ from keras_rmac.layers.anchors import validate_anchor_args
 from keras_rmac.layers.learned_regions import DEFAULT_TOP_N
 from keras_rmac.models.rmac_model import RMACModel
 from keras_rmac.progress import progress_bar
+from keras_rmac.training.rpn_features import cache_boxed_features
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +69,9 @@ class RPNConfig:
     Args:
         train_list: CSV with boxes (`path,label,x0,y0,x1,y1`, as
             `keras-rmac clean` writes).
-        output_dir: folder of the model, log and checkpoint.
+        output_dir: folder of the model, log, checkpoint and cached
+            feature maps (`rpn_features/`, kept for later runs; see
+            `keras_rmac.training.rpn_features` for the disk it takes).
         image_root: folder the CSV paths are relative to. Defaults to the
             CSV's folder.
         backbone: backbone name. Defaults to "mobilenet_v2".
@@ -241,53 +246,10 @@ def build_rpn_model(config: RPNConfig) -> RMACModel:
     )
 
 
-def cache_boxed_features(model, images, config: RPNConfig):
-    """`([(features (1, h, w, C), boxes (G, 4) in cells)], bad files)`.
-
-    Each image is decoded once, resized to longest side `image_size` and
-    run through the frozen backbone; its pixel boxes are scaled to the
-    feature map (by the ratio of map to original size, per axis).
-    """
-    keep = ~np.isnan(images.boxes).any(axis=1)
-    index = np.flatnonzero(keep)
-    if not len(index):
-        raise ValueError(
-            f"{config.train_list}: no image has a box; train the RPN on a "
-            "list with x0,y0,x1,y1 columns (keras-rmac clean writes them)."
-        )
-    paths = [images.paths[i] for i in index]
-    run = tf.function(
-        lambda x: model.backbone(model.preprocess(x), training=False),
-        input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)],
-    )
-    progress = progress_bar(len(paths), config.verbose, label="features")
-    items, bad = [], []
-    loaded = image_io.load_images(
-        paths, num_workers=config.num_workers, draft_above=None
-    )
-    for done, (i, image) in enumerate(loaded, 1):
-        if isinstance(image, image_io.ImageError):
-            bad.append(str(image))
-            continue
-        height, width = image.shape[:2]
-        resized = image_io.resize_longest_side(
-            np.asarray(image, np.float32), config.image_size
-        )
-        features = run(tf.convert_to_tensor(resized)[None])
-        scale = np.array(
-            [features.shape[2] / width, features.shape[1] / height] * 2
-        )
-        box = images.boxes[index[i]][None] * scale
-        items.append((features, tf.constant(box, tf.float32)))
-        if progress is not None:
-            progress.update(done)
-    if bad:
-        logger.warning("skipped %d bad image file(s)", len(bad))
-    return items, bad
-
-
 def feature_recall(pool, items, top_n=None, iou=0.5):
-    """Proposal recall of `LearnedRegionPooling` `pool` on cached items."""
+    """Proposal recall of `LearnedRegionPooling` `pool` on cached items
+    (`(features (1, h, w, C), boxes (G, 4) in cells)` pairs, such as the
+    `BoxedFeatures` of `cache_boxed_features`)."""
     found = total = 0
     for features, boxes in items:
         props = pool.proposals(features)[0][0][:top_n]
