@@ -8,6 +8,7 @@ trained `RMACModel`. See the package docstring for the recipe.
 """
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -182,11 +183,56 @@ class _Models:
 # The steps of `train`.
 
 
+# Settings a resumed run may change: they do not alter what is trained.
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "verbose", "num_workers", "checkpoint_every", "output_dir"}
+)
+
+
+def check_resumed_config(config, output_dir):
+    """Refuses to resume a run under other training settings.
+
+    When `output_dir` holds a checkpoint (`backup/`) and the `config.json`
+    of the run that wrote it, every setting but `RESUMABLE_CHANGES` must
+    be the same: otherwise the resumed epochs would silently train under
+    another loss, learning rate, data... than the first ones. Settings
+    absent from an older `config.json` are not compared.
+
+    Raises:
+        ValueError: naming each setting that differs, both values, and
+            what to do.
+    """
+    saved = os.path.join(output_dir, "config.json")
+    if not (
+        os.path.isdir(os.path.join(output_dir, "backup"))
+        and os.path.isfile(saved)
+    ):
+        return
+    with open(saved) as f:
+        before = json.load(f)
+    now = json.loads(config.to_json())
+    changed = [
+        f"{key}={before[key]!r} there, {now[key]!r} now"
+        for key in sorted(now)
+        if key in before
+        and key not in RESUMABLE_CHANGES
+        and before[key] != now[key]
+    ]
+    if changed:
+        raise ValueError(
+            f"{output_dir} holds an interrupted run trained with other "
+            f"settings ({'; '.join(changed)}). Pass the same settings to "
+            "resume it, or another output directory to start a new run."
+        )
+
+
 def _prepare_output(config, strategy):
     """`(is_chief, work folder)`; the chief also writes `config.json`."""
     chief, worker = _worker_info(strategy)
     out = config.output_dir
     work = out if chief else os.path.join(out, "workers", worker)
+    if chief:
+        check_resumed_config(config, out)
     os.makedirs(work, exist_ok=True)
     if chief:
         atomic_write_text(os.path.join(out, "config.json"), config.to_json())
