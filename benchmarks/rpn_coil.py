@@ -621,19 +621,16 @@ def _descriptors(model, maps, fit_maps, batch=32):
     return without, with_pca
 
 
-def part_retrieval():
-    fit, test, _ = load_protocol(FLAGS.out_dir, "test")
+def _off_the_shelf(split, arms):
+    """mAP without and with shift + PCA of each `(name, build)` region kind
+    on `split`'s protocol (whitening on the fit images' views at multiples
+    of 15 degrees). Returns `(rows, fit images, database images)`."""
+    fit, dataset, _ = load_protocol(FLAGS.out_dir, split)
     fit_paths = [p for p in fit.paths if view_degrees(p) % 15 == 0]
-    maps = features().get(test.db_paths)
+    maps = features().get(dataset.db_paths)
     fit_maps = features().get(fit_paths)
-    queries = np.asarray(test.query_db_indices)
+    queries = np.asarray(dataset.query_db_indices)
     rows = []
-    arms = (
-        ("grid_L3", lambda: _model()),
-        ("rpn_clean", lambda: _rpn_model("rpn_clean")),
-        ("rpn_clean_16", lambda: _rpn_model("rpn_clean", 16)),
-        ("rpn_true", lambda: _rpn_model("rpn_true")),
-    )
     for name, build in arms:
         model = build()
         model.build((None, None, None, 3))
@@ -641,12 +638,23 @@ def part_retrieval():
         rows.append(
             {
                 "name": name,
-                "map": _map(without, queries, test.gnd),
-                "map_pca": _map(with_pca, queries, test.gnd),
+                "map": _map(without, queries, dataset.gnd),
+                "map_pca": _map(with_pca, queries, dataset.gnd),
             }
         )
         print(rows[-1], flush=True)
-    return {"fit_images": len(fit_paths), "rows": rows}
+    return rows, len(fit_paths), len(dataset.db_paths)
+
+
+def part_retrieval():
+    arms = (
+        ("grid_L3", lambda: _model()),
+        ("rpn_clean", lambda: _rpn_model("rpn_clean")),
+        ("rpn_clean_16", lambda: _rpn_model("rpn_clean", 16)),
+        ("rpn_true", lambda: _rpn_model("rpn_true")),
+    )
+    rows, fit_images, _ = _off_the_shelf("test", arms)
+    return {"fit_images": fit_images, "rows": rows}
 
 
 RETRIEVAL_NAMES = {
@@ -712,29 +720,18 @@ def part_topn():
             boxed_items(_clean_list(40)), sizes, learning_rate, epochs
         )
         save_pool(pool, name)
-    fit, val, _ = load_protocol(FLAGS.out_dir, "val")
-    fit_paths = [p for p in fit.paths if view_degrees(p) % 15 == 0]
-    maps = features().get(val.db_paths)
-    fit_maps = features().get(fit_paths)
-    queries = np.asarray(val.query_db_indices)
-    rows = []
-    for top_n in (0, *TOP_NS):  # 0: the grid.
-        model = _model() if top_n == 0 else _rpn_model(name, top_n)
-        model.build((None, None, None, 3))
-        without, with_pca = _descriptors(model, maps, fit_maps)
-        rows.append(
-            {
-                "top_n": top_n,
-                "map": _map(without, queries, val.gnd),
-                "map_pca": _map(with_pca, queries, val.gnd),
-            }
-        )
-        print(rows[-1], flush=True)
+    arms = [
+        (top_n, lambda n=top_n: _model() if n == 0 else _rpn_model(name, n))
+        for top_n in (0, *TOP_NS)  # 0: the grid.
+    ]
+    rows, fit_images, val_images = _off_the_shelf("val", arms)
+    for row in rows:
+        row["top_n"] = row.pop("name")
     learned = [r for r in rows if r["top_n"]]
     best = max(learned, key=lambda r: (round(r["map_pca"], 6), -r["top_n"]))
     return {
-        "fit_images": len(fit_paths),
-        "val_images": len(val.db_paths),
+        "fit_images": fit_images,
+        "val_images": val_images,
         "rows": rows,
         "chosen": best["top_n"],
     }

@@ -50,7 +50,7 @@ def test_finetune_verdict():
     # +3 points on the mean, spreads 1 and 2 points: met.
     text = _finetune([0.40, 0.41], [0.425, 0.445])
     assert "+3.00 points on the mean" in text
-    assert "largest spread 2.00 points" in text and "NOT met" not in text
+    assert "larger spread 2.00 points" in text and "NOT met" not in text
     # +3 points but a 4-point spread between seeds: not met.
     assert "NOT met" in _finetune([0.38, 0.42], [0.43, 0.44])
     # +1.5 points, no spread: under the 2 points asked.
@@ -58,6 +58,29 @@ def test_finetune_verdict():
     # One seed only: no verdict yet, the missing arm is said.
     text = _finetune([0.40], [])
     assert "needs both arms at 2 seeds" in text and "not run" in text
+
+
+def test_finetune_verdict_per_learned_arm():
+    runs = [{"arm": "grid", "map": m} for m in (0.40, 0.41)]
+    runs += [{"arm": "rpn", "map": m} for m in (0.30, 0.31)]
+    runs += [{"arm": "rpn16", "map": m} for m in (0.44, 0.445)]
+    text = rpn_coil.finetune_section({"settings": {}, "runs": runs})
+    assert "top 256 minus grid: -10.00 points" in text
+    assert "top 16 (N chosen on validation) minus grid: +3.75 points" in text
+    assert text.count("NOT met") == 1
+
+
+def test_topn_section_names_the_choice():
+    rows = [
+        {"top_n": 0, "map": 0.5, "map_pca": 0.6},
+        {"top_n": 16, "map": 0.5, "map_pca": 0.7},
+        {"top_n": 256, "map": 0.5, "map_pca": 0.65},
+    ]
+    text = rpn_coil.topn_section(
+        {"fit_images": 2, "val_images": 3, "rows": rows, "chosen": 16}
+    )
+    assert "**top 16**" in text
+    assert "| R-MAC grid, L=3 | 0.5000 | 0.6000 |" in text
 
 
 def test_coil_verdict():
