@@ -9,7 +9,9 @@ interface: `add`, `search`, `save`, `load`, `metadata`, `get_config` /
 query expansion and database-side augmentation;
 `keras_rmac.search.scann_policy` the rules that pick ScaNN's parameters,
 `keras_rmac.search.scann_tuning` the recall measurement behind
-`ScannIndex.operating_point` (`saved_operating_point` reads it from disk).
+`ScannIndex.operating_point` (`saved_operating_point` reads it from disk),
+`keras_rmac.search.scann_builds` the rebuilds of a build that misses its
+recall target (more leaves, then no tree).
 """
 
 import warnings

@@ -44,7 +44,9 @@ fast mode with a recall target `MIN_TARGET_TREE_SIZE` (1,000); a fast-mode
 collection under `MAX_BRUTE_FORCE_SIZE` (2,000) without a tree is searched
 by exact float32 brute force. These rules, and every default, are in
 `keras_rmac.search.scann_policy`; the recall measurement is in
-`keras_rmac.search.scann_tuning`.
+`keras_rmac.search.scann_tuning`, and the rebuilds of a fast-mode build
+that misses its recall target (more leaves, then no tree) in
+`keras_rmac.search.scann_builds`.
 
 Saved layout (besides the manifest, ids and paths of
 `keras_rmac.search.storage`): `scann/`, ScaNN's files with relative asset
@@ -67,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from keras_rmac.search import scann_assets
+from keras_rmac.search import scann_builds
 from keras_rmac.search import scann_policy
 from keras_rmac.search import scann_tuning
 from keras_rmac.search.base import Index
@@ -357,20 +360,21 @@ class ScannIndex(Index):
 
     def _tune(self, x: np.ndarray, params: ScannParams, sample) -> None:
         """Measures the built searcher and keeps the fastest setting
-        reaching `target_recall`; a fast-mode build may be redone once
-        with more leaves (`scann_tuning.tune_built_index`)."""
+        reaching `target_recall`; a fast-mode build missing it may be
+        redone with more leaves, then without a tree
+        (`scann_builds.tune_built_index`)."""
         may_rebuild = (
             self.mode == "fast"
             and params.num_leaves > 0
             and self.num_leaves is None
             and self.num_leaves_to_search is None
         )
-        point = scann_tuning.tune_built_index(
+        point, _ = scann_builds.tune_built_index(
             x,
             params,
             self.options,
             self._scann_search,
-            # The rebuild takes the new params; the rows stay these.
+            # A rebuild takes the new params; the rows stay these.
             rebuild=(lambda p: self._build_searcher(x, p))
             if may_rebuild
             else None,

@@ -72,10 +72,8 @@ from typing import Any
 
 import numpy as np
 
-from keras_rmac.search import scann_policy
 from keras_rmac.search import storage
 from keras_rmac.search.exact import top_k_inner_product
-from keras_rmac.search.scann_policy import ScannOptions
 from keras_rmac.search.scann_policy import ScannParams
 
 logger = logging.getLogger(__name__)
@@ -115,8 +113,9 @@ RECALL_LEVELS = (0.99,)
 MAX_SEARCHED_SHARE = 0.25
 REORDER_DEPTHS_PER_K = (1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 20, 30, 50, 100)
 # A fast-mode build whose target is out of reach within
-# `MAX_SEARCHED_SHARE` of its leaves is rebuilt once with
-# this many times more (smaller) leaves.
+# `MAX_SEARCHED_SHARE` of its leaves is rebuilt with this many times
+# more (smaller) leaves, then without a tree
+# (`keras_rmac.search.scann_builds`).
 REBUILD_LEAVES_FACTOR = 2
 
 
@@ -147,6 +146,11 @@ class OperatingPoint:
             four elements (`reaches` bounds their error).
         seconds: float. Time the measurement took at build (ground
             truth, searches and any rebuild).
+        discarded: list of `[num_leaves, recall]`, the builds measured
+            and discarded before this one because they missed the
+            target (0 leaves: no tree), each with its best sample recall
+            (`keras_rmac.search.scann_builds`); empty when the first
+            build was kept.
     """
 
     recall: float
@@ -159,6 +163,7 @@ class OperatingPoint:
     reached: bool
     points: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    discarded: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-serialisable dict (the manifest's form)."""
@@ -185,10 +190,16 @@ class OperatingPoint:
         if self.target_recall is not None:
             target = f" (target {self.target_recall:g}"
             target += ")" if self.reached else ", not reached)"
+        tried = ", ".join(
+            f"{f'{leaves} leaves' if leaves else 'no tree'} "
+            f"(recall {recall:.3f})"
+            for leaves, recall in self.discarded
+        )
         return (
             f"recall@{self.k} {self.recall:.3f} on {self.sample_size} "
             f"sample rows, own row excluded{target}; {setting}; "
             f"{self.queries_per_second:.0f} queries/s at build"
+            + (f"; builds discarded: {tried}" if tried else "")
         )
 
     def setting_for(self, recall: float) -> tuple[int, int | None]:
@@ -504,87 +515,4 @@ def _point(measure, chosen, truth, target, reached):
         target_recall=target,
         reached=reached,
         points=points,
-    )
-
-
-def tune_built_index(
-    x: np.ndarray,
-    params: ScannParams,
-    options: ScannOptions,
-    search: Callable,
-    rebuild: Callable[[ScannParams], None] | None = None,
-    sample: tuple[np.ndarray, np.ndarray] | None = None,
-) -> OperatingPoint:
-    """The operating point of a freshly built `ScannIndex` searcher.
-
-    Args:
-        x: float32 `(N, D)`: the indexed rows (not copied).
-        params: `ScannParams` the searcher was built with.
-        options: `ScannOptions`: `target_recall`, `recall_k` and the
-            knobs the user fixed (kept as they are).
-        search: callable `(queries, k, leaves, pre_reorder) -> (rows,
-            scores)` on the built searcher.
-        rebuild: callable `params -> None` rebuilding the searcher, or
-            None. Called (once) with `REBUILD_LEAVES_FACTOR` times more
-            leaves (no tree below `MIN_TREE_SIZE` vectors) when the target
-            is out of reach otherwise.
-        sample: `(rows, truth)` of `draw_sample`, or None to draw it.
-
-    Returns:
-        An `OperatingPoint` whose `seconds` is the time spent measuring
-        (and rebuilding).
-    """
-    start = time.perf_counter()
-    rows, truth = sample or draw_sample(x, options.recall_k)[:2]
-    k = truth.shape[1]
-    queries = x[rows]
-
-    def measure(built):
-        def run(leaves, reorder):
-            pre = scann_policy.pre_reorder_neighbors(
-                k + 1, built.reorder_num_neighbors, reorder
-            )
-            found, _ = search(queries, k + 1, leaves, pre)
-            return drop_own_rows(found, rows, k)
-
-        return tune(
-            run,
-            truth,
-            tuning_leaves_grid(built.num_leaves, options.num_leaves_to_search),
-            tuning_reorder_grid(built, k, options.reorder_num_neighbors),
-            options.target_recall,
-        )
-
-    point = measure(params)
-    if not point.reached and rebuild is not None:
-        # A small collection goes without a tree, a big one gets more.
-        small = len(x) < scann_policy.MIN_TREE_SIZE
-        more = dataclasses.replace(
-            options,
-            num_leaves=0
-            if small
-            else REBUILD_LEAVES_FACTOR * params.num_leaves,
-        )
-        logger.info(
-            "Recall target %g not reached with %d leaves (%s); rebuilding "
-            "with %d.",
-            options.target_recall,
-            params.num_leaves,
-            point.describe(),
-            more.num_leaves,
-        )
-        params = scann_policy.resolve_params(more, len(x))
-        rebuild(params)
-        point = measure(params)
-    if not point.reached:
-        logger.warning(
-            "ScannIndex: recall target %g not reached (%s).%s",
-            options.target_recall,
-            point.describe(),
-            " A larger `bytes_per_vector` raises the recall of a compact index."
-            if options.mode == "compact"
-            else "",
-        )
-    return dataclasses.replace(
-        point, seconds=round(time.perf_counter() - start, 3)
     )
