@@ -358,23 +358,6 @@ def num_leaves_for_target(
     return int(round(per_root * math.sqrt(n)))
 
 
-def shard_leaves(rows: int, total: int, mode: str = "fast") -> int:
-    """Leaves of a shard of `rows` out of `total` vectors tuned together:
-    its share of one index's tree (`num_leaves_for_target(total)`), so
-    that its leaves hold as many vectors as that index's; 0 below 2.
-
-    A tree of the shard's own size has smaller leaves: 4 shards of 1M x
-    512 rows got 1000 leaves of 250 rows each (one index: 2000 of 500),
-    and the merged top-10 reached 0.88 at 1 leaf per shard where one index
-    had 0.976 (`benchmarks/beam.py` part b).
-
-    >>> shard_leaves(250_000, 1_000_000), shard_leaves(10, 1000)
-    (500, 0)
-    """
-    share = num_leaves_for_target(total, None, mode) * rows / max(total, 1)
-    return int(round(share)) if share >= 2 else 0
-
-
 def num_leaves_to_search_for(
     num_leaves: int, requested: int | None = None
 ) -> int:

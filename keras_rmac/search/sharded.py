@@ -167,20 +167,20 @@ class ShardedIndex(Index):
             "build_threads": self.build_threads,
         }
 
-    def _make_shard(self, rows=None, leaves_factor=0, total=None) -> Index:
+    def _make_shard(
+        self, rows: int | None = None, leaves_factor: int = 0
+    ) -> Index:
         """A new shard; with `rows` and a recall target, one built with
-        its share of the tree a tuned index of all `total` vectors gets
-        (times `leaves_factor`, none below `MIN_TREE_SIZE`, if > 0) but no
+        the tree a tuned index of `rows` vectors gets (times
+        `leaves_factor`, none below `MIN_TREE_SIZE`, if > 0) but no
         tuning of its own (`build` tunes the merged results)."""
         from keras_rmac.search.factory import make_index
 
         options = copy.deepcopy(self.shard_options)
         if rows is not None and getattr(self, "target_recall", None):
-            requested = options.get("num_leaves")
-            kind = self.shard_kind
-            leaves = scann_policy.num_leaves_for_target(rows, requested, kind)
-            if requested is None and leaves and total:
-                leaves = scann_policy.shard_leaves(rows, total, self.shard_kind)
+            leaves = scann_policy.num_leaves_for_target(
+                rows, options.get("num_leaves"), mode=self.shard_kind
+            )
             if leaves_factor:
                 small = rows < scann_policy.MIN_TREE_SIZE
                 leaves = 0 if small else leaves_factor * leaves
@@ -385,9 +385,7 @@ class ShardedIndex(Index):
 
         def make(part):
             start, stop = part
-            shard = self._make_shard(
-                int(stop - start), leaves_factor, total=int(bounds[-1])
-            )
+            shard = self._make_shard(int(stop - start), leaves_factor)
             shard.add(
                 x[start:stop],
                 ids=self._ids[start:stop],
