@@ -116,8 +116,20 @@ def test_explicit_knobs_override_the_tuner(collection):
     # Measured all the same: the recall of these knobs, below the target.
     assert not point.reached and point.recall < 0.95
     assert [p[:2] for p in point.points] == [[2, 12]]
-    measured = independent_recall(index, db, queries)
-    assert abs(measured - point.recall) <= 0.05
+    # The tuner's figure is a recall of database rows (own row excluded):
+    # checked against the same quantity on other rows, by the oracle. Fresh
+    # queries are not the same quantity: with 50 rows per cluster they score
+    # some 0.04 higher at these knobs, and the gap moves with the tree.
+    rows = np.random.default_rng(1).choice(len(db), 2000, replace=False)
+    truth, _ = oracle_top_k(db, db[rows], 11)
+    found, _ = index.search(db[rows], 11)
+    per_row = [
+        len(set(f[f != own][:10]) & set(t[t != own][:10])) / 10
+        for f, t, own in zip(found, truth, rows)
+    ]
+    measured = float(np.mean(per_row))
+    se = float(np.std(per_row)) / np.sqrt(len(per_row))
+    assert abs(measured - point.recall) <= 4 * np.hypot(se, point.points[0][4])
 
 
 def test_no_target_keeps_the_fixed_defaults(collection):
