@@ -179,6 +179,7 @@ def build_on_beam(job, records, *, index_shards, runner, pipeline_args):
     generation, its parts built by the workers of a remote runner, or in
     this process's threads for a local one (`is_local_runner`)."""
     from keras_rmac.search import ShardedIndex
+    from keras_rmac.search import scann_policy
 
     settings = job.settings
     dimension = job.dimension
@@ -222,6 +223,14 @@ def build_on_beam(job, records, *, index_shards, runner, pipeline_args):
     bounds = np.unique(
         np.linspace(0, len(records), index_shards + 1).astype(np.int64)
     )
+    if settings.mode != "exact":
+        # Each part gets the tree one index of every row would get, as
+        # `ShardedIndex` gives its own shards (`shard_num_leaves`).
+        leaves = scann_policy.shard_num_leaves(
+            int(np.diff(bounds).min()), len(records), settings.mode
+        )
+        if leaves:
+            index_options["num_leaves"] = leaves
     parts = []
     for number, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
         x = np.ascontiguousarray(descriptors[start:stop])

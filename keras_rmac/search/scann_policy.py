@@ -96,6 +96,9 @@ MIN_POINTS_PER_LEAF = 4
 # k-means leaves trained on fewer than ~200 points each split the natural
 # clusters and lose recall.
 MIN_TRAINING_SAMPLE = 50_000
+# A shard's tree (`shard_num_leaves`) keeps at least this many rows per
+# leaf on average (one index at `MIN_TARGET_TREE_SIZE` has ~31).
+MIN_SHARD_ROWS_PER_LEAF = 32
 TRAINING_POINTS_PER_LEAF = 200
 # Fast mode's defaults: dimensions per 4-bit code, candidates re-ordered.
 FAST_DIMENSIONS_PER_BLOCK = 2
@@ -356,6 +359,30 @@ def num_leaves_for_target(
         LARGE_LEAVES_PER_SQRT_N if n >= LARGE_TREE_SIZE else LEAVES_PER_SQRT_N
     )
     return int(round(per_root * math.sqrt(n)))
+
+
+def shard_num_leaves(rows: int, total: int, mode: str = "fast") -> int:
+    """Leaves of one shard of `rows` out of `total` vectors searched
+    together (`ShardedIndex`): the tree one index of all `total` vectors
+    gets, capped at one leaf per `MIN_SHARD_ROWS_PER_LEAF` rows; 0 when a
+    shard of `rows` would get no tree of its own.
+
+    A shard holds 1/S of every neighbourhood: the same tree as one index
+    cuts the space as finely, so `t` leaves of each shard cover what `t`
+    leaves of one index cover, at the same rows scored in all. A tree of
+    the shard's own size (`num_leaves_for_target(rows)`) cuts it S^(1/2)
+    times more coarsely: 4 shards of 1M x 512 clustered rows with 1000
+    leaves each reached recall@10 0.883 at 1 leaf per shard and needed 8
+    to reach 0.955, where one index of 2000 leaves reached 0.976 at 1;
+    with 2000 leaves per shard, 0.968 at 1 (`benchmarks/beam.py` part b).
+
+    >>> shard_num_leaves(250_000, 1_000_000), shard_num_leaves(500, 2000)
+    (2000, 0)
+    """
+    if not num_leaves_for_target(rows, None, mode):
+        return 0
+    whole = num_leaves_for_target(max(total, rows), None, mode)
+    return max(2, min(whole, rows // MIN_SHARD_ROWS_PER_LEAF))
 
 
 def num_leaves_to_search_for(

@@ -168,18 +168,26 @@ class ShardedIndex(Index):
         }
 
     def _make_shard(
-        self, rows: int | None = None, leaves_factor: int = 0
+        self, rows: int | None = None, leaves_factor: int = 0, total=None
     ) -> Index:
         """A new shard; with `rows` and a recall target, one built with
-        the tree a tuned index of `rows` vectors gets (times
-        `leaves_factor`, none below `MIN_TREE_SIZE`, if > 0) but no
-        tuning of its own (`build` tunes the merged results)."""
+        the tree one tuned index of all `total` vectors gets
+        (`scann_policy.shard_num_leaves`; times `leaves_factor`, none
+        below `MIN_TREE_SIZE`, if > 0) but no tuning of its own (`build`
+        tunes the merged results); an explicit `num_leaves` wins."""
         from keras_rmac.search.factory import make_index
 
         options = copy.deepcopy(self.shard_options)
         if rows is not None and getattr(self, "target_recall", None):
-            leaves = scann_policy.num_leaves_for_target(
-                rows, options.get("num_leaves"), mode=self.shard_kind
+            requested = options.get("num_leaves")
+            leaves = (
+                scann_policy.num_leaves_for_target(
+                    rows, requested, mode=self.shard_kind
+                )
+                if requested is not None
+                else scann_policy.shard_num_leaves(
+                    rows, total or rows, self.shard_kind
+                )
             )
             if leaves_factor:
                 small = rows < scann_policy.MIN_TREE_SIZE
@@ -385,7 +393,9 @@ class ShardedIndex(Index):
 
         def make(part):
             start, stop = part
-            shard = self._make_shard(int(stop - start), leaves_factor)
+            shard = self._make_shard(
+                int(stop - start), leaves_factor, total=int(bounds[-1])
+            )
             shard.add(
                 x[start:stop],
                 ids=self._ids[start:stop],

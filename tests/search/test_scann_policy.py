@@ -36,6 +36,26 @@ def test_default_tree_from_20000_vectors(n, leaves):
 
 
 @pytest.mark.parametrize(
+    "rows, total, mode, leaves",
+    [
+        # One index of all rows: 2 sqrt(1M) = 2000 leaves, for each shard.
+        (250_000, 1_000_000, "fast", 2000),
+        (1_000_000, 1_000_000, "fast", 2000),  # one shard: its own tree
+        # 40k rows: sqrt(40k) = 200 (below LARGE_TREE_SIZE), 10k per shard.
+        (10_000, 40_000, "fast", 200),
+        # Capped at a leaf per 32 rows: 1M in 100 shards of 10k.
+        (10_000, 1_000_000, "fast", 312),
+        (999, 1_000_000, "fast", 0),  # no tree for a shard this small
+        (1000, 1_000_000, "fast", 31),
+        (19_999, 1_000_000, "compact", 0),  # compact: trees from 20k
+        (20_000, 80_000, "compact", 566),  # 2 sqrt(80k) = 565.7
+    ],
+)
+def test_shard_leaves_are_one_index_tree(rows, total, mode, leaves):
+    assert P.shard_num_leaves(rows, total, mode) == leaves
+
+
+@pytest.mark.parametrize(
     "n, requested, leaves",
     [
         (1_000_000, 0, 0),  # 0 asks for no tree

@@ -178,6 +178,29 @@ def test_sharded_scann_recall_is_within_001_of_one_index(tmp_path):
     assert recall_at_k(few, truth) < r_sharded, recall_at_k(few, truth)
 
 
+def test_shards_get_the_tree_of_one_index_over_every_row():
+    # 40k rows: one index gets sqrt(40k) = 200 leaves; each of 4 shards of
+    # 10k gets the same 200 (a tree of its own size would have 100), so a
+    # leaf per shard covers what a leaf of the one index covers.
+    rng = np.random.default_rng(3)
+    db, _ = structured(rng, 40_000, 16, 50)
+    single = ScannIndex(16, mode="fast")
+    single.add(db)
+    single.build()
+    sharded = ShardedIndex(16, shard_kind="fast", num_shards=4)
+    sharded.add(db)
+    sharded.build()
+    assert single.built_params["num_leaves"] == 200
+    assert [s.built_params["num_leaves"] for s in sharded.shards] == [200] * 4
+    # An explicit count still applies per shard.
+    explicit = ShardedIndex(
+        16, shard_kind="fast", num_shards=4, shard_options={"num_leaves": 50}
+    )
+    explicit.add(db)
+    explicit.build()
+    assert [s.built_params["num_leaves"] for s in explicit.shards] == [50] * 4
+
+
 @pytest.mark.parametrize("seed", [6, 7, 8])
 def test_sharded_low_recall_level_holds_on_independent_queries(seed):
     # Independent queries around the collection's own centres (`clustered`
