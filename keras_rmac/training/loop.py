@@ -184,6 +184,8 @@ class _Models:
 
 
 # Settings a resumed run may change: they do not alter what is trained.
+# The checkpoint folder under the output directory (a run resumes from it).
+BACKUP_DIR = "backup"
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "verbose", "num_workers", "checkpoint_every", "output_dir"}
 )
@@ -204,7 +206,7 @@ def check_resumed_config(config, output_dir):
     """
     saved = os.path.join(output_dir, "config.json")
     if not (
-        os.path.isdir(os.path.join(output_dir, "backup"))
+        os.path.isdir(os.path.join(output_dir, BACKUP_DIR))
         and os.path.isfile(saved)
     ):
         return
@@ -495,7 +497,7 @@ def train(
         models = _build_models(config, embedding_fn, images, work, timings)
     pairwise = config.loss != "ap"
     backup = ResumableBackupAndRestore(
-        os.path.join(work, "backup"),
+        os.path.join(work, BACKUP_DIR),
         # The AP batches follow from (seed, epoch, position) alone.
         table=table if pairwise else None,
         batches_per_epoch=config.steps_per_epoch,
