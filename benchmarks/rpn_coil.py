@@ -815,9 +815,17 @@ def _mean_cosine(descriptors):
     return float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
 
 
+def _test_descriptors(model_path):
+    """`(test protocol, descriptors of its database)` by the saved model."""
+    import keras
+
+    _, test, _ = load_protocol(FLAGS.out_dir, "test")
+    model = keras.models.load_model(model_path)
+    return test, model.extract(test.db_paths, max_size=SIZE, verbose=0)
+
+
 def finetune_run(arm, seed):
     """One triplet fine-tuning run; its JSON is its own resume point."""
-    import keras
 
     from keras_rmac.training import TrainConfig
     from keras_rmac.training import train
@@ -826,11 +834,9 @@ def finetune_run(arm, seed):
     if path.is_file() and "finetune" not in FLAGS.redo:
         row = json.loads(path.read_text())
         if "mean_cosine" not in row:  # Runs saved before it was measured.
-            _, test, _ = load_protocol(FLAGS.out_dir, "test")
-            model = keras.models.load_model(
+            _, descriptors = _test_descriptors(
                 _work() / f"finetune-{arm}-s{seed}" / "model.keras"
             )
-            descriptors = model.extract(test.db_paths, max_size=SIZE, verbose=0)
             row["mean_cosine"] = _mean_cosine(descriptors)
             from keras_rmac.fileio import atomic_write_json
 
@@ -867,9 +873,7 @@ def finetune_run(arm, seed):
         **FINETUNE,
     )
     result = train(config)
-    _, test, _ = load_protocol(FLAGS.out_dir, "test")
-    trained = keras.models.load_model(result.model_path)
-    descriptors = trained.extract(test.db_paths, max_size=SIZE, verbose=0)
+    test, descriptors = _test_descriptors(result.model_path)
     row = {
         "arm": arm,
         "seed": seed,
