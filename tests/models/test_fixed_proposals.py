@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras_rmac.export import export_saved_model
 from keras_rmac.models import RMACModel
 from keras_rmac.models import TripletModel
+from keras_rmac.models.proposal_tail import frozen_tail
 from keras_rmac.models.proposal_tail import proposal_cut
 from keras_rmac.models.regions import region_boxes
 from keras_rmac.models.triplet_model import FeatureEmbedding
@@ -185,3 +186,30 @@ def test_bad_proposal_from_is_refused():
         rpn_model(proposal_from="nope")
     with pytest.raises(ValueError, match="layer name"):
         rpn_model(proposal_from=2)
+
+
+def test_proposal_cut_moves_back_before_a_skip_connection():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="inner")(x)
+    x = keras.layers.Add(name="add")([x, y])
+    x = keras.layers.Conv2D(6, 1, name="out")(x)
+    backbone = keras.Model(inputs, x)
+    # "add" joins two branches (it cannot start a tail): the cut moves
+    # back to "inner", whose input (stem's output) feeds the whole block.
+    names = [layer.name for layer in backbone.layers]
+    assert names[1:] == ["stem", "inner", "add", "out"]
+    assert proposal_cut(backbone, "out") == "out"
+    assert proposal_cut(backbone, "add") == "inner"
+    assert proposal_cut(backbone, "inner") == "inner"
+    assert proposal_cut(backbone, 0.6) == "inner"  # round(0.6 * 5) = 3
+    assert proposal_cut(backbone, 0.8) == "out"
+    assert proposal_cut(backbone, None) == "stem"
+    assert proposal_cut(backbone, 1.0) is None
+    # The copy from "inner" computes the backbone from stem's output.
+    x = np.random.default_rng(0).normal(size=(1, 5, 7, 3)).astype("float32")
+    stem = backbone.get_layer("stem")(x)
+    np.testing.assert_allclose(
+        frozen_tail(backbone, "inner")(stem), backbone(x), atol=1e-5
+    )
