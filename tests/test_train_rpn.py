@@ -170,9 +170,11 @@ def test_train_rpn_refuses_a_list_without_boxes(tmp_path):
         rpn.train_rpn(config, model=_model(config))
 
 
+@pytest.mark.parametrize("cache", [False, True])
 def test_descriptor_trains_on_the_learned_regions_with_the_rpn_frozen(
-    tmp_path,
+    tmp_path, cache
 ):
+    from keras_rmac.models.regions import region_boxes
     from keras_rmac.training import TrainConfig
     from keras_rmac.training import train
 
@@ -190,10 +192,16 @@ def test_descriptor_trains_on_the_learned_regions_with_the_rpn_frozen(
     )
     rpn_path = rpn.train_rpn(config, model=_model(config)).model_path
     trained_rpn = keras.models.load_model(rpn_path)
+    layers = [layer.name for layer in trained_rpn.backbone.layers]
+    # Whole backbone trained: the RPN's copy is the whole backbone; from
+    # the second convolution (features cached before it): from there.
+    cut = layers[3] if cache else layers[1]
     result = train(
         TrainConfig(
             train_list=csv,
             rpn_model=rpn_path,
+            trainable_from=cut if cache else None,
+            cache_features=cache,
             output_dir=str(tmp_path / "descriptor"),
             image_size=48,
             batch_size=2,
@@ -216,6 +224,15 @@ def test_descriptor_trains_on_the_learned_regions_with_the_rpn_frozen(
         for a, b in zip(model.backbone.weights, trained_rpn.backbone.weights)
     ]
     assert any(changed)  # The descriptor's backbone was trained.
+    # ... and the proposals are still the trained RPN's own.
+    images = read_image_list(csv)
+    for path in images.paths[:4]:
+        image = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        np.testing.assert_array_equal(
+            region_boxes(model, image), region_boxes(trained_rpn, image)
+        )
+    assert model.proposal_from == cut
+    assert rpn.rpn_embedding(rpn_path).proposal_from is None
 
 
 def test_rpn_embedding_refuses_a_grid_model(tmp_path):

@@ -25,10 +25,17 @@ class LearnedRegionPooling(keras.layers.Layer):
     `RMACPooling` in front of the same L2 -> shift + PCA -> L2 -> sum head.
 
     The RPN head is frozen here (its weights are non-trainable): as in the
-    paper it is trained first, on boxes (`keras_rmac.training.rpn`), and the
-    descriptor is then trained with the proposals fixed. The RPN runs in
-    float32 whatever the layer's dtype policy, so that a `mixed_float16`
-    model pools the same regions.
+    paper it is trained first, on boxes (`keras_rmac.training.rpn`). The
+    head alone does not fix the proposals: they also depend on the map the
+    head reads. Called on one map, the layer proposes on the map it pools,
+    so training the network that computes that map (a fine-tuned backbone)
+    moves the proposals. Pass `proposal_features=` to propose on another
+    map of the same height and width: `RMACModel(proposal_from=...)` feeds
+    it a frozen copy of the backbone's tail, which keeps the proposals a
+    fixed function of the image while the descriptor trains (see
+    `keras_rmac.models.proposal_tail`). The RPN runs in float32 whatever
+    the layer's dtype policy, so that a `mixed_float16` model pools the
+    same regions.
 
     Args:
         sizes: sequence of float. Anchor sides in feature cells. Defaults
@@ -45,7 +52,10 @@ class LearnedRegionPooling(keras.layers.Layer):
             to `2000`.
 
     Call arguments:
-        inputs: feature map `(B, H, W, C)`.
+        inputs: feature map `(B, H, W, C)`, the map pooled.
+        proposal_features: None or a map `(B, H, W, C')` (the `C` the RPN
+            head was built on) that the RPN proposes on instead of
+            `inputs`. Defaults to `None`.
 
     Returns:
         Tensor `(B, top_n, C)` of region maxima (not normalised), best
@@ -124,10 +134,12 @@ class LearnedRegionPooling(keras.layers.Layer):
         )
         return found[..., :4], found[..., 4]
 
-    def call(self, inputs):
+    def call(self, inputs, proposal_features=None):
         # The RPN's top proposals (fixed regions: no gradient to the boxes),
-        # then the max of every proposal, as R-MAC pools its grid.
-        boxes, _ = self.proposals(inputs)
+        # on `proposal_features` when given (a frozen copy of the backbone
+        # tail), then the max of every proposal, as R-MAC pools its grid.
+        source = inputs if proposal_features is None else proposal_features
+        boxes, _ = self.proposals(source)
         return box_ops.box_max_pool(inputs, keras.ops.stop_gradient(boxes))
 
     def compute_output_shape(self, input_shape):

@@ -67,7 +67,8 @@ def region_boxes(model, image, top_n=None, max_size=None):
     Returns:
         float32 array `(N, 4)` of `(x0, y0, x1, y1)` pixels: the learned
         proposals (`regions="rpn"`, before rounding to cells, in the RPN's
-        order), or the grid's regions (in grid order).
+        order, on the frozen tail copy with `proposal_from`), or the
+        grid's regions (in grid order).
     """
     if model.pooling != "rmac":
         raise ValueError(
@@ -77,10 +78,13 @@ def region_boxes(model, image, top_n=None, max_size=None):
     seen = image
     if max_size is not None:
         seen = image_io.resize_longest_side(image, int(max_size)).numpy()
-    features = model.backbone(model.preprocess(tf.constant(seen[None])))
+    features, maps = model.backbone_maps(
+        model.preprocess(tf.constant(seen[None]))
+    )
     height, width = int(features.shape[1]), int(features.shape[2])
     if model.regions == "rpn":
-        boxes = model.pool.proposals(features)[0][0].numpy()
+        source = features if maps is None else maps
+        boxes = model.pool.proposals(source)[0][0].numpy()
     else:
         boxes = box_ops.grid_boxes(model.pool.regions(features)).numpy()
     scale = np.array(

@@ -25,6 +25,7 @@ from keras_rmac.models import extraction
 from keras_rmac.models.multiscale import scale_sizes
 from keras_rmac.models.multiscale import sum_over_scales
 from keras_rmac.models.multiscale import validate_scales
+from keras_rmac.models.proposal_tail import proposal_parts
 from keras_rmac.models.regions import region_pooling
 from keras_rmac.models.regions import validate_regions
 from keras_rmac.models.value_range import ValueRangeWarning
@@ -73,6 +74,18 @@ class RMACModel(keras.Model):
             `keras_rmac.training.rpn.train_rpn`). Defaults to `"grid"`.
         rpn_options: dict or None. Arguments of `LearnedRegionPooling`
             (`top_n`, `sizes`, ...) for `regions="rpn"`. Defaults to `None`.
+        proposal_from: str or None. For `regions="rpn"`: None, the RPN
+            proposes on the backbone's output (training the backbone then
+            moves the proposals); or a backbone layer name: the RPN reads
+            a frozen copy (non-trainable, made at construction from the
+            backbone's current weights, saved with the model) of the
+            backbone from that layer to its output, fed by the backbone
+            up to that layer. While the layers before it stay frozen, the
+            proposals are then a fixed function of the image, whatever
+            training does to the backbone from that layer on (what
+            `keras_rmac.training.train(rpn_model=...)` sets up). Costs the
+            copy's weights and one more pass through the tail per image
+            (the whole backbone for its first layer). Defaults to `None`.
 
     Example:
     >>> model = RMACModel("mobilenet_v2", weights=None)  # doctest: +SKIP
@@ -95,6 +108,7 @@ class RMACModel(keras.Model):
         preprocessing=None,
         regions="grid",
         rpn_options=None,
+        proposal_from=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -132,6 +146,11 @@ class RMACModel(keras.Model):
             self.pool = SPoCPooling(name="spoc_pooling")
         else:
             self.pool = GeMPooling(name="gem_pooling")
+        # The RPN's own frozen copy of the backbone tail, if any.
+        self.proposal_from = proposal_from
+        self.proposal_tail, self._proposal_source = proposal_parts(
+            net, proposal_from, self.regions
+        )
         self.region_l2 = L2Normalize(name="region_l2")
         self.shift_pca = ShiftPCA(pca_dim, whiten_power, name="shift_pca")
         self.pca_l2 = L2Normalize(name="pca_l2")
@@ -154,29 +173,43 @@ class RMACModel(keras.Model):
     def region_vectors(self, images, training=False):
         """L2-normalised region vectors `(B, R, C)` before shift + PCA."""
         x = self.preprocess(images)
-        return self.pool_regions(self.backbone(x, training=training))
+        return self.pool_regions(*self.backbone_maps(x, training))
 
     def call(self, images, training=False):
         x = self.preprocess(images)
-        return self.head(self.backbone(x, training=training))
+        return self.head(*self.backbone_maps(x, training))
+
+    def backbone_maps(self, x, training=False):
+        """`(features, proposal maps or None)` of preprocessed images.
+
+        The proposal maps are those of the frozen tail copy
+        (`proposal_from`), None without one (the RPN reads `features`).
+        """
+        if self._proposal_source is None:
+            return self.backbone(x, training=training), None
+        return self._proposal_source(x, training=training)
 
     # The R-MAC head, in two halves so that `adapt_pca` can stop between
     # them. `FeatureEmbedding` (training on cached features) calls these
     # same methods, and the SavedModel export calls the model itself.
 
-    def head(self, features):
+    def head(self, features, proposal_maps=None):
         """The R-MAC head on backbone features `(B, H, W, C)` -> `(B, D)`.
 
-        `aggregate(pool_regions(features))`: region max-pool -> L2 ->
-        shift + PCA -> L2 -> sum -> L2 (one region for MAC, SPoC, GeM).
+        `aggregate(pool_regions(features, proposal_maps))`: region max-pool
+        -> L2 -> shift + PCA -> L2 -> sum -> L2 (one region for MAC, SPoC,
+        GeM). `proposal_maps`: what the RPN proposes on, if not `features`.
         """
-        return self.aggregate(self.pool_regions(features))
+        return self.aggregate(self.pool_regions(features, proposal_maps))
 
-    def pool_regions(self, features):
+    def pool_regions(self, features, proposal_maps=None):
         """Features `(B, H, W, C)` -> L2-normalised regions `(B, R, C)`."""
-        # Max-pool every region of the grid (MAC/SPoC/GeM: one region over
-        # the whole map), then L2-normalise each.
-        return self.region_l2(self.pool(features))
+        # Max-pool every region of the grid or of the RPN's proposals
+        # (MAC/SPoC/GeM: one region over the whole map), L2-normalise each.
+        if proposal_maps is None:
+            return self.region_l2(self.pool(features))
+        pooled = self.pool(features, proposal_features=proposal_maps)
+        return self.region_l2(pooled)
 
     def aggregate(self, regions):
         """L2-normalised regions `(B, R, C)` -> descriptors `(B, D)`."""
@@ -419,6 +452,8 @@ class RMACModel(keras.Model):
         head = [self.pooling, self.levels, self.overlap]
         if self.regions != "grid":  # Grid fingerprints stay as they were.
             head += [self.regions, self.rpn_options]
+        if self.proposal_from is not None:
+            head.append(self.proposal_from)
         digest.update(json.dumps(head).encode())
         digest.update(graph_signature(self.backbone).encode())
         update_with_weights(digest, self.weights)
@@ -439,6 +474,7 @@ class RMACModel(keras.Model):
                 "backbone_name": self.backbone_name,
                 "regions": self.regions,
                 "rpn_options": self.rpn_options,
+                "proposal_from": self.proposal_from,
             }
         )
         return config

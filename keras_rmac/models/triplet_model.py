@@ -91,7 +91,7 @@ def _sublayers(layer):
         yield from _sublayers(child)
 
 
-def _first_trainable_index(layers, trainable_from):
+def first_trainable_index(layers, trainable_from):
     """Index of the first backbone layer left trainable."""
     if trainable_from is None:
         return 0
@@ -134,7 +134,7 @@ def set_trainable(backbone, trainable_from=None, freeze_batchnorm=True):
         The number of backbone layers frozen by `trainable_from`.
     """
     layers = list(backbone.layers)
-    first = _first_trainable_index(layers, trainable_from)
+    first = first_trainable_index(layers, trainable_from)
     for i, layer in enumerate(layers):
         layer.trainable = i >= first
     if freeze_batchnorm:
@@ -199,7 +199,10 @@ class FeatureEmbedding(keras.Model):
     `prefix(images)` (RGB in [0, 255], preprocessing included) gives the
     features to cache; images must be resized as the caller will resize
     them at inference. The prefix layers (which are `rmac`'s) are set to
-    `trainable=False`.
+    `trainable=False`. With `rmac.proposal_from` (learned regions proposed
+    on a frozen copy of the backbone tail), the same cached features feed
+    that copy, so the output still equals `rmac(images)`; the copy must
+    start at `feature_layer` or after it.
 
     Args:
         rmac: `RMACModel`.
@@ -226,6 +229,18 @@ class FeatureEmbedding(keras.Model):
         self.prefix = keras.Model(
             images, prefix(rmac.preprocess(images)), name="feature_prefix"
         )
+        # The RPN's frozen copy of the tail reads the same cached features.
+        self._proposal_source = None
+        if getattr(rmac, "proposal_from", None) is not None:
+            # Imported here: proposal_tail imports this module.
+            from keras_rmac.models.proposal_tail import ProposalSource
+
+            self._proposal_source = ProposalSource(
+                rmac.backbone,
+                rmac.proposal_from,
+                rmac.proposal_tail,
+                start=feature_layer,
+            )
 
     def build(self, input_shape=None):
         # Everything else is built with the backbone; shift + PCA is built
@@ -237,12 +252,17 @@ class FeatureEmbedding(keras.Model):
 
     def region_vectors(self, features, training=False):
         """L2-normalised region vectors `(B, R, C)` before shift + PCA."""
-        maps = self.backbone(features, training=training)
-        return self.rmac.pool_regions(maps)
+        return self.rmac.pool_regions(*self._maps(features, training))
 
     def call(self, features, training=False):
         # The tail of the backbone, then `rmac`'s own R-MAC head.
-        return self.rmac.head(self.backbone(features, training=training))
+        return self.rmac.head(*self._maps(features, training))
+
+    def _maps(self, features, training):
+        """`(tail output, proposal maps or None)`, as `rmac.backbone_maps`."""
+        if self._proposal_source is None:
+            return self.backbone(features, training=training), None
+        return self._proposal_source(features, training=training)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.dimension)

@@ -30,7 +30,17 @@ class TrainConfig:
         rpn_model: a `model.keras` of `train_rpn`: the descriptor pools the
             learned regions of its frozen RPN (backbone, preprocessing and
             proposals come from that file; `backbone`, `weights` and
-            `levels` are then unused). Defaults to None (the grid).
+            `levels` are then unused). The proposals stay fixed while the
+            descriptor trains: when part of the backbone trains, the RPN
+            reads a frozen copy of the backbone from the `trainable_from`
+            cut to its output (`RMACModel(proposal_from=<that layer>)`; a
+            fraction resolves to a layer name, moved back to the nearest
+            layer a skip connection does not cross; None: the whole
+            backbone), fed by the frozen prefix, with the weights the RPN
+            was trained on. It costs one more pass through the trained
+            part of the backbone per image (at training and inference)
+            and a copy of its weights in the saved model. Defaults to None
+            (the grid).
         trainable_from: first backbone layer trained (name), or fraction
             of the backbone frozen; None trains all.
         freeze_batchnorm: BatchNorm in inference mode with fixed

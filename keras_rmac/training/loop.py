@@ -90,7 +90,11 @@ def _default_embedding(config):
     if config.rpn_model is not None:
         from keras_rmac.training.rpn import rpn_embedding
 
-        return rpn_embedding(config.rpn_model, config.pca_dim)
+        # The RPN reads a frozen copy of the backbone from the
+        # trainable_from cut on: training leaves the proposals fixed.
+        return rpn_embedding(
+            config.rpn_model, config.pca_dim, config.trainable_from
+        )
     return RMACModel(
         config.backbone,
         weights=config.weights,

@@ -53,6 +53,7 @@ from keras_rmac.layers.anchors import DEFAULT_RATIOS
 from keras_rmac.layers.anchors import DEFAULT_SIZES
 from keras_rmac.layers.anchors import validate_anchor_args
 from keras_rmac.layers.learned_regions import DEFAULT_TOP_N
+from keras_rmac.models.proposal_tail import proposal_cut
 from keras_rmac.models.rmac_model import RMACModel
 from keras_rmac.progress import progress_bar
 from keras_rmac.training.rpn_features import cache_boxed_features
@@ -319,10 +320,17 @@ class _Trainer:
         return self.step
 
 
-def rpn_embedding(path, pca_dim=None) -> RMACModel:
+def rpn_embedding(path, pca_dim=None, trainable_from=1.0) -> RMACModel:
     """A fresh `RMACModel(regions="rpn")` with the backbone and frozen RPN
     of the `train_rpn` model at `path`, for training the descriptor on the
-    learned regions (shift + PCA is learned anew, of size `pca_dim`)."""
+    learned regions (shift + PCA is learned anew, of size `pca_dim`).
+
+    `trainable_from` is where the backbone will be trained from (as
+    `TripletModel` reads it; 1.0: not at all). When some of it trains, the
+    model gets `proposal_from=proposal_cut(backbone, trainable_from)`: the
+    RPN reads a frozen copy of the backbone from that cut, with the
+    weights it was trained on, so that the proposals stay fixed.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"RPN model {path!r} not found: pass the model.keras that "
@@ -342,6 +350,7 @@ def rpn_embedding(path, pca_dim=None) -> RMACModel:
         pca_dim=pca_dim,
         regions="rpn",
         rpn_options=trained.rpn_options,
+        proposal_from=proposal_cut(trained.backbone, trainable_from),
     )
     model.backbone_name = trained.backbone_name
     for mine, theirs in zip(model.pool.weights, trained.pool.weights):
