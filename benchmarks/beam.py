@@ -295,6 +295,22 @@ def table_b(b: dict) -> str:
             for name, label in (("one", "one index"), ("sharded", "4 shards"))
             if b[name].get("operating_point")
         )
+        + _shard_tree_text(b["rows"])
+    )
+
+
+def _shard_tree_text(rows: int) -> str:
+    from keras_rmac.search import scann_policy
+
+    one = scann_policy.num_leaves_for_target(rows)
+    shard = scann_policy.shard_num_leaves(rows // 4, rows)
+    return (
+        f"\n\nTrees: one index {one} leaves; each shard of {rows // 4:,} "
+        f"rows {shard} leaves (`scann_policy.shard_num_leaves`: the tree "
+        "of one index of all the rows, so that a leaf per shard covers "
+        "what a leaf of the one index covers). QPS on one machine pays "
+        "for the 4 trees searched; a cluster searches the shards in "
+        "parallel."
     )
 
 
