@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import statistics
 import sys
 import time
@@ -76,7 +77,16 @@ CANDIDATES = (
     ((1.0, 2.0, 4.0, 8.0), 1e-3),
     ((1.5, 2.0, 3.0, 4.0, 6.0), 1e-3),
 )
-PARTS = ("select", "recall", "cost", "retrieval", "topn", "finetune", "coil")
+PARTS = (
+    "select",
+    "recall",
+    "cost",
+    "retrieval",
+    "topn",
+    "valtune",
+    "finetune",
+    "coil",
+)
 # Numbers of learned proposals compared on the validation split.
 TOP_NS = (8, 16, 32, 64, 128, 256)
 
@@ -774,17 +784,36 @@ def _chosen_top_n():
 
 
 def _finetune_arms():
-    """`grid`, `rpn` (top 256) and, when the validation chose another N,
-    `rpn<N>`."""
+    """`grid`, `rpn` (top 256) and the learned arm the validation chose:
+    after fine-tuning (part `valtune`) if run, else off the shelf (`topn`,
+    `rpn<N>` when N is not 256)."""
     arms = ["grid", "rpn"]
-    chosen = _chosen_top_n()
-    if chosen is not None and chosen != 256:
-        arms.append(f"rpn{chosen}")
+    path = _work() / "valtune.json"
+    if path.is_file():
+        chosen = json.loads(path.read_text())["chosen"]
+    else:
+        top_n = _chosen_top_n()
+        chosen = None if top_n in (None, 256) else f"rpn{top_n}"
+    if chosen is not None and chosen not in arms:
+        arms.append(chosen)
     return arms
 
 
+def _arm_spec(arm):
+    """`(top N or None for the grid, FINETUNE overrides)` of an arm name:
+    `grid`, `rpn` (top 256), `rpn<N>`, `rpn<N>-lr<rate>`."""
+    if arm == "grid":
+        return None, {}
+    found = re.fullmatch(r"rpn(\d*)(?:-lr([0-9.e-]+))?", arm)
+    if found is None:
+        raise ValueError(f"Unknown fine-tuning arm {arm!r}.")
+    top_n = int(found.group(1) or 256)
+    rate = found.group(2)
+    return top_n, ({"learning_rate": float(rate)} if rate else {})
+
+
 def _arm_top_n(arm):
-    return 256 if arm == "rpn" else int(arm[3:])
+    return _arm_spec(arm)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -815,51 +844,86 @@ def _mean_cosine(descriptors):
     return float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
 
 
-def _test_descriptors(model_path):
-    """`(test protocol, descriptors of its database)` by the saved model."""
+def _split_descriptors(model_path, split="test"):
+    """`(protocol of split, descriptors of its database)` by the saved
+    model."""
     import keras
 
-    _, test, _ = load_protocol(FLAGS.out_dir, "test")
+    _, dataset, _ = load_protocol(FLAGS.out_dir, split)
     model = keras.models.load_model(model_path)
-    return test, model.extract(test.db_paths, max_size=SIZE, verbose=0)
+    return dataset, model.extract(dataset.db_paths, max_size=SIZE, verbose=0)
 
 
-def finetune_run(arm, seed):
-    """One triplet fine-tuning run; its JSON is its own resume point."""
+def _val_train_list():
+    """The cluttered train list restricted to objects 1-40 (the validation
+    objects 41-50 are scored, never trained on)."""
+    path = _work() / "val_train.csv"
+    if not path.is_file():
+        lines = (pathlib.Path(FLAGS.out_dir) / "train.csv").read_text()
+        lines = lines.splitlines()
+        kept = [lines[0]] + [
+            line for line in lines[1:] if int(line.rsplit(",", 1)[1]) <= 40
+        ]
+        from keras_rmac.fileio import atomic_write_text
 
+        atomic_write_text(path, "\n".join(kept) + "\n")
+    return path
+
+
+def _arm_rpn(arm, split):
+    """The saved RPN model of a learned arm (None for the grid): the RPN
+    of the cleaning's boxes of objects 1-50 (test) or 1-40 (val)."""
+    top_n, _ = _arm_spec(arm)
+    if top_n is None:
+        return None
+    name = "rpn_clean" if split == "test" else "rpn_clean_1-40"
+    path = _work() / (
+        f"{name}.keras" if top_n == 256 else f"{name}_top{top_n}.keras"
+    )
+    if not path.is_file():
+        _rpn_model(name, top_n).save(path)
+    return path
+
+
+def finetune_run(arm, seed, split="test"):
+    """One triplet fine-tuning run; its JSON is its own resume point.
+
+    `split="test"`: trained on objects 1-50, scored on the test split;
+    `"val"`: trained on objects 1-40, scored on the validation split.
+    """
     from keras_rmac.training import TrainConfig
     from keras_rmac.training import train
 
-    path = _work() / f"finetune-{arm}-s{seed}.json"
-    if path.is_file() and "finetune" not in FLAGS.redo:
+    part = "finetune" if split == "test" else "valtune"
+    name = f"{part}-{arm}-s{seed}"
+    path = _work() / f"{name}.json"
+    if path.is_file() and part not in FLAGS.redo:
         row = json.loads(path.read_text())
         if "mean_cosine" not in row:  # Runs saved before it was measured.
-            _, descriptors = _test_descriptors(
-                _work() / f"finetune-{arm}-s{seed}" / "model.keras"
+            _, descriptors = _split_descriptors(
+                _work() / name / "model.keras", split
             )
             row["mean_cosine"] = _mean_cosine(descriptors)
             from keras_rmac.fileio import atomic_write_json
 
             atomic_write_json(path, row)
         return row
-    out = _work() / f"finetune-{arm}-s{seed}"
+    out = _work() / name
     out.mkdir(parents=True, exist_ok=True)
-    # Every run has the same frozen prefix and images: its cached features
-    # (keyed by prefix weights, size and list) are shared, not recomputed.
-    for cached in _work().glob("finetune-*/features-*.npy"):
+    # Every run has the same frozen prefix: the cached features (keyed by
+    # prefix weights, size and list) of a run on the same list are shared.
+    for cached in _work().glob(f"{part}-*/features-*.npy"):
         if not (out / cached.name).exists():
             os.link(cached, out / cached.name)
-    rpn_path = None
-    if arm.startswith("rpn"):
-        top_n = _arm_top_n(arm)
-        rpn_path = _work() / (
-            "rpn_clean.keras" if top_n == 256 else f"rpn_clean_top{top_n}.keras"
-        )
-        if not rpn_path.is_file():
-            _rpn_model("rpn_clean", top_n).save(rpn_path)
+    rpn_path = _arm_rpn(arm, split)
+    train_list = (
+        pathlib.Path(FLAGS.out_dir) / "train.csv"
+        if split == "test"
+        else _val_train_list()
+    )
     started = time.time()
     config = TrainConfig(
-        train_list=str(pathlib.Path(FLAGS.out_dir) / "train.csv"),
+        train_list=str(train_list),
         output_dir=str(out),
         backbone="mobilenet_v2",
         weights=os.path.join(FLAGS.data_dir, WEIGHTS),
@@ -870,14 +934,15 @@ def finetune_run(arm, seed):
         checkpoint_every=FINETUNE["steps_per_epoch"],
         seed=seed,
         verbose=0,
-        **FINETUNE,
+        **{**FINETUNE, **_arm_spec(arm)[1]},
     )
     result = train(config)
-    test, descriptors = _test_descriptors(result.model_path)
+    dataset, descriptors = _split_descriptors(result.model_path, split)
+    queries = np.asarray(dataset.query_db_indices)
     row = {
         "arm": arm,
         "seed": seed,
-        "map": _map(descriptors, np.asarray(test.query_db_indices), test.gnd),
+        "map": _map(descriptors, queries, dataset.gnd),
         "mean_cosine": _mean_cosine(descriptors),
         "loss": [float(x) for x in result.history.get("loss", [])],
         "minutes": (time.time() - started) / 60,
@@ -888,6 +953,51 @@ def finetune_run(arm, seed):
     atomic_write_json(path, row)
     print(row, flush=True)
     return row
+
+
+# Arms fine-tuned on the validation split (seed 0): the grid, learned
+# regions at the validation's off-the-shelf choice (128), fewer (32, the
+# best without PCA), and 128 at a lower learning rate.
+VAL_ARMS = ("grid", "rpn32", "rpn128", "rpn128-lr3e-05")
+
+
+def part_valtune():
+    """Fine-tuning settings of the learned arm, chosen on validation."""
+    runs = [finetune_run(arm, 0, "val") for arm in VAL_ARMS]
+    learned = [r for r in runs if r["arm"] != "grid"]
+    best = max(learned, key=lambda r: round(r["map"], 6))
+    return {"settings": FINETUNE, "runs": runs, "chosen": best["arm"]}
+
+
+def valtune_section(result):
+    rows = [
+        (
+            _arm_label(r["arm"]),
+            f"{r['map']:.4f}",
+            f"{r['mean_cosine']:.3f}",
+            ", ".join(f"{x:.2f}" for x in r["loss"]),
+        )
+        for r in result["runs"]
+    ]
+    table = markdown_table(
+        [
+            "regions",
+            "val mAP after fine-tuning",
+            "mean cosine between val images",
+            "triplet loss per epoch",
+        ],
+        rows,
+    )
+    return (
+        "### Learned-region fine-tuning settings, chosen on the validation "
+        "split\n\n"
+        "The fine-tuning part's budget and settings, trained on objects "
+        "1-40 of the cluttered train split with the RPN trained on the "
+        "cleaning's boxes of objects 1-40, scored on the validation "
+        "protocol (objects 41-50), seed 0. Chosen (best learned arm): "
+        f"**{_arm_label(result['chosen'])}**, added to the fine-tuning "
+        f"part.\n\n{table}\n"
+    )
 
 
 def part_finetune():
@@ -919,18 +1029,25 @@ def _finetune_so_far():
     return result, missing
 
 
-def _arm_label(arm):
+def _arm_label(arm, chosen=False):
+    """The arm's row label; `chosen`: the arm the validation chose."""
     if arm == "grid":
         return "R-MAC grid, L=3"
-    top_n = _arm_top_n(arm)
-    chosen = " (N chosen on validation)" if top_n != 256 else ""
-    return f"learned RPN (cleaning's boxes), top {top_n}{chosen}"
+    top_n, overrides = _arm_spec(arm)
+    rate = overrides.get("learning_rate")
+    label = f"learned RPN (cleaning's boxes), top {top_n}"
+    label += f", lr {rate:g}" if rate else ""
+    return label + (" (chosen on validation)" if chosen else "")
 
 
 def finetune_section(result):
     arms_run = ["grid", "rpn"] + sorted(
         {r["arm"] for r in result["runs"]} - {"grid", "rpn"}
     )
+
+    def label(arm):
+        return _arm_label(arm, chosen=arm not in ("grid", "rpn"))
+
     arms = {
         a: [r["map"] for r in result["runs"] if r["arm"] == a] for a in arms_run
     }
@@ -938,12 +1055,12 @@ def finetune_section(result):
     for arm in arms_run:
         maps = arms[arm]
         if not maps:
-            rows.append((_arm_label(arm), "not run", "", "", "", ""))
+            rows.append((label(arm), "not run", "", "", "", ""))
             continue
         runs = [r for r in result["runs"] if r["arm"] == arm]
         rows.append(
             (
-                _arm_label(arm),
+                label(arm),
                 ", ".join(f"{m:.4f}" for m in maps),
                 f"{np.mean(maps):.4f}",
                 f"{max(maps) - min(maps):.4f}",
@@ -972,13 +1089,13 @@ def finetune_section(result):
     verdicts = []
     for arm in arms_run[1:]:
         if len(arms[arm]) != 2 or len(arms["grid"]) != 2:
-            verdicts.append(f"{_arm_label(arm)}: needs both arms at 2 seeds.")
+            verdicts.append(f"{label(arm)}: needs both arms at 2 seeds.")
             continue
         gain = np.mean(arms[arm]) - np.mean(arms["grid"])
         spread = max(np.ptp(arms[arm]), np.ptp(arms["grid"]))
         met = gain >= 0.02 and gain > spread
         verdicts.append(
-            f"{_arm_label(arm)} minus grid: {100 * gain:+.2f} points on the "
+            f"{label(arm)} minus grid: {100 * gain:+.2f} points on the "
             f"mean, larger spread {100 * spread:.2f} points: issue 15's "
             "criterion (>= 2 points and more than the spread) "
             f"{'met' if met else 'NOT met'}."
@@ -1067,6 +1184,7 @@ RUN = {
     "cost": (part_cost, cost_section),
     "retrieval": (part_retrieval, retrieval_section),
     "topn": (part_topn, topn_section),
+    "valtune": (part_valtune, valtune_section),
     "finetune": (part_finetune, finetune_section),
     "coil": (part_coil, coil_section),
 }

@@ -1,6 +1,8 @@
 """The verdicts that benchmarks/rpn_coil.py writes into RESULTS.md, on
 hand-made results (issue 15's "Done when" thresholds)."""
 
+import pytest
+
 from benchmarks import rpn_coil
 
 
@@ -66,8 +68,34 @@ def test_finetune_verdict_per_learned_arm():
     runs += [{"arm": "rpn16", "map": m} for m in (0.44, 0.445)]
     text = rpn_coil.finetune_section({"settings": {}, "runs": runs})
     assert "top 256 minus grid: -10.00 points" in text
-    assert "top 16 (N chosen on validation) minus grid: +3.75 points" in text
+    assert "top 16 (chosen on validation) minus grid: +3.75 points" in text
     assert text.count("NOT met") == 1
+
+
+def test_arm_names():
+    assert rpn_coil._arm_spec("grid") == (None, {})
+    assert rpn_coil._arm_spec("rpn") == (256, {})
+    assert rpn_coil._arm_spec("rpn32") == (32, {})
+    assert rpn_coil._arm_spec("rpn128-lr3e-05") == (
+        128,
+        {"learning_rate": 3e-5},
+    )
+    with pytest.raises(ValueError, match="arm"):
+        rpn_coil._arm_spec("rpnx")
+    assert rpn_coil._arm_label("rpn128-lr3e-05", chosen=True) == (
+        "learned RPN (cleaning's boxes), top 128, lr 3e-05 "
+        "(chosen on validation)"
+    )
+
+
+def test_valtune_section_names_the_choice():
+    runs = [
+        {"arm": a, "map": m, "mean_cosine": 0.1, "loss": [0.5, 0.4]}
+        for a, m in (("grid", 0.6), ("rpn32", 0.55), ("rpn128", 0.65))
+    ]
+    text = rpn_coil.valtune_section({"runs": runs, "chosen": "rpn128"})
+    assert "**learned RPN (cleaning's boxes), top 128**" in text
+    assert "| R-MAC grid, L=3 | 0.6000 | 0.100 | 0.50, 0.40 |" in text
 
 
 def test_topn_section_names_the_choice():
