@@ -82,7 +82,8 @@ def test_arm_names():
     )
     with pytest.raises(ValueError, match="arm"):
         rpn_coil._arm_spec("rpnx")
-    assert rpn_coil._arm_label("rpn128-lr3e-05", chosen=True) == (
+    chosen = "chosen on validation"
+    assert rpn_coil._arm_label("rpn128-lr3e-05", chosen) == (
         "learned RPN (cleaning's boxes), top 128, lr 3e-05 "
         "(chosen on validation)"
     )
