@@ -361,26 +361,24 @@ def num_leaves_for_target(
     return int(round(per_root * math.sqrt(n)))
 
 
-def shard_num_leaves(rows: int, total: int, mode: str = "fast") -> int:
-    """Leaves of one shard of `rows` out of `total` vectors searched
-    together (`ShardedIndex`): the tree one index of all `total` vectors
-    gets, capped at one leaf per `MIN_SHARD_ROWS_PER_LEAF` rows; 0 when a
-    shard of `rows` would get no tree of its own.
+def shard_num_leaves(rows, total, mode="fast", requested=None) -> int:
+    """Leaves of a shard of `rows` out of `total` vectors searched together
+    (`ShardedIndex`): `requested` if given (as `num_leaves_for_target`),
+    else the tree of one index of all `total` vectors, at most a leaf per
+    `MIN_SHARD_ROWS_PER_LEAF` rows; 0 if a shard of `rows` gets no tree.
 
-    A shard holds 1/S of every neighbourhood: the same tree as one index
-    cuts the space as finely, so `t` leaves of each shard cover what `t`
-    leaves of one index cover, at the same rows scored in all. A tree of
-    the shard's own size (`num_leaves_for_target(rows)`) cuts it S^(1/2)
-    times more coarsely: 4 shards of 1M x 512 clustered rows with 1000
-    leaves each reached recall@10 0.883 at 1 leaf per shard and needed 8
-    to reach 0.955, where one index of 2000 leaves reached 0.976 at 1;
-    with 2000 leaves per shard, 0.968 at 1 (`benchmarks/beam.py` part b).
+    A shard holds 1/S of every neighbourhood: with one index's tree, `t`
+    leaves per shard cover what `t` leaves of one index cover. A tree of
+    the shard's own size cuts S^(1/2) times more coarsely: 4 shards of 1M
+    x 512 clustered rows with 1000 leaves each reached recall@10 0.883 at
+    1 leaf per shard, with 2000 leaves 0.968; one index 0.976
+    (`benchmarks/beam.py` part b).
 
     >>> shard_num_leaves(250_000, 1_000_000), shard_num_leaves(500, 2000)
     (2000, 0)
     """
-    if not num_leaves_for_target(rows, None, mode):
-        return 0
+    if requested is not None or not num_leaves_for_target(rows, None, mode):
+        return num_leaves_for_target(rows, requested, mode)
     whole = num_leaves_for_target(max(total, rows), None, mode)
     return max(2, min(whole, rows // MIN_SHARD_ROWS_PER_LEAF))
 

@@ -170,24 +170,16 @@ class ShardedIndex(Index):
     def _make_shard(
         self, rows: int | None = None, leaves_factor: int = 0, total=None
     ) -> Index:
-        """A new shard; with `rows` and a recall target, one built with
-        the tree one tuned index of all `total` vectors gets
-        (`scann_policy.shard_num_leaves`; times `leaves_factor`, none
-        below `MIN_TREE_SIZE`, if > 0) but no tuning of its own (`build`
-        tunes the merged results); an explicit `num_leaves` wins."""
+        """A new shard; with `rows` and a recall target, one with the tree
+        of `scann_policy.shard_num_leaves(rows, total)` (times
+        `leaves_factor` if > 0, none below `MIN_TREE_SIZE`) and no tuning
+        of its own (`build` tunes the merged results)."""
         from keras_rmac.search.factory import make_index
 
         options = copy.deepcopy(self.shard_options)
         if rows is not None and getattr(self, "target_recall", None):
-            requested = options.get("num_leaves")
-            leaves = (
-                scann_policy.num_leaves_for_target(
-                    rows, requested, mode=self.shard_kind
-                )
-                if requested is not None
-                else scann_policy.shard_num_leaves(
-                    rows, total or rows, self.shard_kind
-                )
+            leaves = scann_policy.shard_num_leaves(
+                rows, total or rows, self.shard_kind, options.get("num_leaves")
             )
             if leaves_factor:
                 small = rows < scann_policy.MIN_TREE_SIZE
