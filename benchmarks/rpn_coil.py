@@ -293,14 +293,19 @@ def load_pool(name, sizes, top_n=256):
     return pool
 
 
-def _clean_list(objects_max):
+def _objects_up_to(csv_path, objects_max):
+    """The images of a labelled list whose object number is <= max."""
     from keras_rmac.data.labelled import read_image_list
 
-    clean = read_image_list(FLAGS.clean_csv)
+    listed = read_image_list(csv_path)
     keep = [
-        i for i, n in enumerate(clean.label_names()) if int(n) <= objects_max
+        i for i, n in enumerate(listed.label_names()) if int(n) <= objects_max
     ]
-    return clean.subset(keep)
+    return listed.subset(keep)
+
+
+def _clean_list(objects_max):
+    return _objects_up_to(FLAGS.clean_csv, objects_max)
 
 
 # ---------------------------------------------------------------------------
@@ -868,14 +873,10 @@ def _val_train_list():
     objects 41-50 are scored, never trained on)."""
     path = _work() / "val_train.csv"
     if not path.is_file():
-        lines = (pathlib.Path(FLAGS.out_dir) / "train.csv").read_text()
-        lines = lines.splitlines()
-        kept = [lines[0]] + [
-            line for line in lines[1:] if int(line.rsplit(",", 1)[1]) <= 40
-        ]
-        from keras_rmac.fileio import atomic_write_text
+        from keras_rmac.data.labelled import write_image_list
 
-        atomic_write_text(path, "\n".join(kept) + "\n")
+        train = pathlib.Path(FLAGS.out_dir) / "train.csv"
+        write_image_list(path, _objects_up_to(train, 40))
     return path
 
 
@@ -907,16 +908,7 @@ def finetune_run(arm, seed, split="test"):
     name = f"{part}-{arm}-s{seed}"
     path = _work() / f"{name}.json"
     if path.is_file() and part not in FLAGS.redo:
-        row = json.loads(path.read_text())
-        if "mean_cosine" not in row:  # Runs saved before it was measured.
-            _, descriptors = _split_descriptors(
-                _work() / name / "model.keras", split
-            )
-            row["mean_cosine"] = _mean_cosine(descriptors)
-            from keras_rmac.fileio import atomic_write_json
-
-            atomic_write_json(path, row)
-        return row
+        return json.loads(path.read_text())
     out = _work() / name
     out.mkdir(parents=True, exist_ok=True)
     # Every run has the same frozen prefix: the cached features (keyed by
@@ -1054,7 +1046,6 @@ def finetune_section(result):
     arms_run = ["grid", "rpn"] + sorted(
         {r["arm"] for r in result["runs"]} - {"grid", "rpn"}
     )
-
     choices = result.get("choices", {})
 
     def label(arm):
