@@ -96,10 +96,10 @@ MIN_POINTS_PER_LEAF = 4
 # k-means leaves trained on fewer than ~200 points each split the natural
 # clusters and lose recall.
 MIN_TRAINING_SAMPLE = 50_000
+TRAINING_POINTS_PER_LEAF = 200
 # A shard's tree (`shard_num_leaves`) keeps at least this many rows per
 # leaf on average (one index at `MIN_TARGET_TREE_SIZE` has ~31).
 MIN_SHARD_ROWS_PER_LEAF = 32
-TRAINING_POINTS_PER_LEAF = 200
 # Fast mode's defaults: dimensions per 4-bit code, candidates re-ordered.
 FAST_DIMENSIONS_PER_BLOCK = 2
 REORDER_NUM_NEIGHBORS = 200

@@ -187,9 +187,9 @@ class _Models:
 # The steps of `train`.
 
 
-# Settings a resumed run may change: they do not alter what is trained.
 # The checkpoint folder under the output directory (a run resumes from it).
 BACKUP_DIR = "backup"
+# Settings a resumed run may change: they do not alter what is trained.
 RESUMABLE_CHANGES = frozenset(
     {"epochs", "verbose", "num_workers", "checkpoint_every", "output_dir"}
 )
