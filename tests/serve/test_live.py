@@ -148,15 +148,21 @@ def test_load_with_a_rebuild_underneath(own_index, tiny_model):
     print(f"load: p50 {p50:.1f} ms, p95 {p95:.1f} ms over {QUERIES} queries")
 
 
+def _wait_until_taken(engine, seconds):
+    """Waits (at most `seconds`) until the model thread has taken every
+    queued job."""
+    for _ in range(int(seconds * 100)):
+        if engine.queued == 0:
+            return
+        time.sleep(0.01)
+
+
 def test_the_event_loop_stays_free_while_the_model_works(built_index):
     engine = SearchEngine(built_index[1], poll_interval=0, queue_size=1)
     release = threading.Event()
     with TestClient(create_app(engine)) as client:
         engine.submit(release.wait, 120)  # Holds the model thread.
-        for _ in range(200):
-            if engine.queued == 0:
-                break
-            time.sleep(0.01)
+        _wait_until_taken(engine, seconds=2)
         engine.submit(lambda: None)  # Fills the queue.
         started = time.perf_counter()
         assert client.get("/api/health").status_code == 200
@@ -169,10 +175,7 @@ def test_the_event_loop_stays_free_while_the_model_works(built_index):
         # The model thread has to take the queued job before the queue
         # has room again: wait for it (a request right away raced it and
         # got 503, once in CI).
-        for _ in range(1000):
-            if engine.queued == 0:
-                break
-            time.sleep(0.01)
+        _wait_until_taken(engine, seconds=10)
         assert client.get("/api/photos/0/similar").status_code == 200
 
 
