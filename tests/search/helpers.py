@@ -32,6 +32,17 @@ def recall_at_k(found, truth):
     return float(np.mean(hits) / truth.shape[1])
 
 
+def recalls_own_row_excluded(found, truth, rows, k=10):
+    """Per-query recall@k of database rows used as queries: each query's
+    own row dropped from its results and from its truth (both of k + 1)."""
+    return np.array(
+        [
+            len(set(f[f != own][:k]) & set(t[t != own][:k])) / k
+            for f, t, own in zip(found, truth, rows)
+        ]
+    )
+
+
 def structured(rng, n, d, per_cluster, noise=0.7, min_members=11):
     """Unit vectors around Gaussian centres, about `per_cluster` per centre.
 

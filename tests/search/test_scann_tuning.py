@@ -15,6 +15,7 @@ from keras_rmac.search import scann_tuning as T
 from tests.search.helpers import oracle_top_k
 from tests.search.helpers import recall_at_k
 from tests.search.helpers import recalls_at_levels
+from tests.search.helpers import recalls_own_row_excluded
 from tests.search.helpers import structured
 
 D = 32
@@ -123,10 +124,7 @@ def test_explicit_knobs_override_the_tuner(collection):
     rows = np.random.default_rng(1).choice(len(db), 2000, replace=False)
     truth, _ = oracle_top_k(db, db[rows], 11)
     found, _ = index.search(db[rows], 11)
-    per_row = [
-        len(set(f[f != own][:10]) & set(t[t != own][:10])) / 10
-        for f, t, own in zip(found, truth, rows)
-    ]
+    per_row = recalls_own_row_excluded(found, truth, rows)
     measured = float(np.mean(per_row))
     se = float(np.std(per_row)) / np.sqrt(len(per_row))
     assert abs(measured - point.recall) <= 4 * np.hypot(se, point.points[0][4])
