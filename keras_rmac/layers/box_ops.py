@@ -227,7 +227,13 @@ def box_max_pool(x, boxes):
     values) and reduced per box with one segment max, so H, W and N may
     be unknown until run time. The gradient goes to each box's maximal
     cells (split evenly between tied cells, as `ops.max` does).
+
+    That gather has a data-dependent size, which XLA cannot compile: traced
+    for XLA (`tf.function(jit_compile=True)`, `extract(jit_compile=True)`),
+    the same maxima come from `box_max_pool_static` instead.
     """
+    if _in_xla_context():
+        return box_max_pool_static(x, boxes)
     shape = ops.shape(x)
     channels = x.shape[-1] if x.shape[-1] is not None else shape[3]
     cells = tf.reshape(boxes_to_cells(boxes, shape[1], shape[2]), (-1, 4))
@@ -249,6 +255,79 @@ def box_max_pool(x, boxes):
     values = tf.gather(tf.reshape(x, (-1, channels)), index)
     pooled = tf.math.unsorted_segment_max(values, box, tf.size(areas))
     return tf.reshape(pooled, (shape[0], count, channels))
+
+
+def _in_xla_context():
+    """Whether the graph being traced is compiled by XLA (TF internal API;
+    if it moves, the static form is used everywhere: same maxima)."""
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - TensorFlow moved it
+        return True
+    if tf.executing_eagerly():
+        return False
+    graph = tf_ops.get_default_graph()
+    return control_flow_util.GraphOrParentsInXlaContext(graph)
+
+
+def box_max_pool_static(x, boxes):
+    """`box_max_pool` with static intermediate shapes, for XLA.
+
+    The same maxima (max is exact), in two steps. Rows: a sparse table
+    along H, `T_k[i] = max(x[i : i + 2**k])` built by doubling, gives the
+    maximum of the rows `[y0, y1)` of every column as
+    `max(T_k[y0], T_k[y1 - 2**k])` with `2**k <= y1 - y0 < 2**(k + 1)`
+    (two gathers per level, `(B, N, W, C)` each). Columns: a masked max
+    over W of those `(B, N, W, C)` row maxima. Memory: about
+    `B * (N * W * C * 4 + H * W * C)` values, against
+    `sum of box areas * C` for `box_max_pool`'s gather. The levels are a
+    Python loop when H is known at trace, else a `tf.while_loop`. The
+    gradient goes to one maximal cell per row range when cells tie
+    (`box_max_pool` splits it between them).
+    """
+    x = tf.convert_to_tensor(x)
+    shape = tf.shape(x)
+    height, width = shape[1], shape[2]
+    cells = boxes_to_cells(boxes, height, width)
+    x0, y0, x1, y1 = tf.unstack(cells, axis=-1)  # (B, N) each
+    rows_high = y1 - y0  # At least 1 (boxes_to_cells).
+
+    def level(step, table, rows):
+        # Boxes whose height h has step <= h < 2 * step read this level:
+        # their rows [y0, y1) are covered by [y0, y0 + step) and
+        # [y1 - step, y1).
+        top = tf.gather(table, y0, axis=1, batch_dims=1)
+        # (Clamped: boxes of lower levels are not read here.)
+        last = tf.maximum(y1 - step, 0)
+        bottom = tf.gather(table, last, axis=1, batch_dims=1)
+        here = (rows_high >= step) & (rows_high < 2 * step)
+        rows = tf.where(here[..., None, None], tf.maximum(top, bottom), rows)
+        # Next level: T_{k+1}[i] = max(T_k[i], T_k[i + step]); entries
+        # past height - 2 * step are never read.
+        ahead = tf.minimum(tf.range(height) + step, height - 1)
+        table = tf.maximum(table, tf.gather(table, ahead, axis=1))
+        return step * 2, table, rows
+
+    rows = tf.zeros(
+        tf.stack([shape[0], tf.shape(boxes)[1], width, shape[3]]), x.dtype
+    )
+    step = tf.constant(1, tf.int32)
+    table = x
+    if x.shape[1] is not None:
+        for _ in range(int(x.shape[1]).bit_length()):
+            step, table, rows = level(step, table, rows)
+    else:
+        _, _, rows = tf.while_loop(
+            lambda step, table, rows: step <= height,
+            level,
+            [step, table, rows],
+        )
+    # Columns [x0, x1) of every box: masked max over W.
+    column = tf.range(width)[None, None, :]
+    inside = (column >= x0[..., None]) & (column < x1[..., None])
+    lowest = tf.constant(x.dtype.min, x.dtype)
+    return tf.reduce_max(tf.where(inside[..., None], rows, lowest), axis=2)
 
 
 def grid_boxes(regions):

@@ -213,3 +213,18 @@ def test_proposal_cut_moves_back_before_a_skip_connection():
     np.testing.assert_allclose(
         frozen_tail(backbone, "inner")(stem), backbone(x), atol=1e-5
     )
+
+
+@pytest.mark.parametrize("proposal_from", [None, "c2"])
+def test_extract_with_xla_equals_extract_without(proposal_from):
+    # XLA compiles the learned regions too (box max-pooling with static
+    # shapes), with or without the RPN's frozen copy; two image sizes.
+    model = rpn_model(proposal_from=proposal_from, pca_dim=5)
+    model.adapt_pca(_images(3, seed=5))
+    for side in (40, 29):
+        images = _images(3, seed=6, side=side)
+        np.testing.assert_allclose(
+            model.extract(images, jit_compile=True),
+            model.extract(images),
+            atol=1e-5,
+        )
