@@ -365,6 +365,8 @@ def train_rpn(config: RPNConfig, model: RMACModel | None = None) -> RPNResult:
         config: `RPNConfig`.
         model: optional `RMACModel(regions="rpn")` whose RPN is trained
             (e.g. with a custom backbone); None builds one from `config`.
+            With `proposal_from` set, the RPN learns on its frozen copy's
+            maps (those it reads at inference), not the backbone's.
 
     Returns:
         `RPNResult`; the trained model is `<output_dir>/model.keras`.
