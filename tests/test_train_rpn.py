@@ -316,3 +316,53 @@ def test_train_rpn_with_a_proposal_copy_trains_on_the_copys_maps(tmp_path):
         np.testing.assert_allclose(got.numpy(), want_w.numpy(), atol=1e-5)
     # The cached maps are keyed by the copy: not those of the backbone.
     assert backbone_key(model, 48) != backbone_key(oracle, 48)
+
+
+def test_fixed_proposals_switch_turns_the_proposal_copy_on_and_off(tmp_path):
+    from keras_rmac.training import TrainConfig
+    from keras_rmac.training import train
+
+    csv = _write_rectangles(str(tmp_path), 9, seed=3, classes=3)
+    config = rpn.RPNConfig(
+        csv,
+        str(tmp_path / "rpn"),
+        image_size=48,
+        sizes=(3.0,),
+        ratios=(1.0,),
+        top_n=3,
+        hidden=4,
+        epochs=1,
+        num_workers=0,
+    )
+    rpn_path = rpn.train_rpn(config, model=_model(config)).model_path
+    first = keras.models.load_model(rpn_path).backbone.layers[1].name
+    on = rpn.rpn_embedding(rpn_path, trainable_from=None)
+    assert on.proposal_from == first and on.proposal_tail is not None
+    off = rpn.rpn_embedding(rpn_path, None, None, fixed_proposals=False)
+    assert off.proposal_from is None and off.proposal_tail is None
+    # train(): False trains without the copy (the proposals follow the
+    # backbone, as before the copy existed); True (default) with it.
+    settings = dict(
+        train_list=csv,
+        rpn_model=rpn_path,
+        image_size=48,
+        batch_size=2,
+        steps_per_epoch=1,
+        epochs=1,
+        pca_images=6,
+        mining=False,
+        augment=False,
+        num_workers=0,
+        verbose=0,
+    )
+    assert TrainConfig(**settings).fixed_proposals is True
+    for fixed, want in [(False, None), (True, first)]:
+        out = str(tmp_path / f"descriptor-{fixed}")
+        result = train(
+            TrainConfig(**settings, output_dir=out, fixed_proposals=fixed)
+        )
+        model = keras.models.load_model(result.model_path)
+        assert model.proposal_from == want
+        assert (model.proposal_tail is None) == (not fixed)
+    with pytest.raises(ValueError, match="fixed_proposals"):
+        TrainConfig(**settings, fixed_proposals="no").validate()
