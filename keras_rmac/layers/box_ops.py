@@ -271,18 +271,36 @@ def _in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
+def _gather_rows(table, index):
+    """`table (B, R, W, C)`, `index (B, N)` -> `table[b, index[b, n]]`,
+    `(B, N, W, C)`: one gather of rows of the flattened table (faster
+    under XLA than a gather with `batch_dims`)."""
+    shape = tf.shape(table)
+    flat = tf.reshape(table, tf.stack([-1, shape[2], shape[3]]))
+    return tf.gather(flat, index + tf.range(shape[0])[:, None] * shape[1])
+
+
+def _next_level(table, step):
+    """Doubling: `T_{k+1}[i] = max(T_k[i], T_k[i + step])` along H, for
+    `step = 2**k`; entries past `H - 2 * step` are never read."""
+    height = tf.shape(table)[1]
+    ahead = tf.minimum(tf.range(height) + step, height - 1)
+    return tf.maximum(table, tf.gather(table, ahead, axis=1))
+
+
 def box_max_pool_static(x, boxes):
     """`box_max_pool` with static intermediate shapes, for XLA.
 
     The same maxima (max is exact), in two steps. Rows: a sparse table
     along H, `T_k[i] = max(x[i : i + 2**k])` built by doubling, gives the
     maximum of the rows `[y0, y1)` of every column as
-    `max(T_k[y0], T_k[y1 - 2**k])` with `2**k <= y1 - y0 < 2**(k + 1)`
-    (two gathers per level, `(B, N, W, C)` each). Columns: a masked max
-    over W of those `(B, N, W, C)` row maxima. Memory: about
-    `B * (N * W * C * 4 + H * W * C)` values, against
-    `sum of box areas * C` for `box_max_pool`'s gather. The levels are a
-    Python loop when H is known at trace, else a `tf.while_loop`. The
+    `max(T_k[y0], T_k[y1 - 2**k])` with `2**k <= y1 - y0 < 2**(k + 1)`.
+    Columns: a masked max over W of those `(B, N, W, C)` row maxima.
+    With H known at trace (as `extract(jit_compile=True)` traces) the
+    `L = bit_length(H)` levels are stacked and read with two gathers;
+    else a `tf.while_loop` reads each level in turn (two gathers a
+    level). Memory: about `B * (2 * N * W * C + L * H * W * C)` values,
+    against `sum of box areas * C` for `box_max_pool`'s gather. The
     gradient goes to one maximal cell per row range when cells tie
     (`box_max_pool` splits it between them).
     """
@@ -292,36 +310,41 @@ def box_max_pool_static(x, boxes):
     cells = boxes_to_cells(boxes, height, width)
     x0, y0, x1, y1 = tf.unstack(cells, axis=-1)  # (B, N) each
     rows_high = y1 - y0  # At least 1 (boxes_to_cells).
-
-    def level(step, table, rows):
-        # Boxes whose height h has step <= h < 2 * step read this level:
-        # their rows [y0, y1) are covered by [y0, y0 + step) and
-        # [y1 - step, y1).
-        top = tf.gather(table, y0, axis=1, batch_dims=1)
-        # (Clamped: boxes of lower levels are not read here.)
-        last = tf.maximum(y1 - step, 0)
-        bottom = tf.gather(table, last, axis=1, batch_dims=1)
-        here = (rows_high >= step) & (rows_high < 2 * step)
-        rows = tf.where(here[..., None, None], tf.maximum(top, bottom), rows)
-        # Next level: T_{k+1}[i] = max(T_k[i], T_k[i + step]); entries
-        # past height - 2 * step are never read.
-        ahead = tf.minimum(tf.range(height) + step, height - 1)
-        table = tf.maximum(table, tf.gather(table, ahead, axis=1))
-        return step * 2, table, rows
-
-    rows = tf.zeros(
-        tf.stack([shape[0], tf.shape(boxes)[1], width, shape[3]]), x.dtype
-    )
-    step = tf.constant(1, tf.int32)
-    table = x
     if x.shape[1] is not None:
-        for _ in range(int(x.shape[1]).bit_length()):
-            step, table, rows = level(step, table, rows)
+        # Rows [y0, y1) of a box of height h, 2**k <= h < 2**(k + 1): the
+        # max of [y0, y0 + 2**k) and [y1 - 2**k, y1), read from level k.
+        tables = [x]
+        for k in range(1, int(x.shape[1]).bit_length()):
+            tables.append(_next_level(tables[-1], 2 ** (k - 1)))
+        steps = tf.constant([2**k for k in range(len(tables))], tf.int32)
+        level = tf.reduce_sum(
+            tf.cast(rows_high[..., None] >= steps, tf.int32), axis=-1
+        )
+        level -= 1
+        stacked = tf.concat(tables, axis=1)  # (B, L * H, W, C)
+        start = level * height
+        top = _gather_rows(stacked, start + y0)
+        bottom = _gather_rows(stacked, start + y1 - tf.gather(steps, level))
+        rows = tf.maximum(top, bottom)
     else:
+
+        def one_level(step, table, rows):
+            # The boxes of height step <= h < 2 * step (the others are
+            # clamped inside the map and not kept).
+            top = _gather_rows(table, y0)
+            bottom = _gather_rows(table, tf.maximum(y1 - step, 0))
+            here = (rows_high >= step) & (rows_high < 2 * step)
+            here = here[..., None, None]
+            rows = tf.where(here, tf.maximum(top, bottom), rows)
+            return step * 2, _next_level(table, step), rows
+
+        rows = tf.zeros(
+            tf.stack([shape[0], tf.shape(boxes)[1], width, shape[3]]), x.dtype
+        )
         _, _, rows = tf.while_loop(
             lambda step, table, rows: step <= height,
-            level,
-            [step, table, rows],
+            one_level,
+            [tf.constant(1, tf.int32), x, rows],
         )
     # Columns [x0, x1) of every box: masked max over W.
     column = tf.range(width)[None, None, :]
