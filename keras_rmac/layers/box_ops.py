@@ -302,7 +302,9 @@ def box_max_pool_static(x, boxes):
     level). Memory: about `B * (2 * N * W * C + L * H * W * C)` values,
     against `sum of box areas * C` for `box_max_pool`'s gather. The
     gradient goes to one maximal cell per row range when cells tie
-    (`box_max_pool` splits it between them).
+    (`box_max_pool` splits it between them); XLA compiles it only with H
+    known at trace (the while loop's gradient needs a bound on its
+    iterations, which would multiply the memory kept for it).
     """
     x = tf.convert_to_tensor(x)
     shape = tf.shape(x)
