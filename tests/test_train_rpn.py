@@ -13,6 +13,7 @@ from keras_rmac.data.labelled import read_image_list
 from keras_rmac.data.labelled import write_image_list
 from keras_rmac.models import RMACModel
 from keras_rmac.training import rpn
+from keras_rmac.training.rpn_features import backbone_key
 from tests.layers.test_box_ops import oracle_iou
 
 
@@ -260,3 +261,108 @@ def test_rpn_config_refuses_bad_settings(field, value):
     # check_int raises TypeError for a float, ValueError below 1.
     with pytest.raises((ValueError, TypeError), match=field):
         config.validate()
+
+
+def test_train_rpn_with_a_proposal_copy_trains_on_the_copys_maps(tmp_path):
+    # A model whose RPN reads a frozen copy of the backbone from its second
+    # convolution, then a backbone that drifted (as after training the
+    # descriptor): the RPN must learn on the copy's maps, those it reads
+    # at inference. Oracle: the same run on a model without a copy whose
+    # backbone still has the copy's weights (same maps, same seeds).
+    csv = _write_rectangles(str(tmp_path), 6, seed=2)
+    config = rpn.RPNConfig(
+        csv,
+        str(tmp_path / "copy"),
+        image_size=48,
+        sizes=(3.0,),
+        ratios=(1.0,),
+        top_n=3,
+        hidden=4,
+        epochs=2,
+        learning_rate=3e-3,
+        num_workers=0,
+    )
+    oracle = _model(config)
+    backbone = tiny_backbone()
+    cut = backbone.layers[3].name
+    model = RMACModel(
+        backbone,
+        weights=None,
+        preprocessing="tf",
+        regions="rpn",
+        rpn_options=config.rpn_options(),
+        proposal_from=cut,
+    )
+    for mine, theirs in zip(model.pool.weights, oracle.pool.weights):
+        mine.assign(theirs)  # The same untrained RPN head.
+    kernel = model.backbone.layers[3].kernel
+    kernel.assign(kernel.numpy() * -2.0)
+    items, _ = rpn.cache_boxed_features(model, read_image_list(csv), config)
+    oracle_config = rpn.RPNConfig(
+        **{**vars(config), "output_dir": str(tmp_path / "o")}
+    )
+    want, _ = rpn.cache_boxed_features(
+        oracle, read_image_list(csv), oracle_config
+    )
+    assert len(items) == len(want) == 6
+    for (got_map, _), (want_map, _) in zip(items, want):
+        np.testing.assert_allclose(got_map, want_map, atol=1e-5)
+    trained = keras.models.load_model(rpn.train_rpn(config, model).model_path)
+    expected = keras.models.load_model(
+        rpn.train_rpn(oracle_config, oracle).model_path
+    )
+    assert trained.proposal_from == cut
+    for got, want_w in zip(trained.pool.weights, expected.pool.weights):
+        np.testing.assert_allclose(got.numpy(), want_w.numpy(), atol=1e-5)
+    # The cached maps are keyed by the copy: not those of the backbone.
+    assert backbone_key(model, 48) != backbone_key(oracle, 48)
+
+
+def test_fixed_proposals_switch_turns_the_proposal_copy_on_and_off(tmp_path):
+    from keras_rmac.training import TrainConfig
+    from keras_rmac.training import train
+
+    csv = _write_rectangles(str(tmp_path), 9, seed=3, classes=3)
+    config = rpn.RPNConfig(
+        csv,
+        str(tmp_path / "rpn"),
+        image_size=48,
+        sizes=(3.0,),
+        ratios=(1.0,),
+        top_n=3,
+        hidden=4,
+        epochs=1,
+        num_workers=0,
+    )
+    rpn_path = rpn.train_rpn(config, model=_model(config)).model_path
+    first = keras.models.load_model(rpn_path).backbone.layers[1].name
+    on = rpn.rpn_embedding(rpn_path, trainable_from=None)
+    assert on.proposal_from == first and on.proposal_tail is not None
+    off = rpn.rpn_embedding(rpn_path, None, None, fixed_proposals=False)
+    assert off.proposal_from is None and off.proposal_tail is None
+    # train(): False trains without the copy (the proposals follow the
+    # backbone, as before the copy existed); True (default) with it.
+    settings = dict(
+        train_list=csv,
+        rpn_model=rpn_path,
+        image_size=48,
+        batch_size=2,
+        steps_per_epoch=1,
+        epochs=1,
+        pca_images=6,
+        mining=False,
+        augment=False,
+        num_workers=0,
+        verbose=0,
+    )
+    assert TrainConfig(**settings).fixed_proposals is True
+    for fixed, want in [(False, None), (True, first)]:
+        out = str(tmp_path / f"descriptor-{fixed}")
+        result = train(
+            TrainConfig(**settings, output_dir=out, fixed_proposals=fixed)
+        )
+        model = keras.models.load_model(result.model_path)
+        assert model.proposal_from == want
+        assert (model.proposal_tail is None) == (not fixed)
+    with pytest.raises(ValueError, match="fixed_proposals"):
+        TrainConfig(**settings, fixed_proposals="no").validate()

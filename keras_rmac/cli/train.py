@@ -191,6 +191,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--no-mining", action="store_true", help="Random triplets only."
     )
     parser.add_argument(
+        "--no-fixed-proposals",
+        action="store_true",
+        help="With --rpn-model: no frozen copy of the trained backbone "
+        "layers for the RPN (saves a pass through them per image and "
+        "their weights in the file; the proposals then move as the "
+        "backbone trains).",
+    )
+    parser.add_argument(
         "--train-batchnorm",
         action="store_true",
         help="Let BatchNorm layers train (frozen by default).",
@@ -221,6 +229,7 @@ def config_from_args(args: argparse.Namespace) -> training.TrainConfig:
         augment=not args.no_augment,
         cache_features=args.cache_features,
         mining=not args.no_mining,
+        fixed_proposals=not args.no_fixed_proposals,
         freeze_batchnorm=not args.train_batchnorm,
         **_common.network_settings(args),
     )

@@ -227,7 +227,13 @@ def box_max_pool(x, boxes):
     values) and reduced per box with one segment max, so H, W and N may
     be unknown until run time. The gradient goes to each box's maximal
     cells (split evenly between tied cells, as `ops.max` does).
+
+    That gather has a data-dependent size, which XLA cannot compile: traced
+    for XLA (`tf.function(jit_compile=True)`, `extract(jit_compile=True)`),
+    the same maxima come from `box_max_pool_static` instead.
     """
+    if _in_xla_context():
+        return box_max_pool_static(x, boxes)
     shape = ops.shape(x)
     channels = x.shape[-1] if x.shape[-1] is not None else shape[3]
     cells = tf.reshape(boxes_to_cells(boxes, shape[1], shape[2]), (-1, 4))
@@ -249,6 +255,104 @@ def box_max_pool(x, boxes):
     values = tf.gather(tf.reshape(x, (-1, channels)), index)
     pooled = tf.math.unsorted_segment_max(values, box, tf.size(areas))
     return tf.reshape(pooled, (shape[0], count, channels))
+
+
+def _in_xla_context():
+    """Whether the graph being traced is compiled by XLA (TF internal API;
+    if it moves, the static form is used everywhere: same maxima)."""
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - TensorFlow moved it
+        return True
+    if tf.executing_eagerly():
+        return False
+    graph = tf_ops.get_default_graph()
+    return control_flow_util.GraphOrParentsInXlaContext(graph)
+
+
+def _gather_rows(table, index):
+    """`table (B, R, W, C)`, `index (B, N)` -> `table[b, index[b, n]]`,
+    `(B, N, W, C)`: one gather of rows of the flattened table (faster
+    under XLA than a gather with `batch_dims`)."""
+    shape = tf.shape(table)
+    flat = tf.reshape(table, tf.stack([-1, shape[2], shape[3]]))
+    return tf.gather(flat, index + tf.range(shape[0])[:, None] * shape[1])
+
+
+def _next_level(table, step):
+    """Doubling: `T_{k+1}[i] = max(T_k[i], T_k[i + step])` along H, for
+    `step = 2**k`; entries past `H - 2 * step` are never read."""
+    height = tf.shape(table)[1]
+    ahead = tf.minimum(tf.range(height) + step, height - 1)
+    return tf.maximum(table, tf.gather(table, ahead, axis=1))
+
+
+def box_max_pool_static(x, boxes):
+    """`box_max_pool` with static intermediate shapes, for XLA.
+
+    The same maxima (max is exact), in two steps. Rows: a sparse table
+    along H, `T_k[i] = max(x[i : i + 2**k])` built by doubling, gives the
+    maximum of the rows `[y0, y1)` of every column as
+    `max(T_k[y0], T_k[y1 - 2**k])` with `2**k <= y1 - y0 < 2**(k + 1)`.
+    Columns: a masked max over W of those `(B, N, W, C)` row maxima.
+    With H known at trace (as `extract(jit_compile=True)` traces) the
+    `L = bit_length(H)` levels are stacked and read with two gathers;
+    else a `tf.while_loop` reads each level in turn (two gathers a
+    level). Memory: about `B * (2 * N * W * C + L * H * W * C)` values,
+    against `sum of box areas * C` for `box_max_pool`'s gather. The
+    gradient goes to one maximal cell per row range when cells tie
+    (`box_max_pool` splits it between them); XLA compiles it only with H
+    known at trace (the while loop's gradient needs a bound on its
+    iterations, which would multiply the memory kept for it).
+    """
+    x = tf.convert_to_tensor(x)
+    shape = tf.shape(x)
+    height, width = shape[1], shape[2]
+    cells = boxes_to_cells(boxes, height, width)
+    x0, y0, x1, y1 = tf.unstack(cells, axis=-1)  # (B, N) each
+    rows_high = y1 - y0  # At least 1 (boxes_to_cells).
+    if x.shape[1] is not None:
+        # Rows [y0, y1) of a box of height h, 2**k <= h < 2**(k + 1): the
+        # max of [y0, y0 + 2**k) and [y1 - 2**k, y1), read from level k.
+        tables = [x]
+        for k in range(1, int(x.shape[1]).bit_length()):
+            tables.append(_next_level(tables[-1], 2 ** (k - 1)))
+        steps = tf.constant([2**k for k in range(len(tables))], tf.int32)
+        level = tf.reduce_sum(
+            tf.cast(rows_high[..., None] >= steps, tf.int32), axis=-1
+        )
+        level -= 1
+        stacked = tf.concat(tables, axis=1)  # (B, L * H, W, C)
+        start = level * height
+        top = _gather_rows(stacked, start + y0)
+        bottom = _gather_rows(stacked, start + y1 - tf.gather(steps, level))
+        rows = tf.maximum(top, bottom)
+    else:
+
+        def one_level(step, table, rows):
+            # The boxes of height step <= h < 2 * step (the others are
+            # clamped inside the map and not kept).
+            top = _gather_rows(table, y0)
+            bottom = _gather_rows(table, tf.maximum(y1 - step, 0))
+            here = (rows_high >= step) & (rows_high < 2 * step)
+            here = here[..., None, None]
+            rows = tf.where(here, tf.maximum(top, bottom), rows)
+            return step * 2, _next_level(table, step), rows
+
+        rows = tf.zeros(
+            tf.stack([shape[0], tf.shape(boxes)[1], width, shape[3]]), x.dtype
+        )
+        _, _, rows = tf.while_loop(
+            lambda step, table, rows: step <= height,
+            one_level,
+            [tf.constant(1, tf.int32), x, rows],
+        )
+    # Columns [x0, x1) of every box: masked max over W.
+    column = tf.range(width)[None, None, :]
+    inside = (column >= x0[..., None]) & (column < x1[..., None])
+    lowest = tf.constant(x.dtype.min, x.dtype)
+    return tf.reduce_max(tf.where(inside[..., None], rows, lowest), axis=2)
 
 
 def grid_boxes(regions):

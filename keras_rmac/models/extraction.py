@@ -19,7 +19,8 @@ speed"):
   never again. With `jit_compile=True` (XLA) a function is traced per
   input height and width, which XLA needs anyway (it compiles per shape).
 - **Precision.** `precision="mixed_float16"` or `"mixed_bfloat16"` traces
-  the model with every layer under that Keras dtype policy (variables
+  the model with every backbone layer (and those of the RPN's frozen
+  copy of the backbone tail) under that Keras dtype policy (variables
   stay float32 and are read live, so training or `adapt_pca` afterwards
   is seen); descriptors come back as float32. For accelerators: on CPU
   these are slow.
@@ -61,8 +62,10 @@ def validate_precision(precision: str) -> str:
 def backbone_policy(model, policy: str):
     """The layers of `model.backbone` under the Keras dtype policy `policy`.
 
-    Only the backbone: the preprocessing and the R-MAC head stay float32
-    (the head casts the features back), so the descriptor loses only the
+    Only the backbone, and the RPN's frozen copy of its tail when there is
+    one (`proposal_from`: it computes what the backbone computes): the
+    preprocessing and the R-MAC head stay float32 (the head casts the
+    features back, the RPN its maps), so the descriptor loses only the
     backbone's rounding. The previous policies are restored on exit. Used
     while tracing: the traced graph keeps the precision it was traced
     with.
@@ -70,8 +73,14 @@ def backbone_policy(model, policy: str):
     if policy == "float32":
         yield
         return
-    backbone = model.backbone
-    layers = list(backbone._flatten_layers(include_self=True, recursive=True))
+    networks = [model.backbone]
+    if getattr(model, "proposal_tail", None) is not None:
+        networks.append(model.proposal_tail)
+    layers = [
+        layer
+        for network in networks
+        for layer in network._flatten_layers(include_self=True, recursive=True)
+    ]
     saved = [layer.dtype_policy for layer in layers]
     try:
         for layer in layers:

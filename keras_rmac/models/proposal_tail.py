@@ -88,9 +88,11 @@ class ProposalSource:
     One pass over the backbone (from its input, or from layer `start`'s
     input: the cached-features tail) gives its output and the input of
     layer `layer_name` (the cut); `frozen` (the copy of the layers from
-    the cut on) turns the cut into the maps the RPN reads, in float32 and
-    in inference mode. A plain object, not a Keras layer: the backbone's
-    layers belong to the model that holds it, which saves them.
+    the cut on) turns the cut into the maps the RPN reads, in inference
+    mode and in the copy's compute dtype (that of the backbone's layers
+    under the model's dtype policy; the RPN proposes in float32). A
+    plain object, not a Keras layer: the backbone's layers belong to the
+    model that holds it, which saves them.
 
     Args:
         backbone: functional `keras.Model`.
@@ -125,7 +127,9 @@ class ProposalSource:
             features, cut = self.model(x, training=training), x
         else:
             features, cut = self.model(x, training=training)
-        maps = self.frozen(ops.cast(cut, "float32"), training=False)
+        # The copy computes under its own dtype policy, the backbone's
+        # (float16 under mixed_float16); the RPN casts its maps to float32.
+        maps = self.frozen(cut, training=False)
         return features, ops.stop_gradient(maps)
 
 

@@ -30,17 +30,20 @@ class TrainConfig:
         rpn_model: a `model.keras` of `train_rpn`: the descriptor pools the
             learned regions of its frozen RPN (backbone, preprocessing and
             proposals come from that file; `backbone`, `weights` and
-            `levels` are then unused). The proposals stay fixed while the
-            descriptor trains: when part of the backbone trains, the RPN
-            reads a frozen copy of the backbone from the `trainable_from`
-            cut to its output (`RMACModel(proposal_from=<that layer>)`; a
-            fraction resolves to a layer name, moved back to the nearest
-            layer a skip connection does not cross; None: the whole
-            backbone), fed by the frozen prefix, with the weights the RPN
-            was trained on. It costs one more pass through the trained
-            part of the backbone per image (at training and inference)
-            and a copy of its weights in the saved model. Defaults to None
-            (the grid).
+            `levels` are then unused). Defaults to None (the grid).
+        fixed_proposals: with `rpn_model`, keep the proposals fixed while
+            the descriptor trains: when part of the backbone trains, the
+            RPN reads a frozen copy of the backbone from the
+            `trainable_from` cut to its output
+            (`RMACModel(proposal_from=<that layer>)`; a fraction resolves
+            to a layer name, moved back to the nearest layer a skip
+            connection does not cross; None: the whole backbone), fed by
+            the frozen prefix, with the weights the RPN was trained on.
+            The cost: one more pass through the trained part of the
+            backbone per image (at training and inference) and a copy of
+            its weights in the saved model. False: no copy; the RPN reads
+            the trained backbone's output, so its proposals move as the
+            backbone trains. Unused without `rpn_model`. Defaults to True.
         trainable_from: first backbone layer trained (name), or fraction
             of the backbone frozen; None trains all.
         freeze_batchnorm: BatchNorm in inference mode with fixed
@@ -126,6 +129,7 @@ class TrainConfig:
     levels: int = 3
     pooling: str = "rmac"
     rpn_model: str | None = None
+    fixed_proposals: bool = True
     pca_dim: int | None = None
     trainable_from: str | float | None = None
     freeze_batchnorm: bool = True
@@ -191,6 +195,11 @@ class TrainConfig:
         if not self.learning_rate > 0:
             raise ValueError(
                 f"learning_rate must be > 0, got {self.learning_rate}."
+            )
+        if not isinstance(self.fixed_proposals, bool):
+            raise ValueError(
+                "fixed_proposals must be True or False, got "
+                f"{self.fixed_proposals!r}."
             )
         if self.cache_features and (
             not isinstance(self.trainable_from, str) or self.augment

@@ -91,9 +91,13 @@ def _default_embedding(config):
         from keras_rmac.training.rpn import rpn_embedding
 
         # The RPN reads a frozen copy of the backbone from the
-        # trainable_from cut on: training leaves the proposals fixed.
+        # trainable_from cut on (fixed_proposals): training leaves the
+        # proposals fixed.
         return rpn_embedding(
-            config.rpn_model, config.pca_dim, config.trainable_from
+            config.rpn_model,
+            config.pca_dim,
+            config.trainable_from,
+            config.fixed_proposals,
         )
     return RMACModel(
         config.backbone,

@@ -320,16 +320,21 @@ class _Trainer:
         return self.step
 
 
-def rpn_embedding(path, pca_dim=None, trainable_from=1.0) -> RMACModel:
+def rpn_embedding(
+    path, pca_dim=None, trainable_from=1.0, fixed_proposals=True
+) -> RMACModel:
     """A fresh `RMACModel(regions="rpn")` with the backbone and frozen RPN
     of the `train_rpn` model at `path`, for training the descriptor on the
     learned regions (shift + PCA is learned anew, of size `pca_dim`).
 
     `trainable_from` is where the backbone will be trained from (as
-    `TripletModel` reads it; 1.0: not at all). When some of it trains, the
-    model gets `proposal_from=proposal_cut(backbone, trainable_from)`: the
-    RPN reads a frozen copy of the backbone from that cut, with the
-    weights it was trained on, so that the proposals stay fixed.
+    `TripletModel` reads it; 1.0: not at all). When some of it trains and
+    `fixed_proposals` is True (the default), the model gets
+    `proposal_from=proposal_cut(backbone, trainable_from)`: the RPN reads
+    a frozen copy of the backbone from that cut, with the weights it was
+    trained on, so that the proposals stay fixed. False: no copy (the
+    proposals follow the trained backbone; no extra pass, no copy of the
+    weights).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -350,7 +355,11 @@ def rpn_embedding(path, pca_dim=None, trainable_from=1.0) -> RMACModel:
         pca_dim=pca_dim,
         regions="rpn",
         rpn_options=trained.rpn_options,
-        proposal_from=proposal_cut(trained.backbone, trainable_from),
+        proposal_from=(
+            proposal_cut(trained.backbone, trainable_from)
+            if fixed_proposals
+            else None
+        ),
     )
     model.backbone_name = trained.backbone_name
     for mine, theirs in zip(model.pool.weights, trained.pool.weights):
@@ -365,6 +374,8 @@ def train_rpn(config: RPNConfig, model: RMACModel | None = None) -> RPNResult:
         config: `RPNConfig`.
         model: optional `RMACModel(regions="rpn")` whose RPN is trained
             (e.g. with a custom backbone); None builds one from `config`.
+            With `proposal_from` set, the RPN learns on its frozen copy's
+            maps (those it reads at inference), not the backbone's.
 
     Returns:
         `RPNResult`; the trained model is `<output_dir>/model.keras`.

@@ -10,7 +10,9 @@ does not grow with the list:
 - `<key>`: `feature_cache.features_key` of the backbone (its weights and
   arithmetic) with the preprocessing, the image size and the resizing:
   another backbone, other weights or another `image_size` write to another
-  folder and never read a stale file.
+  folder and never read a stale file. A model with `proposal_from` (the
+  RPN reads a frozen copy of the backbone tail) caches the copy's maps,
+  which the RPN reads at inference, keyed by the copy's weights too.
 - `<name>`: a hash of the image's absolute path, byte size and modification
   time (`<ab>` its first two digits, so that no folder holds millions of
   files): an image replaced on disk is computed anew. The boxes are not in
@@ -58,6 +60,10 @@ def backbone_key(model, image_size) -> str:
         str, 16 hex digits: the folder of the cached maps.
     """
     settings = ["rpn", model.preprocessing, int(image_size), "longest_side"]
+    if getattr(model, "proposal_tail", None) is not None:
+        # The RPN reads the frozen copy's maps: its weights decide them.
+        tail = features_key(model.proposal_tail, [])
+        settings += ["proposal_from", model.proposal_from, tail]
     return features_key(model.backbone, settings)
 
 
@@ -165,10 +171,17 @@ def load_map(path):
 
 
 def _backbone_function(model):
-    """The frozen backbone on one preprocessed image, traced once."""
+    """The maps the RPN reads, of one image, traced once: the frozen
+    backbone's output, or with `proposal_from` its frozen copy's."""
+
+    def maps(x):
+        features, proposal_maps = model.backbone_maps(
+            model.preprocess(x), training=False
+        )
+        return features if proposal_maps is None else proposal_maps
+
     return tf.function(
-        lambda x: model.backbone(model.preprocess(x), training=False),
-        input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)],
+        maps, input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)]
     )
 
 
@@ -191,13 +204,15 @@ def _warn_stale(root, key):
 def cache_boxed_features(model, images, config):
     """`(BoxedFeatures, bad files)`: the boxed images' maps, on disk.
 
-    Every image of `images` with a box gets its backbone feature map in
+    Every image of `images` with a box gets the feature map its RPN reads
+    (the backbone's, or its frozen copy's with `proposal_from`) in
     `<config.output_dir>/rpn_features/<key>/` (see the module docstring);
     images whose file is already there are not decoded again. Unreadable
     images are skipped and listed, as everywhere in keras_rmac.
 
     Args:
-        model: `RMACModel` whose frozen backbone computes the maps.
+        model: `RMACModel` whose frozen backbone (and proposal copy, if
+            any) computes the maps.
         images: `LabelledImages` with boxes (NaN: no box, skipped).
         config: `RPNConfig` (`output_dir`, `image_size`, `num_workers`,
             `verbose`, `train_list` for messages).

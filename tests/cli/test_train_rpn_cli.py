@@ -65,3 +65,13 @@ def test_train_accepts_rpn_model():
     from keras_rmac.cli.train import config_from_args
 
     assert config_from_args(args).rpn_model == "r.keras"
+
+
+def test_train_no_fixed_proposals_flag():
+    from keras_rmac.cli.train import config_from_args
+
+    parser = cli_main.build_parser("train")
+    argv = ["train", "--train-dir", "d", "--out", "o", "--rpn-model", "r"]
+    assert config_from_args(parser.parse_args(argv)).fixed_proposals
+    args = parser.parse_args([*argv, "--no-fixed-proposals"])
+    assert config_from_args(args).fixed_proposals is False

@@ -275,3 +275,81 @@ def test_pooling_the_grid_boxes_equals_rmac_pooling(shape):
     got = box_ops.box_max_pool(x, boxes).numpy()
     np.testing.assert_array_equal(got, functional.rmac_pooling(x).numpy())
     np.testing.assert_array_equal(got, oracle_region_vectors(x, regions))
+
+
+def _random_boxes(rng, batch, count, h, w):
+    boxes = rng.uniform(-1, max(h, w) + 1, (batch, count, 4)).astype("f4")
+    boxes[..., 2:] = np.maximum(boxes[..., 2:], boxes[..., :2])
+    return boxes
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (4, 5), (13, 9)])
+def test_static_box_max_pool_matches_oracle(shape):
+    # The XLA form, eagerly (H known: the levels are a Python loop), on
+    # random boxes plus the whole map and single cells at the far corner.
+    h, w = shape
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, h, w, 3)).astype("f4")
+    boxes = _random_boxes(rng, 2, 8, h, w)
+    boxes[0, 0] = [0, 0, w, h]
+    boxes[1, 0] = [w - 1, h - 1, w, h]
+    cells = box_ops.boxes_to_cells(boxes, h, w).numpy()
+    got = box_ops.box_max_pool_static(x, boxes).numpy()
+    np.testing.assert_array_equal(got, oracle_box_pool(x, cells))
+    half = x.astype("f2")
+    np.testing.assert_array_equal(
+        box_ops.box_max_pool_static(half, boxes).numpy(),
+        oracle_box_pool(half, cells),
+    )
+
+
+def test_box_max_pool_compiles_with_xla_for_unknown_and_known_sizes():
+    # Unknown sizes at trace: the XLA form's levels are a tf.while_loop.
+    # The boxes are computed in the graph, as in a model (a random 0):
+    # arguments alone XLA would take as compile-time constants (compiling
+    # once per value), and today's gather would compile.
+    def pool(x, boxes):
+        zero = tf.floor(tf.random.uniform([], 0.0, 0.5))
+        return box_ops.box_max_pool(x, boxes + zero)
+
+    unknown = tf.function(
+        pool,
+        jit_compile=True,
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3]),
+            tf.TensorSpec([None, None, 4]),
+        ],
+    )
+    rng = np.random.default_rng(7)
+    for h, w in [(1, 1), (2, 9), (8, 3), (16, 17)]:
+        x = rng.normal(size=(2, h, w, 3)).astype("f4")
+        boxes = _random_boxes(rng, 2, 5, h, w)
+        want = oracle_box_pool(x, box_ops.boxes_to_cells(boxes, h, w).numpy())
+        np.testing.assert_array_equal(unknown(x, boxes).numpy(), want)
+        known = tf.function(pool, jit_compile=True)
+        np.testing.assert_array_equal(known(x, boxes).numpy(), want)
+
+
+def test_static_box_max_pool_gradient_matches_oracle():
+    rng = np.random.default_rng(8)
+    x = rng.permutation(2 * 5 * 6 * 3).reshape(2, 5, 6, 3).astype("f4")
+    boxes = _random_boxes(rng, 2, 9, 5, 6)
+    boxes[0, 0] = [0, 0, 6, 5]
+    boxes[1, 1] = boxes[1, 2]
+    weights = rng.normal(size=(2, 9, 3)).astype("f4")
+    cells = box_ops.boxes_to_cells(boxes, 5, 6).numpy()
+    want = oracle_box_pool_gradient(x, cells, weights)
+
+    def gradient(xt, pool):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(pool(xt, boxes) * weights)
+        return tape.gradient(loss, xt)
+
+    got = gradient(tf.constant(x), box_ops.box_max_pool_static)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+    # Compiled by XLA (shapes known at trace), through box_max_pool.
+    compiled = tf.function(
+        lambda xt: gradient(xt, box_ops.box_max_pool), jit_compile=True
+    )
+    np.testing.assert_allclose(compiled(x).numpy(), want, rtol=1e-6)

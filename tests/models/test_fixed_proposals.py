@@ -213,3 +213,78 @@ def test_proposal_cut_moves_back_before_a_skip_connection():
     np.testing.assert_allclose(
         frozen_tail(backbone, "inner")(stem), backbone(x), atol=1e-5
     )
+
+
+@pytest.mark.parametrize("proposal_from", [None, "c2"])
+def test_extract_with_xla_equals_extract_without(proposal_from):
+    # XLA compiles the learned regions too (box max-pooling with static
+    # shapes), with or without the RPN's frozen copy; two image sizes.
+    model = rpn_model(proposal_from=proposal_from, pca_dim=5)
+    model.adapt_pca(_images(3, seed=5))
+    for side in (40, 29):
+        images = _images(3, seed=6, side=side)
+        np.testing.assert_allclose(
+            model.extract(images, jit_compile=True),
+            model.extract(images),
+            atol=1e-5,
+        )
+
+
+def _cosines(a, b):
+    return np.sum(a * b, axis=1) / (
+        np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    )
+
+
+def _copy_dtypes(model):
+    return {layer.compute_dtype for layer in model.proposal_tail.layers[1:]}
+
+
+@pytest.fixture
+def mixed_float16_policy():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_the_copy_follows_a_mixed_float16_global_policy(mixed_float16_policy):
+    # Built under mixed_float16, backbone and copy compute in float16; the
+    # RPN still proposes in float32. Tolerance: cosine >= 0.995 with the
+    # float32 model's descriptors (measured: >= 0.99999, largest entry
+    # difference 3e-4; float16 rounding of the maps, same proposals here).
+    model = rpn_model(proposal_from="c2")
+    assert _copy_dtypes(model) == {"float16"}
+    assert model.backbone.get_layer("c3").compute_dtype == "float16"
+    assert all(w.dtype == "float32" for w in model.pool.weights)
+    images = _images(3, seed=7)
+    features, maps = model.backbone_maps(model.preprocess(images))
+    assert features.dtype == maps.dtype == "float16"
+    got = model.extract(images)
+    keras.mixed_precision.set_dtype_policy("float32")
+    want = rpn_model(proposal_from="c2").extract(images)
+    assert np.all(np.isfinite(got))
+    assert np.min(_cosines(got, want)) >= 0.995
+
+
+def test_extract_in_mixed_float16_runs_the_copy_in_float16():
+    # precision= puts the backbone under the policy while tracing: the
+    # copy of its tail too (it computed float32 maps before).
+    model = rpn_model(proposal_from="c2")
+    seen = []
+    tail_call = model.proposal_tail.call
+
+    def spy(*args, **kwargs):
+        out = tail_call(*args, **kwargs)
+        seen.append((_copy_dtypes(model), out.dtype))
+        return out
+
+    model.proposal_tail.call = spy
+    images = _images(3, seed=8)
+    got = model.extract(images, precision="mixed_float16")
+    assert seen and seen[-1] == ({"float16"}, "float16")
+    assert _copy_dtypes(model) == {"float32"}  # Restored after tracing.
+    want = model.extract(images)
+    assert np.all(np.isfinite(got))
+    assert np.min(_cosines(got, want)) >= 0.995
