@@ -366,3 +366,55 @@ def test_fixed_proposals_switch_turns_the_proposal_copy_on_and_off(tmp_path):
         assert (model.proposal_tail is None) == (not fixed)
     with pytest.raises(ValueError, match="fixed_proposals"):
         TrainConfig(**settings, fixed_proposals="no").validate()
+
+
+@pytest.mark.parametrize(
+    "rpn_model, resize, image_size, cached, want",
+    [
+        (None, "longest", None, False, "auto"),
+        ("rpn.keras", "square", 64, False, "auto"),
+        ("rpn.keras", "longest", 64, True, "auto"),
+        ("rpn.keras", "longest", 64, False, False),
+        ("rpn.keras", "square", None, False, False),
+    ],
+)
+def test_jit_compile_off_for_learned_regions_of_unfixed_height(
+    rpn_model, resize, image_size, cached, want
+):
+    from keras_rmac.training import TrainConfig
+    from keras_rmac.training.loop import jit_compile_setting
+
+    config = TrainConfig(
+        rpn_model=rpn_model, resize=resize, image_size=image_size
+    )
+    assert jit_compile_setting(config, cached) == want
+
+
+def test_xla_refuses_the_box_pooling_gradient_of_an_unknown_height():
+    # Why `jit_compile_setting` turns XLA off there: if this ever
+    # compiles, the exception can go.
+    from keras_rmac.layers import box_ops
+
+    def gradient(x, boxes):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(box_ops.box_max_pool(x, boxes))
+        return tape.gradient(loss, x)
+
+    compiled = tf.function(
+        gradient,
+        jit_compile=True,
+        input_signature=[
+            tf.TensorSpec([1, None, None, 2]),
+            tf.TensorSpec([1, None, 4]),
+        ],
+    )
+    x = np.ones((1, 4, 4, 2), "f4")
+    boxes = np.array([[[0, 0, 2, 2]]], "f4")
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="fixed tensor list size"
+    ):
+        compiled(x, boxes)
+    # Known at trace, it compiles (and square training images give that).
+    known = tf.function(gradient, jit_compile=True)
+    assert known(x, boxes).numpy().sum() == 2.0

@@ -332,6 +332,17 @@ def build_loss(config: TrainConfig):
     return TripletMarginLoss(margin=config.loss_margin)
 
 
+def jit_compile_setting(config: TrainConfig, cached: bool):
+    """`Model.compile`'s `jit_compile` for a training run: Keras's `"auto"`
+    (XLA with a GPU, not on CPU nor under `tf.distribute`), except False
+    for learned regions on images whose height is not fixed (not
+    `resize="square"` with an `image_size`, nor cached features): XLA
+    compiles the gradient of their box max-pooling only with the feature
+    map's height known when traced (`box_ops.box_max_pool_static`)."""
+    fixed = cached or (config.resize == "square" and bool(config.image_size))
+    return False if config.rpn_model and not fixed else "auto"
+
+
 def _triplet_model(config, net, features):
     """The compiled `TripletModel` (or `ListwiseModel` for the AP loss) of
     `net`, every variable created."""
@@ -344,7 +355,11 @@ def _triplet_model(config, net, features):
         model = ListwiseModel(net, chunk_size=config.chunk_size, **settings)
     else:
         model = TripletModel(net, **settings)
-    model.compile(optimizer=build_optimizer(config), loss=build_loss(config))
+    model.compile(
+        optimizer=build_optimizer(config),
+        loss=build_loss(config),
+        jit_compile=jit_compile_setting(config, cached=features is not None),
+    )
     # Create every variable (BackupAndRestore restores into them).
     if features is not None:
         shape = (1,) + features.shape[1:]
