@@ -16,7 +16,10 @@ as Beam pipelines instead of in this process:
   (`BuildIndexShards`); on a local one (`DirectRunner`) this process
   builds them in threads, as `ShardedIndex` does, since a second local
   pipeline would only start its worker processes (TensorFlow imports
-  and all) again on the same cores.
+  and all) again on the same cores. Either way, fast-mode parts whose
+  merged results miss the recall target are built once more with more
+  leaves, or without a tree when small (`build_with_fallback` for a
+  remote runner).
 """
 
 from __future__ import annotations
@@ -231,12 +234,61 @@ def build_on_beam(job, records, *, index_shards, runner, pipeline_args):
         )
         if leaves:
             index_options["num_leaves"] = leaves
+
+    def build(options):
+        parts = _write_parts(job, work, descriptors, paths, bounds, options)
+        pipeline.run_index_build(
+            parts,
+            kind=settings.mode,
+            dimension=dimension,
+            index_options=options,
+            metadata=metadata,
+            runner=runner,
+            pipeline_args=pipeline_args,
+        )
+        index = ShardedIndex.from_shards(
+            [p["target"] for p in parts], metadata=metadata
+        )
+        index.tune(descriptors)  # The merged operating point (ScaNN parts).
+        return index
+
+    index = build_with_fallback(
+        build, index_options, settings.mode, int(np.diff(bounds).min())
+    )
+    version = _save_version(job, index)  # Hard links to the parts.
+    shutil.rmtree(work, ignore_errors=True)
+    return version
+
+
+def build_with_fallback(build, options, mode, rows):
+    """`build(options)`, a `ShardedIndex` of parts built elsewhere and
+    tuned; built once more when its merged recall target is missed, as
+    `ShardedIndex.build` does for shards it builds itself: with
+    `REBUILD_LEAVES_FACTOR` times the leaves, or no tree for parts of
+    fewer than `MIN_TREE_SIZE` rows (fast mode, a tree given by the
+    policy; `rows`: rows of the smallest part)."""
+    from keras_rmac.search import scann_policy
+    from keras_rmac.search import scann_tuning
+
+    index = build(options)
+    point = index.operating_point
+    leaves = options.get("num_leaves")
+    if mode != "fast" or not leaves or point is None or point.reached:
+        return index
+    small = rows < scann_policy.MIN_TREE_SIZE
+    factor = scann_tuning.REBUILD_LEAVES_FACTOR
+    return build({**options, "num_leaves": 0 if small else factor * leaves})
+
+
+def _write_parts(job, work, descriptors, paths, bounds, options):
+    """The parts' descriptor files and specs (`BuildIndexShardFn`'s
+    input); a part's key covers its rows, paths, options and model."""
     parts = []
     for number, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
         x = np.ascontiguousarray(descriptors[start:stop])
         ids = np.arange(start, stop, dtype=np.int64)
         digest = hashlib.sha256(x.tobytes())
-        digest.update(json.dumps([settings.mode, index_options]).encode())
+        digest.update(json.dumps([job.settings.mode, options]).encode())
         digest.update(json.dumps(paths[start:stop]).encode())
         digest.update(job.fingerprint.encode())
         part = os.path.join(work, f"{number:05d}")
@@ -252,22 +304,7 @@ def build_on_beam(job, records, *, index_shards, runner, pipeline_args):
                 "target": part + ".index",
             }
         )
-    pipeline.run_index_build(
-        parts,
-        kind=settings.mode,
-        dimension=dimension,
-        index_options=index_options,
-        metadata=metadata,
-        runner=runner,
-        pipeline_args=pipeline_args,
-    )
-    index = ShardedIndex.from_shards(
-        [p["target"] for p in parts], metadata=metadata
-    )
-    index.tune(descriptors)  # The merged operating point (ScaNN parts).
-    version = _save_version(job, index)  # Hard links to the parts.
-    shutil.rmtree(work, ignore_errors=True)
-    return version
+    return parts
 
 
 def is_local_runner(runner: str) -> bool:
