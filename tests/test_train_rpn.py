@@ -109,6 +109,20 @@ def _model(config):
     )
 
 
+def _small_rpn(csv, output_dir, **overrides):
+    """A tiny RPN's `RPNConfig`: one anchor shape, top 3, 1 epoch."""
+    settings = dict(
+        image_size=48,
+        sizes=(3.0,),
+        ratios=(1.0,),
+        top_n=3,
+        hidden=4,
+        epochs=1,
+        num_workers=0,
+    )
+    return rpn.RPNConfig(csv, str(output_dir), **{**settings, **overrides})
+
+
 def test_rpn_learns_the_boxes_of_synthetic_images_and_resumes(tmp_path):
     csv = _write_rectangles(str(tmp_path), 12, seed=0)
     config = rpn.RPNConfig(
@@ -180,17 +194,7 @@ def test_descriptor_trains_on_the_learned_regions_with_the_rpn_frozen(
     from keras_rmac.training import train
 
     csv = _write_rectangles(str(tmp_path), 12, seed=1, classes=3)
-    config = rpn.RPNConfig(
-        csv,
-        str(tmp_path / "rpn"),
-        image_size=48,
-        sizes=(3.0,),
-        ratios=(1.0,),
-        top_n=3,
-        hidden=4,
-        epochs=1,
-        num_workers=0,
-    )
+    config = _small_rpn(csv, tmp_path / "rpn")
     rpn_path = rpn.train_rpn(config, model=_model(config)).model_path
     trained_rpn = keras.models.load_model(rpn_path)
     layers = [layer.name for layer in trained_rpn.backbone.layers]
@@ -270,18 +274,7 @@ def test_train_rpn_with_a_proposal_copy_trains_on_the_copys_maps(tmp_path):
     # at inference. Oracle: the same run on a model without a copy whose
     # backbone still has the copy's weights (same maps, same seeds).
     csv = _write_rectangles(str(tmp_path), 6, seed=2)
-    config = rpn.RPNConfig(
-        csv,
-        str(tmp_path / "copy"),
-        image_size=48,
-        sizes=(3.0,),
-        ratios=(1.0,),
-        top_n=3,
-        hidden=4,
-        epochs=2,
-        learning_rate=3e-3,
-        num_workers=0,
-    )
+    config = _small_rpn(csv, tmp_path / "copy", epochs=2, learning_rate=3e-3)
     oracle = _model(config)
     backbone = tiny_backbone()
     cut = backbone.layers[3].name
@@ -323,17 +316,7 @@ def test_fixed_proposals_switch_turns_the_proposal_copy_on_and_off(tmp_path):
     from keras_rmac.training import train
 
     csv = _write_rectangles(str(tmp_path), 9, seed=3, classes=3)
-    config = rpn.RPNConfig(
-        csv,
-        str(tmp_path / "rpn"),
-        image_size=48,
-        sizes=(3.0,),
-        ratios=(1.0,),
-        top_n=3,
-        hidden=4,
-        epochs=1,
-        num_workers=0,
-    )
+    config = _small_rpn(csv, tmp_path / "rpn")
     rpn_path = rpn.train_rpn(config, model=_model(config)).model_path
     first = keras.models.load_model(rpn_path).backbone.layers[1].name
     on = rpn.rpn_embedding(rpn_path, trainable_from=None)
