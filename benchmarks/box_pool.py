@@ -10,7 +10,14 @@ two ways that give the same maxima:
   by doubling along H, read with two row gathers per box, then a masked
   max over W; every intermediate has a shape fixed by B, N, H, W, C.
 
-Both are timed in graph mode (`tf.function`, no XLA), forward alone and
+The static form is timed twice: traced for the exact shapes (its
+levels stacked by a Python loop) and traced with H and W unknown, as
+`RMACModel.extract` traces without XLA (its levels built in a
+`tf.while_loop`); the gather is traced with H and W unknown (its graph
+does not depend on them). `box_max_pool` picks one of the two forms by
+`N >= bit_length(H) * H` (the table's rows); the table says which.
+
+All are timed in graph mode (`tf.function`, no XLA), forward alone and
 forward + backward (the gradient of `sum(pool(x) * w)` with respect to
 `x`, a fixed random `w`, as training takes it), on the feature maps of
 the backbones users run: 8x8x1280 (MobileNetV2 at 256 px), 16x16x1280
@@ -20,8 +27,8 @@ real proposals: the square root of the area log-uniform from 1 cell to the
 whole map, the height/width ratio log-uniform in [1/2, 2] (the anchors'),
 the centre uniform over the map, clipped to it (seed 0).
 
-In one process, in interleaved rounds (the two paths of a case side by
-side, which goes first swapped every round, one untimed warm-up round that
+In one process, in interleaved rounds (the three paths of a case side by
+side, which goes first rotated every round, one untimed warm-up round that
 traces); each figure is the median over rounds of the time of one call
 (calls repeated within a round until 50 ms, averaged). The ratio of a
 case is the median over rounds of gather time / static time measured in
@@ -73,9 +80,11 @@ flags.DEFINE_float("min_time", 0.05, "Seconds of calls per measurement.")
 flags.DEFINE_bool("write", True, "Write the section of RESULTS.md.")
 
 SECTION = "box_pool"
+# name -> (function, H and W unknown at trace).
 PATHS = {
-    "gather": box_ops.box_max_pool_gather,
-    "static": box_ops.box_max_pool_static,
+    "gather": (box_ops.box_max_pool_gather, True),
+    "static": (box_ops.box_max_pool_static, False),
+    "static, H unknown": (box_ops.box_max_pool_static, True),
 }
 MODES = ("forward", "forward+backward")
 
@@ -92,8 +101,17 @@ def proposal_boxes(rng, batch, count, height, width):
     return box_ops.clip_boxes(boxes.astype("f4"), height, width).numpy()
 
 
-def make_functions(pool):
-    """Graph-mode forward and forward + backward of one pooling path."""
+def make_functions(pool, unknown, channels, count):
+    """Graph-mode forward and forward + backward of one pooling path,
+    traced with H and W unknown (as `extract` traces without XLA) or for
+    the exact shapes."""
+    maps = tf.TensorSpec([None, None, None, channels])
+    boxes = tf.TensorSpec([None, count, 4])
+    weights = tf.TensorSpec([None, count, channels])
+    signatures = {
+        "forward": [maps, boxes] if unknown else None,
+        "forward+backward": [maps, boxes, weights] if unknown else None,
+    }
 
     def forward(x, boxes):
         return pool(x, boxes)
@@ -105,8 +123,8 @@ def make_functions(pool):
         return tape.gradient(loss, x)
 
     return {
-        "forward": tf.function(forward, jit_compile=False),
-        "forward+backward": tf.function(backward, jit_compile=False),
+        mode: tf.function(fn, input_signature=signatures[mode])
+        for mode, fn in (("forward", forward), ("forward+backward", backward))
     }
 
 
@@ -134,7 +152,10 @@ class Case:
         # The form box_max_pool picks for these sizes.
         static = box_ops._static_is_faster(self.x, self.boxes)
         self.default = "static" if static else "gather"
-        self.functions = {p: make_functions(f) for p, f in PATHS.items()}
+        self.functions = {
+            name: make_functions(fn, unknown, channels, count)
+            for name, (fn, unknown) in PATHS.items()
+        }
         self.repeats = {}
         self.memory = {}
 
@@ -162,9 +183,10 @@ class Case:
                 self.memory[(path, mode)] = peak_rise(
                     lambda path=path, mode=mode: self.call(path, mode)
                 )
-        np.testing.assert_array_equal(
-            outputs[("gather", "forward")], outputs[("static", "forward")]
-        )
+        for path in PATHS:
+            np.testing.assert_array_equal(
+                outputs[("gather", "forward")], outputs[(path, "forward")]
+            )
 
     def time(self, path, mode):
         repeats = self.repeats[(path, mode)]
@@ -191,9 +213,9 @@ def measure(cases, rounds):
                 case.warm_up()
                 continue
             for mode in MODES:
-                order = list(PATHS)
-                if (r + i) % 2:
-                    order.reverse()
+                # Which path goes first rotates every round.
+                shift = (r + i) % len(PATHS)
+                order = list(PATHS)[shift:] + list(PATHS)[:shift]
                 for path in order:
                     key = (case.name, path, mode)
                     times.setdefault(key, []).append(case.time(path, mode))
@@ -209,46 +231,35 @@ def milliseconds(values):
     return f"{statistics.median(values) * 1e3:.2f}"
 
 
+def ratio_cell(gather, other):
+    """Median (min-max) over rounds of gather time / other time."""
+    per_round = [g / o for g, o in zip(gather, other)]
+    ratio = statistics.median(per_round)
+    text = f"**{ratio:.2f}** ({min(per_round):.2f}-{max(per_round):.2f})"
+    return ratio, text
+
+
 def summarise(cases, times):
     rows, ratios = [], {}
+    statics = [p for p in PATHS if p != "gather"]
     for case in cases:
         spec, count, batch = case.name
         for mode in MODES:
             gather = times[(case.name, "gather", mode)]
-            static = times[(case.name, "static", mode)]
-            per_round = [g / s for g, s in zip(gather, static)]
-            ratio = statistics.median(per_round)
-            ratios[(case.name, mode)] = ratio
-            memory = [case.memory[(p, mode)] for p in PATHS]
-            rows.append(
-                [
-                    spec,
-                    count,
-                    batch,
-                    f"{case.mean_area:.0f}",
-                    case.default,
-                    mode,
-                    milliseconds(gather),
-                    milliseconds(static),
-                    f"**{ratio:.2f}** ({min(per_round):.2f}-"
-                    f"{max(per_round):.2f})",
-                    megabytes(memory[0]),
-                    megabytes(memory[1]),
-                ]
-            )
-    header = [
-        "map HxWxC",
-        "boxes",
-        "batch",
-        "mean box area (cells)",
-        "`box_max_pool` uses",
-        "pass",
-        "gather ms",
-        "static ms",
-        "gather / static time, median (min-max)",
-        "gather peak MB",
-        "static peak MB",
-    ]
+            row = [spec, count, batch, f"{case.mean_area:.0f}"]
+            row += [case.default, mode]
+            row += [milliseconds(times[(case.name, p, mode)]) for p in PATHS]
+            for path in statics:
+                ratio, text = ratio_cell(gather, times[(case.name, path, mode)])
+                ratios[(case.name, path, mode)] = ratio
+                row.append(text)
+            row += [megabytes(case.memory[(p, mode)]) for p in PATHS]
+            rows.append(row)
+    header = ["map HxWxC", "boxes", "batch", "mean box area (cells)"]
+    header += ["`box_max_pool` uses", "pass"]
+    header += [f"{p} ms" for p in PATHS]
+    header += [f"gather / {p} time" for p in statics]
+    header += [f"{p} peak MB" for p in PATHS]
     return markdown_table(header, rows), ratios
 
 
@@ -266,7 +277,11 @@ def main(argv):
     minutes = (time.time() - started) / 60
     load_after = os.getloadavg()
     table, ratios = summarise(cases, times)
-    wins = sum(r > 1 for r in ratios.values())
+    wins = {
+        path: sum(r > 1 for (_, p, _), r in ratios.items() if p == path)
+        for path in PATHS
+        if path != "gather"
+    }
     loads = (
         f"load average (1, 5, 15 min) {load_before[0]:.2f}, "
         f"{load_before[1]:.2f}, {load_before[2]:.2f} before and "
@@ -284,12 +299,20 @@ def main(argv):
         "warm-up round. Forward+backward is the gradient of "
         "`sum(pool(x) * w)` with respect to `x`. Peak MB: TensorFlow's "
         "CPU allocator (`get_memory_info`), peak during one call minus "
-        "what it held before (inputs not counted). A time ratio above 1: "
-        "the static form is faster; only ratios within this run compare "
-        "(a shared machine).\n\n"
+        "what it held before (inputs not counted). The gather and "
+        '"static, H unknown" are traced with H and W unknown, as '
+        "`extract` traces without XLA (the static form then builds its "
+        'table in a `tf.while_loop`); "static" for the exact shapes. '
+        "Time ratios gather / static, per round, median (min-max): above "
+        "1, the static form is faster; only ratios within this run "
+        "compare (a shared machine).\n\n"
         f"{table}\n\n"
-        f"The static form is faster in {wins} of {len(ratios)} "
-        "(case, pass) pairs.\n"
+        + "; ".join(
+            f"{path}: faster than the gather in {count} of "
+            f"{len(ratios) // len(wins)} (case, pass) pairs"
+            for path, count in wins.items()
+        )
+        + ".\n"
     )
     print(body)
     if FLAGS.write:

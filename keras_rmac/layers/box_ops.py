@@ -345,6 +345,24 @@ def _next_level(table, step):
     return tf.maximum(table, tf.gather(table, ahead, axis=1))
 
 
+def _read_levels(levels, y0, y1):
+    """Sparse table `levels (L, B, H, W, C)`, rows `[y0, y1)` `(B, N)` ->
+    `(B, N, W, C)` maxima of those rows: `max(T_k[y0], T_k[y1 - 2**k])`
+    with `2**k <= y1 - y0 < 2**(k + 1)`, two gathers of table rows."""
+    shape = tf.shape(levels)
+    batch, height = shape[1], shape[2]
+    powers = tf.bitwise.left_shift(1, tf.range(31))
+    level = tf.reduce_sum(
+        tf.cast((y1 - y0)[..., None] >= powers, tf.int32), axis=-1
+    )
+    level -= 1
+    flat = tf.reshape(levels, tf.stack([-1, shape[3], shape[4]]))
+    first = (level * batch + tf.range(batch)[:, None]) * height
+    top = tf.gather(flat, first + y0)
+    bottom = tf.gather(flat, first + y1 - tf.bitwise.left_shift(1, level))
+    return tf.maximum(top, bottom)
+
+
 def box_max_pool_static(x, boxes):
     """`box_max_pool` with static intermediate shapes, for XLA.
 
@@ -355,13 +373,17 @@ def box_max_pool_static(x, boxes):
     Columns: a masked max over W of those `(B, N, W, C)` row maxima.
     With H known at trace (as `extract(jit_compile=True)` traces) the
     `L = bit_length(H)` levels are stacked and read with two gathers;
-    else a `tf.while_loop` reads each level in turn (two gathers a
-    level). Memory: about `B * (2 * N * W * C + L * H * W * C)` values,
-    against `sum of box areas * C` for `box_max_pool`'s gather. The
-    gradient goes to one maximal cell per row range when cells tie
-    (`box_max_pool` splits it between them); XLA compiles it only with H
-    known at trace (the while loop's gradient needs a bound on its
-    iterations, which would multiply the memory kept for it).
+    with H unknown (as `extract` traces without XLA) a `tf.while_loop`
+    builds the same levels into a `TensorArray`, read the same way; under
+    XLA with H unknown (a `TensorArray` would need its size at compile
+    time) the loop reads each level in turn (two gathers a level).
+    Memory: about `B * (2 * N * W * C + L * H * W * C)` values, against
+    `sum of box areas * C` for `box_max_pool_gather`. The gradient, when
+    cells tie, is split between the tied columns and goes to the top-most
+    maximal cell of each (`box_max_pool_gather` splits it between all
+    of them); XLA compiles it only with H known at trace (the while
+    loop's gradient needs a bound on its iterations, which would multiply
+    the memory kept for it).
     """
     x = tf.convert_to_tensor(x)
     shape = tf.shape(x)
@@ -375,16 +397,21 @@ def box_max_pool_static(x, boxes):
         tables = [x]
         for k in range(1, int(x.shape[1]).bit_length()):
             tables.append(_next_level(tables[-1], 2 ** (k - 1)))
-        steps = tf.constant([2**k for k in range(len(tables))], tf.int32)
-        level = tf.reduce_sum(
-            tf.cast(rows_high[..., None] >= steps, tf.int32), axis=-1
+        rows = _read_levels(tf.stack(tables), y0, y1)
+    elif not _in_xla_context():
+        # H unknown at trace: the same levels, built in a tf.while_loop
+        # into a TensorArray (XLA would need its size at compile time).
+        def grow(k, table, levels):
+            table = _next_level(table, tf.bitwise.left_shift(1, k - 1))
+            return k + 1, table, levels.write(k, table)
+
+        levels = tf.TensorArray(x.dtype, size=0, dynamic_size=True)
+        _, _, levels = tf.while_loop(
+            lambda k, table, levels: tf.bitwise.left_shift(1, k) <= height,
+            grow,
+            [tf.constant(1, tf.int32), x, levels.write(0, x)],
         )
-        level -= 1
-        stacked = tf.concat(tables, axis=1)  # (B, L * H, W, C)
-        start = level * height
-        top = _gather_rows(stacked, start + y0)
-        bottom = _gather_rows(stacked, start + y1 - tf.gather(steps, level))
-        rows = tf.maximum(top, bottom)
+        rows = _read_levels(levels.stack(), y0, y1)
     else:
 
         def one_level(step, table, rows):
