@@ -269,17 +269,17 @@ def box_max_pool(x, boxes):
 
 
 def _static_is_faster(x, boxes):
-    """`N >= bit_length(H) * H` (see `box_max_pool`): a Python bool when
+    """`N > bit_length(H) * H` (see `box_max_pool`): a Python bool when
     N and H are known at trace, else a scalar bool tensor."""
     height, count = x.shape[1], getattr(boxes, "shape", (None, None))[1]
     if height is not None and count is not None:
-        return int(count) >= int(height).bit_length() * int(height)
+        return int(count) > int(height).bit_length() * int(height)
     height = tf.shape(x)[1]
     count = tf.shape(boxes)[1]
     # bit_length(H): the powers of two 1, 2, 4, ... that are <= H.
     powers = tf.bitwise.left_shift(1, tf.range(31))
     levels = tf.reduce_sum(tf.cast(powers <= height, tf.int32))
-    return count >= levels * height
+    return count > levels * height
 
 
 def box_max_pool_gather(x, boxes):

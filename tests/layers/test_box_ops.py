@@ -221,7 +221,7 @@ def test_box_max_pool_gradient_matches_oracle():
     boxes[1, 1] = boxes[1, 2]  # the same box twice: gradients add up
     weights = rng.normal(size=(2, 9, 3)).astype("f4")
     cells = box_ops.boxes_to_cells(boxes, 5, 6).numpy()
-    # 9 boxes on 5 rows: box_max_pool uses the gather form.
+    # 9 boxes on 5 rows (9 <= 3 * 5): box_max_pool uses the gather form.
     for pool in (box_ops.box_max_pool, box_ops.box_max_pool_gather):
         xt = tf.constant(x)
         with tf.GradientTape() as tape:
@@ -250,12 +250,12 @@ def test_box_max_pool_gradient_on_tied_cells_follows_the_form_used():
     np.testing.assert_allclose(
         _tie_gradient(box_ops.box_max_pool, ones, 1, [0, 0, 2, 2]), 0.25
     )
-    # Four boxes (N = 4 = L * H): the static form, which splits it
+    # Five boxes (N = 5 > L * H = 4): the static form, which splits it
     # between the tied columns and gives each column's share to its
     # top-most maximal cell.
     np.testing.assert_allclose(
-        _tie_gradient(box_ops.box_max_pool, ones, 4, [0, 0, 2, 2]),
-        [[2.0, 2.0], [0.0, 0.0]],
+        _tie_gradient(box_ops.box_max_pool, ones, 5, [0, 0, 2, 2]),
+        [[2.5, 2.5], [0.0, 0.0]],
     )
     # The same per form, called directly, on a 3x3 map whose maximum
     # (2) ties in rows 1 and 2 of columns 0 and 2.
@@ -275,15 +275,17 @@ def test_box_max_pool_gradient_on_tied_cells_follows_the_form_used():
 @pytest.mark.parametrize(
     "height, count, static",
     [
-        (1, 1, True),  # L * H = 1
-        (2, 3, False),  # 2 * 2 = 4
-        (2, 4, True),
-        (8, 31, False),  # 4 * 8 = 32
-        (8, 32, True),
-        (16, 79, False),  # 5 * 16 = 80
-        (16, 80, True),
-        (32, 191, False),  # 6 * 32 = 192
+        (1, 1, False),  # L * H = 1
+        (1, 2, True),
+        (2, 4, False),  # 2 * 2 = 4
+        (2, 5, True),
+        (8, 32, False),  # 4 * 8 = 32
+        (8, 33, True),
+        (16, 80, False),  # 5 * 16 = 80
+        (16, 81, True),
+        (32, 192, False),  # 6 * 32 = 192
         (32, 256, True),
+        (42, 256, True),  # 6 * 42 = 252
         (43, 256, False),  # 6 * 43 = 258
     ],
 )
