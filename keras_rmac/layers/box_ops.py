@@ -225,34 +225,39 @@ def box_max_pool(x, boxes):
     pooled exactly as given). All boxes at once, with no loop over them,
     by one of two forms that give the same maxima:
 
-    - `box_max_pool_static` when there are at least as many boxes per
-      image as rows in its sparse table, `N >= L * H` with
-      `L = bit_length(H)` (`N >= 32` on 8x8 maps, 80 on 16x16, 192 on
-      32x32; `LearnedRegionPooling`'s default 256 proposals on every map
-      up to 42 rows): building the table (`L * H * W` cells) then costs
-      no more than reading it (`2 * N * W`), and the gather's cost, which
-      grows with the boxes' areas, is higher. Always under XLA
+    - `box_max_pool_static` when there are more boxes per image than
+      rows in its sparse table, `N > L * H` with `L = bit_length(H)`
+      (`N > 32` on 8x8 maps, 80 on 16x16, 192 on 32x32;
+      `LearnedRegionPooling`'s default 256 proposals on every map up to
+      42 rows): building the table (`L * H * W` cells) then costs less
+      than reading it (`2 * N * W`), so its work grows like `N * W`,
+      the gather's like `N` times the mean box area, which proposals
+      make several times `W` on larger maps. Always under XLA
       (`tf.function(jit_compile=True)`, `extract(jit_compile=True)`),
       which cannot compile the gather's data-dependent size.
-    - `box_max_pool_gather` with fewer boxes, where building the table
+    - `box_max_pool_gather` otherwise, where building the table
       dominates.
 
-    Measured in `benchmarks/box_pool.py` (section "Box max-pooling: gather
-    vs static form" of `benchmarks/RESULTS.md`), graph mode on 2 cores:
-    with 256 proposal-like boxes the static form was 1.2-1.6x faster
-    forward and up to 2.3x forward + backward on 16x16 and 32x32 maps,
-    and held less than half the memory in training at 32x32x2048 (2.2 GB
-    against 5.5 GB for 8 images); with 32 boxes the gather was faster
-    (0.4-0.8x) and held less. With H or N unknown at trace the rule is
-    evaluated at run time (`tf.cond`; the static form then builds its
-    table in a `tf.while_loop`).
+    Why: `benchmarks/box_pool.py` (section "Box max-pooling: gather vs
+    static form" of `benchmarks/RESULTS.md`; graph mode, 2 shared cores,
+    proposal-like boxes from 1 cell to the whole map, 2026-12-02). With
+    256 boxes the static form was 1.45-2.0x faster than the gather on
+    32x32x2048 maps (ResNet-101 at 1024 px), forward and forward +
+    backward, and held 2.1-2.6 GB instead of 5.4 GB in training with 8
+    images; 1.2-1.7x faster on 16x16x1280; within 15% on 8x8x1280. With
+    32 boxes the gather was faster on every map (the static form at 0.35-
+    0.88 of its speed) and held less in the forward pass. The rule
+    picked the faster form in all 24 (map, N, batch, pass) cases of that
+    run. With H or N unknown at trace (as `extract` traces without XLA)
+    the rule is evaluated at run time (`tf.cond`).
 
     Gradient, when several cells of a box hold its maximum: the gather
     form splits it evenly between all of them (as `ops.max` does); the
     static form splits it evenly between the tied columns and gives each
     column's share to its top-most maximal cell (like `MaxPool2D`, one
-    cell where a column ties). Both are valid subgradients; they differ
-    only on exact ties, which trained float features rarely hold.
+    cell where a column ties). Both are valid subgradients. In a ReLU
+    backbone most ties are at 0 (or ReLU6's 6), where the backbone
+    passes no gradient either way.
     """
     if _in_xla_context():
         return box_max_pool_static(x, boxes)
