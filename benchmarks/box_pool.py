@@ -15,7 +15,7 @@ levels stacked by a Python loop) and traced with H and W unknown, as
 `RMACModel.extract` traces without XLA (its levels built in a
 `tf.while_loop`); the gather is traced with H and W unknown (its graph
 does not depend on them). `box_max_pool` picks one of the two forms by
-`N >= bit_length(H) * H` (the table's rows); the table says which.
+`N > bit_length(H) * H` (more boxes than table rows); the table says which.
 
 All are timed in graph mode (`tf.function`, no XLA), forward alone and
 forward + backward (the gradient of `sum(pool(x) * w)` with respect to
