@@ -222,18 +222,80 @@ def box_max_pool(x, boxes):
     """Max-pools `(B, H, W, C)` over `(B, N, 4)` boxes, to `(B, N, C)`.
 
     Boxes are rounded to cells with `boxes_to_cells` (integer boxes are
-    pooled exactly as given). All boxes at once, with no loop over them:
-    the cells of every box are gathered (`sum of box areas` rows of `C`
-    values) and reduced per box with one segment max, so H, W and N may
-    be unknown until run time. The gradient goes to each box's maximal
-    cells (split evenly between tied cells, as `ops.max` does).
+    pooled exactly as given). All boxes at once, with no loop over them,
+    by one of two forms that give the same maxima:
 
-    That gather has a data-dependent size, which XLA cannot compile: traced
-    for XLA (`tf.function(jit_compile=True)`, `extract(jit_compile=True)`),
-    the same maxima come from `box_max_pool_static` instead.
+    - `box_max_pool_static` when there are more boxes per image than
+      rows in its sparse table, `N > L * H` with `L = bit_length(H)`
+      (`N > 32` on 8x8 maps, 80 on 16x16, 192 on 32x32;
+      `LearnedRegionPooling`'s default 256 proposals on every map up to
+      42 rows): building the table (`L * H * W` cells) then costs less
+      than reading it (`2 * N * W`), so its work grows like `N * W`,
+      the gather's like `N` times the mean box area, which proposals
+      make several times `W` on larger maps. Always under XLA
+      (`tf.function(jit_compile=True)`, `extract(jit_compile=True)`),
+      which cannot compile the gather's data-dependent size.
+    - `box_max_pool_gather` otherwise, where building the table
+      dominates.
+
+    Why: `benchmarks/box_pool.py` (section "Box max-pooling: gather vs
+    static form" of `benchmarks/RESULTS.md`; graph mode, 2 shared cores,
+    proposal-like boxes from 1 cell to the whole map, 2026-12-02). With
+    256 boxes the static form was 1.45-2.0x faster than the gather on
+    32x32x2048 maps (ResNet-101 at 1024 px), forward and forward +
+    backward, and held 2.1-2.6 GB instead of 5.4 GB in training with 8
+    images; 1.2-1.7x faster on 16x16x1280; within 15% on 8x8x1280. With
+    32 boxes the gather was faster on every map (the static form at 0.35-
+    0.88 of its speed) and held less in the forward pass. The rule
+    picked the faster form in all 24 (map, N, batch, pass) cases of that
+    run. With H or N unknown at trace (as `extract` traces without XLA)
+    the rule is evaluated at run time (`tf.cond`).
+
+    Gradient, when several cells of a box hold its maximum: the gather
+    form splits it evenly between all of them (as `ops.max` does); the
+    static form splits it evenly between the tied columns and gives each
+    column's share to its top-most maximal cell (like `MaxPool2D`, one
+    cell where a column ties). Both are valid subgradients. In a ReLU
+    backbone most ties are at 0 (or ReLU6's 6), where the backbone
+    passes no gradient either way.
     """
     if _in_xla_context():
         return box_max_pool_static(x, boxes)
+    x = tf.convert_to_tensor(x)
+    static = _static_is_faster(x, boxes)
+    if isinstance(static, bool):
+        form = box_max_pool_static if static else box_max_pool_gather
+        return form(x, boxes)
+    return tf.cond(
+        static,
+        lambda: box_max_pool_static(x, boxes),
+        lambda: box_max_pool_gather(x, boxes),
+    )
+
+
+def _static_is_faster(x, boxes):
+    """`N > bit_length(H) * H` (see `box_max_pool`): a Python bool when
+    N and H are known at trace, else a scalar bool tensor."""
+    height, count = x.shape[1], getattr(boxes, "shape", (None, None))[1]
+    if height is not None and count is not None:
+        return int(count) > int(height).bit_length() * int(height)
+    height = tf.shape(x)[1]
+    count = tf.shape(boxes)[1]
+    # bit_length(H): the powers of two 1, 2, 4, ... that are <= H.
+    powers = tf.bitwise.left_shift(1, tf.range(31))
+    levels = tf.reduce_sum(tf.cast(powers <= height, tf.int32))
+    return count > levels * height
+
+
+def box_max_pool_gather(x, boxes):
+    """`box_max_pool` by gathering every cell of every box.
+
+    The cells of every box are gathered (`sum of box areas` rows of `C`
+    values) and reduced per box with one segment max, so H, W and N may
+    be unknown until run time. The gradient goes to each box's maximal
+    cells (split evenly between tied cells, as `ops.max` does). That
+    gather has a data-dependent size, which XLA cannot compile.
+    """
     shape = ops.shape(x)
     channels = x.shape[-1] if x.shape[-1] is not None else shape[3]
     cells = tf.reshape(boxes_to_cells(boxes, shape[1], shape[2]), (-1, 4))
@@ -288,6 +350,24 @@ def _next_level(table, step):
     return tf.maximum(table, tf.gather(table, ahead, axis=1))
 
 
+def _read_levels(levels, y0, y1):
+    """Sparse table `levels (L, B, H, W, C)`, rows `[y0, y1)` `(B, N)` ->
+    `(B, N, W, C)` maxima of those rows: `max(T_k[y0], T_k[y1 - 2**k])`
+    with `2**k <= y1 - y0 < 2**(k + 1)`, two gathers of table rows."""
+    shape = tf.shape(levels)
+    batch, height = shape[1], shape[2]
+    powers = tf.bitwise.left_shift(1, tf.range(31))
+    level = tf.reduce_sum(
+        tf.cast((y1 - y0)[..., None] >= powers, tf.int32), axis=-1
+    )
+    level -= 1
+    flat = tf.reshape(levels, tf.stack([-1, shape[3], shape[4]]))
+    first = (level * batch + tf.range(batch)[:, None]) * height
+    top = tf.gather(flat, first + y0)
+    bottom = tf.gather(flat, first + y1 - tf.bitwise.left_shift(1, level))
+    return tf.maximum(top, bottom)
+
+
 def box_max_pool_static(x, boxes):
     """`box_max_pool` with static intermediate shapes, for XLA.
 
@@ -298,13 +378,17 @@ def box_max_pool_static(x, boxes):
     Columns: a masked max over W of those `(B, N, W, C)` row maxima.
     With H known at trace (as `extract(jit_compile=True)` traces) the
     `L = bit_length(H)` levels are stacked and read with two gathers;
-    else a `tf.while_loop` reads each level in turn (two gathers a
-    level). Memory: about `B * (2 * N * W * C + L * H * W * C)` values,
-    against `sum of box areas * C` for `box_max_pool`'s gather. The
-    gradient goes to one maximal cell per row range when cells tie
-    (`box_max_pool` splits it between them); XLA compiles it only with H
-    known at trace (the while loop's gradient needs a bound on its
-    iterations, which would multiply the memory kept for it).
+    with H unknown (as `extract` traces without XLA) a `tf.while_loop`
+    builds the same levels into a `TensorArray`, read the same way; under
+    XLA with H unknown (a `TensorArray` would need its size at compile
+    time) the loop reads each level in turn (two gathers a level).
+    Memory: about `B * (2 * N * W * C + L * H * W * C)` values, against
+    `sum of box areas * C` for `box_max_pool_gather`. The gradient, when
+    cells tie, is split between the tied columns and goes to the top-most
+    maximal cell of each (`box_max_pool_gather` splits it between all
+    of them); XLA compiles it only with H known at trace (the while
+    loop's gradient needs a bound on its iterations, which would multiply
+    the memory kept for it).
     """
     x = tf.convert_to_tensor(x)
     shape = tf.shape(x)
@@ -318,16 +402,21 @@ def box_max_pool_static(x, boxes):
         tables = [x]
         for k in range(1, int(x.shape[1]).bit_length()):
             tables.append(_next_level(tables[-1], 2 ** (k - 1)))
-        steps = tf.constant([2**k for k in range(len(tables))], tf.int32)
-        level = tf.reduce_sum(
-            tf.cast(rows_high[..., None] >= steps, tf.int32), axis=-1
+        rows = _read_levels(tf.stack(tables), y0, y1)
+    elif not _in_xla_context():
+        # H unknown at trace: the same levels, built in a tf.while_loop
+        # into a TensorArray (XLA would need its size at compile time).
+        def grow(k, table, levels):
+            table = _next_level(table, tf.bitwise.left_shift(1, k - 1))
+            return k + 1, table, levels.write(k, table)
+
+        levels = tf.TensorArray(x.dtype, size=0, dynamic_size=True)
+        _, _, levels = tf.while_loop(
+            lambda k, table, levels: tf.bitwise.left_shift(1, k) <= height,
+            grow,
+            [tf.constant(1, tf.int32), x, levels.write(0, x)],
         )
-        level -= 1
-        stacked = tf.concat(tables, axis=1)  # (B, L * H, W, C)
-        start = level * height
-        top = _gather_rows(stacked, start + y0)
-        bottom = _gather_rows(stacked, start + y1 - tf.gather(steps, level))
-        rows = tf.maximum(top, bottom)
+        rows = _read_levels(levels.stack(), y0, y1)
     else:
 
         def one_level(step, table, rows):

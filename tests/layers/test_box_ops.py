@@ -221,23 +221,86 @@ def test_box_max_pool_gradient_matches_oracle():
     boxes[1, 1] = boxes[1, 2]  # the same box twice: gradients add up
     weights = rng.normal(size=(2, 9, 3)).astype("f4")
     cells = box_ops.boxes_to_cells(boxes, 5, 6).numpy()
-    xt = tf.constant(x)
+    # 9 boxes on 5 rows (9 <= 3 * 5): box_max_pool uses the gather form.
+    for pool in (box_ops.box_max_pool, box_ops.box_max_pool_gather):
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(pool(xt, boxes) * weights)
+        np.testing.assert_allclose(
+            tape.gradient(loss, xt).numpy(),
+            oracle_box_pool_gradient(x, cells, weights),
+            rtol=1e-6,
+        )
+
+
+def _tie_gradient(pool, x, count, box):
+    x = tf.constant(x)
     with tf.GradientTape() as tape:
-        tape.watch(xt)
-        loss = tf.reduce_sum(box_ops.box_max_pool(xt, boxes) * weights)
+        tape.watch(x)
+        pooled = pool(x, np.array([[box] * count], "f4"))
+    return tape.gradient(pooled, x).numpy()[0, ..., 0]
+
+
+def test_box_max_pool_gradient_on_tied_cells_follows_the_form_used():
+    # A map of equal values: every cell of a box is maximal.
+    ones = np.ones((1, 2, 2, 1), "f4")
+    # One box (N = 1 < bit_length(2) * 2 = 4): the gather form, which
+    # splits each box's gradient evenly between its tied cells.
     np.testing.assert_allclose(
-        tape.gradient(loss, xt).numpy(),
-        oracle_box_pool_gradient(x, cells, weights),
-        rtol=1e-6,
+        _tie_gradient(box_ops.box_max_pool, ones, 1, [0, 0, 2, 2]), 0.25
+    )
+    # Five boxes (N = 5 > L * H = 4): the static form, which splits it
+    # between the tied columns and gives each column's share to its
+    # top-most maximal cell.
+    np.testing.assert_allclose(
+        _tie_gradient(box_ops.box_max_pool, ones, 5, [0, 0, 2, 2]),
+        [[2.5, 2.5], [0.0, 0.0]],
+    )
+    # The same per form, called directly, on a 3x3 map whose maximum
+    # (2) ties in rows 1 and 2 of columns 0 and 2.
+    x = np.ones((1, 3, 3, 1), "f4")
+    x[0, 1:, 0, 0] = x[0, 1:, 2, 0] = 2.0
+    whole = [0, 0, 3, 3]
+    np.testing.assert_allclose(
+        _tie_gradient(box_ops.box_max_pool_gather, x, 1, whole),
+        [[0.0, 0.0, 0.0], [0.25, 0.0, 0.25], [0.25, 0.0, 0.25]],
+    )
+    np.testing.assert_allclose(
+        _tie_gradient(box_ops.box_max_pool_static, x, 1, whole),
+        [[0.0, 0.0, 0.0], [0.5, 0.0, 0.5], [0.0, 0.0, 0.0]],
     )
 
 
-def test_box_max_pool_splits_the_gradient_between_tied_cells():
-    x = tf.constant(np.ones((1, 2, 2, 1), "f4"))
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        pooled = box_ops.box_max_pool(x, np.array([[[0, 0, 2, 2]]], "f4"))
-    np.testing.assert_allclose(tape.gradient(pooled, x).numpy(), 0.25)
+@pytest.mark.parametrize(
+    "height, count, static",
+    [
+        (1, 1, False),  # L * H = 1
+        (1, 2, True),
+        (2, 4, False),  # 2 * 2 = 4
+        (2, 5, True),
+        (8, 32, False),  # 4 * 8 = 32
+        (8, 33, True),
+        (16, 80, False),  # 5 * 16 = 80
+        (16, 81, True),
+        (32, 192, False),  # 6 * 32 = 192
+        (32, 256, True),
+        (42, 256, True),  # 6 * 42 = 252
+        (43, 256, False),  # 6 * 43 = 258
+    ],
+)
+def test_static_form_chosen_from_boxes_and_height(height, count, static):
+    x = np.zeros((1, height, 3, 1), "f4")
+    boxes = np.zeros((1, count, 4), "f4")
+    assert box_ops._static_is_faster(x, boxes) is static
+    traced = tf.function(
+        box_ops._static_is_faster,
+        input_signature=[
+            tf.TensorSpec([None, None, None, 1]),
+            tf.TensorSpec([None, None, 4]),
+        ],
+    )
+    assert bool(traced(x, boxes)) is static
 
 
 def test_box_max_pool_without_boxes_or_images():
@@ -260,10 +323,11 @@ def test_box_max_pool_in_float16_is_exact():
     x = rng.normal(size=(3, 7, 4, 6)).astype("f2")
     boxes = rng.uniform(0, 8, (3, 40, 4)).astype("f4")
     boxes[..., 2:] = np.maximum(boxes[..., 2:], boxes[..., :2])
-    got = box_ops.box_max_pool(x, boxes)
-    assert got.dtype == tf.float16
     cells = box_ops.boxes_to_cells(boxes, 7, 4).numpy()
-    np.testing.assert_array_equal(got.numpy(), oracle_box_pool(x, cells))
+    for pool in (box_ops.box_max_pool, box_ops.box_max_pool_gather):
+        got = pool(x, boxes)
+        assert got.dtype == tf.float16
+        np.testing.assert_array_equal(got.numpy(), oracle_box_pool(x, cells))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 11), (9, 4), (13, 13)])
@@ -353,3 +417,43 @@ def test_static_box_max_pool_gradient_matches_oracle():
         lambda xt: gradient(xt, box_ops.box_max_pool), jit_compile=True
     )
     np.testing.assert_allclose(compiled(x).numpy(), want, rtol=1e-6)
+
+
+UNKNOWN = [tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([None, None, 4])]
+
+
+@pytest.mark.parametrize(
+    "pool", [box_ops.box_max_pool, box_ops.box_max_pool_static]
+)
+def test_box_max_pool_with_unknown_height_matches_oracle_with_gradient(pool):
+    # H unknown at trace, no XLA: the static form builds its table in a
+    # tf.while_loop; box_max_pool picks its form at run time (tf.cond):
+    # 9 boxes take the static form on maps of 1 and 2 rows, the gather
+    # on 5. Eagerly, the same sizes are known.
+    def forward_backward(xt, boxes, weights):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            pooled = pool(xt, boxes)
+            loss = tf.reduce_sum(pooled * weights)
+        return pooled, tape.gradient(loss, xt)
+
+    traced = tf.function(
+        forward_backward,
+        input_signature=[*UNKNOWN, tf.TensorSpec([None, None, 3])],
+    )
+    rng = np.random.default_rng(9)
+    for h, w in [(1, 1), (1, 6), (2, 5), (5, 6)]:
+        x = rng.permutation(2 * h * w * 3).reshape(2, h, w, 3).astype("f4")
+        boxes = _random_boxes(rng, 2, 9, h, w)
+        boxes[0, 0] = [0, 0, w, h]
+        boxes[1, 1] = boxes[1, 2]
+        weights = rng.normal(size=(2, 9, 3)).astype("f4")
+        cells = box_ops.boxes_to_cells(boxes, h, w).numpy()
+        want = oracle_box_pool(x, cells)
+        want_grad = oracle_box_pool_gradient(x, cells, weights)
+        for run in (traced, forward_backward):
+            pooled, grad = run(tf.constant(x), boxes, weights)
+            np.testing.assert_array_equal(pooled.numpy(), want)
+            np.testing.assert_allclose(
+                grad.numpy(), want_grad, rtol=1e-6, atol=1e-6
+            )
