@@ -1015,7 +1015,12 @@ def part_valtune():
             if _arm_top_n(r["arm"]) is not None and _epochs(r["arm"]) == epochs
         ]
         chosen.append(max(learned, key=lambda r: round(r["map"], 6))["arm"])
-    return {"settings": FINETUNE, "runs": runs, "chosen": chosen}
+    return {
+        "settings": FINETUNE,
+        "runs": runs,
+        "chosen": chosen,
+        "minutes": sum(r["minutes"] for r in runs),
+    }
 
 
 def _epochs(arm):
@@ -1065,7 +1070,12 @@ def part_finetune():
     runs = [
         finetune_run(arm, seed) for seed in (0, 1) for arm in _finetune_arms()
     ]
-    return {"settings": FINETUNE, "runs": runs, "choices": _finetune_choices()}
+    return {
+        "settings": FINETUNE,
+        "runs": runs,
+        "choices": _finetune_choices(),
+        "minutes": sum(r["minutes"] for r in runs),
+    }
 
 
 def _finetune_so_far():
@@ -1295,7 +1305,8 @@ def main(argv):
         if part in FLAGS.parts and (part in FLAGS.redo or not path.is_file()):
             started = time.time()
             result = RUN[part][0]()
-            result["minutes"] = (time.time() - started) / 60
+            # Parts made of resumable runs give the runs' total.
+            result.setdefault("minutes", (time.time() - started) / 60)
             result["load"] = result.get("load", _load())
             result["machine"] = machine()
             atomic_write_json(path, result)
