@@ -1007,6 +1007,16 @@ VAL_ARMS = (
 def part_valtune():
     """Fine-tuning settings of the learned arm, chosen on validation."""
     runs = [finetune_run(arm, 0, "val") for arm in VAL_ARMS]
+    return {
+        "settings": FINETUNE,
+        "runs": runs,
+        "chosen": best_per_budget(runs),
+        "minutes": sum(r["minutes"] for r in runs),
+    }
+
+
+def best_per_budget(runs):
+    """The learned arm of best mAP at each budget (epochs), in order."""
     chosen = []
     for epochs in sorted({_epochs(r["arm"]) for r in runs}):
         learned = [
@@ -1014,13 +1024,10 @@ def part_valtune():
             for r in runs
             if _arm_top_n(r["arm"]) is not None and _epochs(r["arm"]) == epochs
         ]
-        chosen.append(max(learned, key=lambda r: round(r["map"], 6))["arm"])
-    return {
-        "settings": FINETUNE,
-        "runs": runs,
-        "chosen": chosen,
-        "minutes": sum(r["minutes"] for r in runs),
-    }
+        if learned:
+            best = max(learned, key=lambda r: round(r["map"], 6))
+            chosen.append(best["arm"])
+    return chosen
 
 
 def _epochs(arm):

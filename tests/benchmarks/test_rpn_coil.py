@@ -67,9 +67,49 @@ def test_finetune_verdict_per_learned_arm():
     runs += [{"arm": "rpn", "map": m} for m in (0.30, 0.31)]
     runs += [{"arm": "rpn16", "map": m} for m in (0.44, 0.445)]
     text = rpn_coil.finetune_section({"settings": {}, "runs": runs})
-    assert "top 256 minus grid: -10.00 points" in text
-    assert "top 16 (chosen on validation) minus grid: +3.75 points" in text
+    assert "top 256 minus R-MAC grid, L=3: -10.00 points" in text
+    assert (
+        "top 16 (chosen on validation) minus R-MAC grid, L=3: +3.75 points"
+        in text
+    )
     assert text.count("NOT met") == 1
+
+
+def test_finetune_verdict_against_the_grid_at_the_same_budget():
+    runs = [{"arm": "grid", "map": m} for m in (0.40, 0.41)]
+    runs += [{"arm": "rpn", "map": m} for m in (0.44, 0.45)]
+    runs += [{"arm": "grid-ep10", "map": m} for m in (0.52, 0.53)]
+    runs += [{"arm": "rpn32-ep10", "map": m} for m in (0.50, 0.51)]
+    text = rpn_coil.finetune_section({"settings": {}, "runs": runs})
+    # Top 256 (3 epochs) against the 3-epoch grid: +4 points, met; top 32
+    # at 10 epochs against the 10-epoch grid (not the 3-epoch one, which
+    # it beats by 10 points): -2 points, not met.
+    assert "top 256 minus R-MAC grid, L=3: +4.00 points" in text
+    assert (
+        "top 32, 10 epochs (chosen on validation) minus R-MAC grid, L=3, "
+        "10 epochs: -2.00 points" in text
+    )
+    assert text.count("NOT met") == 1
+    # The 10-epoch rows come after the 3-epoch ones.
+    assert text.index("| R-MAC grid, L=3, 10 epochs |") > text.index(
+        "| learned RPN (cleaning's boxes), top 256 |"
+    )
+
+
+def test_best_learned_arm_per_budget():
+    runs = [
+        {"arm": a, "map": m}
+        for a, m in (
+            ("grid", 0.9),
+            ("rpn32", 0.6),
+            ("rpn128", 0.7),
+            ("grid-ep10", 0.95),
+            ("rpn32-ep10", 0.8),
+            ("rpn128-lr3e-05", 0.75),
+        )
+    ]
+    assert rpn_coil.best_per_budget(runs) == ["rpn128-lr3e-05", "rpn32-ep10"]
+    assert rpn_coil.best_per_budget(runs[:1]) == []
 
 
 def test_arm_names():
@@ -80,8 +120,16 @@ def test_arm_names():
         128,
         {"learning_rate": 3e-5},
     )
-    with pytest.raises(ValueError, match="arm"):
-        rpn_coil._arm_spec("rpnx")
+    assert rpn_coil._arm_spec("grid-ep10") == (None, {"epochs": 10})
+    assert rpn_coil._arm_spec("rpn32-lr1e-4-ep6") == (
+        32,
+        {"learning_rate": 1e-4, "epochs": 6},
+    )
+    assert rpn_coil._grid_partner("rpn32-ep10") == "grid-ep10"
+    assert rpn_coil._grid_partner("rpn128-lr3e-05") == "grid"
+    for bad in ("rpnx", "grid32", "rpn-ep"):
+        with pytest.raises(ValueError, match="arm"):
+            rpn_coil._arm_spec(bad)
     chosen = "chosen on validation"
     assert rpn_coil._arm_label("rpn128-lr3e-05", chosen) == (
         "learned RPN (cleaning's boxes), top 128, lr 3e-05 "
@@ -96,6 +144,14 @@ def test_valtune_section_names_the_choice():
     ]
     text = rpn_coil.valtune_section({"runs": runs, "chosen": "rpn128"})
     assert "**learned RPN (cleaning's boxes), top 128**" in text
+    # One choice per budget (the stored form since the -ep arms).
+    both = rpn_coil.valtune_section(
+        {"runs": runs, "chosen": ["rpn128", "rpn32-ep10"]}
+    )
+    assert (
+        "**learned RPN (cleaning's boxes), top 128**; **learned RPN "
+        "(cleaning's boxes), top 32, 10 epochs**" in both
+    )
     assert "| R-MAC grid, L=3 | 0.6000 | 0.100 | 0.50, 0.40 |" in text
 
 
