@@ -64,6 +64,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.results import load_text  # noqa: E402
 from benchmarks.results import machine  # noqa: E402
 from benchmarks.results import markdown_table  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
@@ -282,12 +283,7 @@ def main(argv):
         for path in PATHS
         if path != "gather"
     }
-    loads = (
-        f"load average (1, 5, 15 min) {load_before[0]:.2f}, "
-        f"{load_before[1]:.2f}, {load_before[2]:.2f} before and "
-        f"{load_after[0]:.2f}, {load_after[1]:.2f}, {load_after[2]:.2f} "
-        f"after ({minutes:.1f} min)"
-    )
+    loads = load_text(load_before, load_after, minutes)
     body = (
         "## Box max-pooling: gather vs static form "
         "(`benchmarks/box_pool.py`)\n\n"

@@ -50,6 +50,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from benchmarks.results import load_text
 from benchmarks.results import machine
 from benchmarks.results import markdown_table
 from benchmarks.results import write_section
@@ -228,12 +229,7 @@ def main(argv=None):
             "CPU-time ratio is the steadier figure. Rerun on a quiet "
             "machine to decide it.\n\n"
         )
-    loads = (
-        f"load average (1, 5, 15 min) {load_before[0]:.2f}, "
-        f"{load_before[1]:.2f}, {load_before[2]:.2f} before and "
-        f"{load_after[0]:.2f}, {load_after[1]:.2f}, {load_after[2]:.2f} "
-        f"after ({minutes:.1f} min)"
-    )
+    loads = load_text(load_before, load_after, minutes)
     body = (
         "## Extraction throughput vs the bare backbone (issue 12)\n\n"
         f"`python -m benchmarks.extraction --rounds "

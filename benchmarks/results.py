@@ -29,6 +29,16 @@ def machine() -> str:
     )
 
 
+def load_text(before, after, minutes) -> str:
+    """The load averages (`os.getloadavg()`) before and after a run of
+    `minutes`, as the sections quote them."""
+    return (
+        f"load average (1, 5, 15 min) {before[0]:.2f}, {before[1]:.2f}, "
+        f"{before[2]:.2f} before and {after[0]:.2f}, {after[1]:.2f}, "
+        f"{after[2]:.2f} after ({minutes:.1f} min)"
+    )
+
+
 def markdown_table(header, rows) -> str:
     """A GitHub markdown table from a header list and rows of cells."""
     lines = ["| " + " | ".join(header) + " |"]
