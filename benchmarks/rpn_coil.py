@@ -3,7 +3,9 @@
 The measurements of issue 15 ("Done when") on the data of
 `benchmarks/cluttered_coil.py` (run its `generate` and `clean` parts
 first). MobileNetV2 with the shared torchvision ImageNet weights, images of
-256x256 (feature map 8x8, a cell is 32 pixels).
+256x256 (feature map 8x8, a cell is 32 pixels); `--size=512` renders them
+at 512x512 instead (map 16x16, a cell is 16 of the images' pixels), with
+its own work folder (`<work_dir>/size512`) and RESULTS.md section.
 
 Parts (`--parts`; each finished part is a JSON file under `--work_dir`, so
 a run that stops resumes at the first missing part; `--redo` recomputes):
@@ -68,10 +70,16 @@ from benchmarks.results import write_section  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 WEIGHTS = "weights/mobilenet_v2_1.0_224_torchvision_imagenet.weights.h5"
-SIZE = 256
-CELL = 32.0
-# (anchor sides in cells, learning rate): the objects' longest sides are
-# 41-166 px, 1.3-5.2 cells; the first row is the layer's default. (A step
+# The cluttered images' side; boxes are in its pixels at every --size.
+NATIVE = 256
+STRIDE = 32  # MobileNetV2's output stride.
+# Set from --size by `_set_size` (module constants, as the parts read them).
+SIZE = NATIVE
+CELL = float(STRIDE)  # Image pixels per feature-map cell.
+MAP = NATIVE // STRIDE  # Feature-map side.
+# (anchor sides in cells at 256 px, learning rate): the objects' longest
+# sides are 41-166 px, 1.3-5.2 cells; the first row is the layer's default.
+# At another --size the sides scale with it (the same pixels). (A step
 # costs ~0.1 s on the shared 2 cores, so the list and the epochs are short.)
 CANDIDATES = (
     ((1.0, 2.0, 4.0, 8.0), 1e-3),
@@ -120,6 +128,31 @@ flags.DEFINE_integer("cost_images", 48, "Images timed by --parts=cost.")
 flags.DEFINE_integer("cost_rounds", 5, "Interleaved rounds of the cost.")
 flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
 flags.DEFINE_bool("write", True, "Write benchmarks/RESULTS.md sections.")
+flags.DEFINE_integer(
+    "size",
+    NATIVE,
+    "Longest side the images are rendered at (a multiple of 32); a size "
+    "other than 256 keeps its own parts under <work_dir>/size<N>.",
+)
+flags.DEFINE_list("seeds", ["0", "1"], "Seeds of the fine-tuning part.")
+flags.register_validator(
+    "size", lambda v: v >= STRIDE and v % STRIDE == 0, "a multiple of 32"
+)
+
+# At another size, fewer validation arms (a 512 px run costs ~10 min).
+VAL_ARMS_OTHER_SIZE = ("grid", "rpn32", "rpn128")
+
+
+def _set_size(size):
+    global SIZE, CELL, MAP
+    SIZE, CELL, MAP = size, STRIDE * NATIVE / size, size // STRIDE
+
+
+def _rendered():
+    """How the sections name the images' size."""
+    if SIZE == NATIVE:
+        return f"{SIZE}x{SIZE}"
+    return f"{SIZE}x{SIZE} (the {NATIVE}x{NATIVE} images upscaled)"
 
 
 def _load():
@@ -128,6 +161,8 @@ def _load():
 
 def _work():
     path = pathlib.Path(FLAGS.work_dir)
+    if SIZE != NATIVE:
+        path = path / f"size{SIZE}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -147,16 +182,18 @@ def _model(**kwargs):
 
 
 class Features:
-    """Feature maps `(8, 8, 1280)` of the cluttered images, by path."""
+    """Feature maps `(MAP, MAP, 1280)` of the images, by path."""
 
-    def __init__(self, paths, size=SIZE):
+    def __init__(self, paths, size=None):
         import tensorflow as tf
 
         from keras_rmac.data import image_io
         from keras_rmac.progress import progress_bar
 
         self.row = {p: i for i, p in enumerate(paths)}
-        # The cluttered images' key has no size (they are all at SIZE).
+        size = size or SIZE
+        # The cluttered images' key has no size (they are all at SIZE, and
+        # another SIZE has its own work folder).
         text = "\n".join(paths) + ("" if size == SIZE else f"\n{size}")
         key = hashlib.sha256(text.encode()).hexdigest()[:12]
         path = _work() / f"features-{key}.npy"
@@ -220,13 +257,13 @@ def _pool(sizes, top_n=256, seed=0):
     pool = LearnedRegionPooling(
         sizes=sizes, top_n=top_n, hidden=FLAGS.hidden, name="rpn_pooling"
     )
-    pool.build((None, 8, 8, 1280))
+    pool.build((None, MAP, MAP, 1280))
     return pool
 
 
 def train_rpn_on(items, sizes, learning_rate, epochs, seed=0, check=None):
     """Trains a fresh `LearnedRegionPooling` head on `items` (feature map
-    `(1, 8, 8, C)`, boxes in cells); `check(pool, epoch)` after every
+    `(1, MAP, MAP, C)`, boxes in cells); `check(pool, epoch)` after every
     `--eval_every` epochs. Returns `(pool, losses per epoch, seconds)`."""
     from keras_rmac.training.rpn import RPNConfig
     from keras_rmac.training.rpn import _Trainer
@@ -253,7 +290,7 @@ def train_rpn_on(items, sizes, learning_rate, epochs, seed=0, check=None):
 
 
 def boxed_items(listed):
-    """`[(features (1, 8, 8, C), boxes (1, 4) in cells)]` of a box list."""
+    """`[(features (1, MAP, MAP, C), boxes (1, 4) in cells)]` of a box list."""
     import tensorflow as tf
 
     maps = features().get(listed.paths)
@@ -264,7 +301,7 @@ def boxed_items(listed):
 
 
 def proposals(pool, maps, batch=64):
-    """Proposals of `pool` for feature maps `(N, 8, 8, C)`, in pixels."""
+    """Proposals of `pool` for feature maps `(N, MAP, MAP, C)`, in pixels."""
     import tensorflow as tf
 
     run = tf.function(lambda x: pool.proposals(x)[0])
@@ -315,6 +352,8 @@ def _clean_list(objects_max):
 def part_select():
     from keras_rmac.fileio import atomic_write_json
 
+    if SIZE != NATIVE:
+        return _select_carried()
     _, val, val_boxes = load_protocol(FLAGS.out_dir, "val")
     items = boxed_items(_clean_list(40))
     maps = features().get(val.db_paths)
@@ -351,7 +390,32 @@ def part_select():
     }
 
 
+def _select_carried():
+    """At another size, the 256 px choice with anchor sides scaled by
+    `SIZE / 256`: the same sides in the images' pixels (the objects do
+    not change size; the cells do)."""
+    native = pathlib.Path(FLAGS.work_dir) / "select.json"
+    if not native.is_file():
+        raise app.UsageError(
+            f"--size={SIZE} takes the RPN settings chosen at {NATIVE} px: "
+            f"run `python -m benchmarks.rpn_coil --parts=select` first "
+            f"({native} is missing)."
+        )
+    chosen = dict(json.loads(native.read_text())["chosen"])
+    chosen["sizes"] = [s * SIZE / NATIVE for s in chosen["sizes"]]
+    return {"carried_from": NATIVE, "rows": [], "chosen": chosen}
+
+
 def select_section(result):
+    if "carried_from" in result:
+        c = result["chosen"]
+        return (
+            "### RPN settings\n\n"
+            f"Taken from the validation choice at {result['carried_from']} "
+            "px (that section) with the anchor sides scaled to the same "
+            f"image pixels: sides {c['sizes']} cells, learning rate "
+            f"{c['learning_rate']:g}, {c['epochs']} epochs.\n"
+        )
     table = markdown_table(
         [
             "anchor sides (cells)",
@@ -439,7 +503,7 @@ def part_recall():
     # Anchors without learning: every anchor (clipped), NMS 0.7 over
     # seeded uniform random scores (no box deltas).
     anchors = box_ops.clip_boxes(
-        box_ops.make_anchors(8, 8, sizes, (0.5, 1.0, 2.0)), 8, 8
+        box_ops.make_anchors(MAP, MAP, sizes, (0.5, 1.0, 2.0)), MAP, MAP
     )
     rng = np.random.default_rng(0)
     random_boxes = []
@@ -449,7 +513,7 @@ def part_recall():
         random_boxes.append(tf.gather(anchors, keep).numpy() * CELL)
     add("anchors_random", random_boxes)
     for levels in (3, 8):
-        grid = grid_boxes(8, 8, SIZE, SIZE, levels)
+        grid = grid_boxes(MAP, MAP, NATIVE, NATIVE, levels)
         r16 = recall_at(grid, test_boxes, 16)[0]
         r256 = recall_at(grid, test_boxes, 256)[0]
         rows.append(
@@ -509,7 +573,7 @@ def recall_section(result):
     )
     return (
         "### Proposal recall, learned vs untrained vs grid (IoU >= 0.5)\n\n"
-        f"Test split ({result['test_images']} images of 256x256, true "
+        f"Test split ({result['test_images']} images of {_rendered()}, true "
         "boxes), settings from the validation split: anchor sides "
         f"{result['sizes']} cells, ratios 0.5/1/2, learning rate "
         f"{result['learning_rate']:g}, {result['epochs']} epochs. Learned "
@@ -560,13 +624,18 @@ def part_cost():
     }
     for model in models.values():  # trace once, untimed
         model.extract(
-            images[: FLAGS.batch_size], batch_size=FLAGS.batch_size, verbose=0
+            images[: FLAGS.batch_size],
+            max_size=SIZE,
+            batch_size=FLAGS.batch_size,
+            verbose=0,
         )
     times = {k: [] for k in models}
     for _ in range(FLAGS.cost_rounds):
         for name, model in models.items():
             started = time.perf_counter()
-            model.extract(images, batch_size=FLAGS.batch_size, verbose=0)
+            model.extract(
+                images, max_size=SIZE, batch_size=FLAGS.batch_size, verbose=0
+            )
             times[name].append(time.perf_counter() - started)
     median = {k: statistics.median(v) for k, v in times.items()}
     return {
@@ -614,7 +683,8 @@ def cost_section(result):
     return (
         "### Extraction cost: learned proposals vs the grid\n\n"
         f"`RMACModel.extract` on the same {result['images']} test images "
-        f"(256x256 uint8 arrays, batch {FLAGS.batch_size}), "
+        f"({NATIVE}x{NATIVE} uint8 arrays, longest side {SIZE}, batch "
+        f"{FLAGS.batch_size}), "
         f"{result['rounds']} interleaved rounds after an untimed trace, "
         f"load average {result['load']}. Median time ratio learned (top "
         f"256) / grid: **{result['ratio']:.2f}**.\n\n{table}\n"
@@ -726,7 +796,8 @@ def retrieval_section(result):
     return (
         "### Off-the-shelf retrieval on cluttered COIL-100: learned "
         "proposals vs the grid\n\n"
-        "MobileNetV2 (shared ImageNet weights, no fine-tuning), 256x256, "
+        "MobileNetV2 (shared ImageNet weights, no fine-tuning), "
+        f"{_rendered()}, "
         "single scale; mAP over the 50 test queries; shift + PCA-whitening "
         "learned on the region vectors of the train split's views at "
         f"multiples of 15 degrees ({result['fit_images']} images), of each "
@@ -809,11 +880,12 @@ def _chosen_top_n():
 
 def _finetune_choices():
     """`{arm: how the validation chose it}`: the number of proposals
-    chosen off the shelf (`topn`, when not 256) and the learned arm chosen
-    after fine-tuning (`valtune`), whichever were run."""
+    chosen off the shelf (`topn`, when not 256; at 256 px only) and the
+    learned arm chosen after fine-tuning (`valtune`), whichever were run."""
     choices = {}
     top_n = _chosen_top_n()
-    if top_n not in (None, 256):
+    # At another size only the choice after fine-tuning (budget).
+    if top_n not in (None, 256) and SIZE == NATIVE:
         choices[f"rpn{top_n}"] = "N chosen on validation, off the shelf"
     path = _work() / "valtune.json"
     if path.is_file():
@@ -829,10 +901,20 @@ def _finetune_arms():
     """`grid`, `rpn` (top 256), the learned arms the validation chose
     (`_finetune_choices`) and the grid at each of their budgets
     (`_grid_partner`)."""
-    arms = ["grid", "rpn"]
+    arms = _base_arms()
     for arm in _finetune_choices():
         arms += [a for a in (_grid_partner(arm), arm) if a not in arms]
     return arms
+
+
+def _base_arms():
+    """The grid, and at 256 px the learned top 256 (the issue's N); at
+    another size only the validation's choices join the grid (budget)."""
+    return ["grid", "rpn"] if SIZE == NATIVE else ["grid"]
+
+
+def _seeds():
+    return [int(s) for s in FLAGS.seeds]
 
 
 def _grid_partner(arm):
@@ -1006,7 +1088,8 @@ VAL_ARMS = (
 
 def part_valtune():
     """Fine-tuning settings of the learned arm, chosen on validation."""
-    runs = [finetune_run(arm, 0, "val") for arm in VAL_ARMS]
+    arms = VAL_ARMS if SIZE == NATIVE else VAL_ARMS_OTHER_SIZE
+    runs = [finetune_run(arm, 0, "val") for arm in arms]
     return {
         "settings": FINETUNE,
         "runs": runs,
@@ -1075,7 +1158,7 @@ def valtune_section(result):
 
 def part_finetune():
     runs = [
-        finetune_run(arm, seed) for seed in (0, 1) for arm in _finetune_arms()
+        finetune_run(arm, seed) for seed in _seeds() for arm in _finetune_arms()
     ]
     return {
         "settings": FINETUNE,
@@ -1088,7 +1171,7 @@ def part_finetune():
 def _finetune_so_far():
     """`(result of the finished runs or None, names of the missing runs)`."""
     runs, missing = [], []
-    for seed in (0, 1):
+    for seed in _seeds():
         for arm in _finetune_arms():
             path = _work() / f"finetune-{arm}-s{seed}.json"
             if path.is_file():
@@ -1124,11 +1207,13 @@ def _arm_label(arm, chosen=None):
 
 
 def finetune_section(result):
-    arms_run = ["grid", "rpn"] + sorted(
-        {r["arm"] for r in result["runs"]} - {"grid", "rpn"},
+    base = _base_arms()
+    arms_run = base + sorted(
+        {r["arm"] for r in result["runs"]} - set(base),
         key=lambda a: (_arm_spec(a)[1].get("epochs", 0), a),
     )
     choices = result.get("choices", {})
+    seeds = sorted({r["seed"] for r in result["runs"] if "seed" in r})
 
     def label(arm):
         if arm in ("grid", "rpn") or _arm_top_n(arm) is None:
@@ -1164,7 +1249,8 @@ def finetune_section(result):
     table = markdown_table(
         [
             "regions",
-            "test mAP per seed (0, 1)",
+            "test mAP per seed"
+            + (f" ({', '.join(map(str, seeds))})" if seeds else ""),
             "mean",
             "spread (max - min)",
             "mean cosine between test images, per seed",
@@ -1178,8 +1264,11 @@ def finetune_section(result):
         grid = _grid_partner(arm)
         if _arm_top_n(arm) is None:
             continue
-        if len(arms[arm]) != 2 or len(arms.get(grid, [])) != 2:
-            verdicts.append(f"{label(arm)}: needs both arms at 2 seeds.")
+        seeds = len(arms[arm])
+        if seeds < 2 or len(arms.get(grid, [])) != seeds:
+            verdicts.append(
+                f"{label(arm)}: needs both arms at the same 2 or more seeds."
+            )
             continue
         gain = np.mean(arms[arm]) - np.mean(arms[grid])
         spread = max(np.ptp(arms[arm]), np.ptp(arms[grid]))
@@ -1200,7 +1289,8 @@ def finetune_section(result):
         f"{settings} (an arm labelled with epochs trains that many, and is "
         "compared with the grid at the same number), hard-negative mining, "
         "frozen-prefix features cached "
-        "(`cache_features=True`, no augmentation), 256x256; the learned arm "
+        f"(`cache_features=True`, no augmentation), {_rendered()}; the "
+        "learned arm "
         "is `TrainConfig(rpn_model=...)` with the RPN of the recall part "
         "(cleaning's boxes), frozen, proposing on a frozen copy of the "
         "trained backbone tail (the proposals stay fixed while the "
@@ -1209,15 +1299,23 @@ def finetune_section(result):
         "those `benchmarks/train_coil100.py` chose on plain COIL-100's "
         "validation split; only the learned arms' number of proposals "
         "(and learning rate) was chosen on the cluttered validation split "
-        "(parts `topn` and `valtune`), and a second, longer budget for "
-        "both arms added there (10 epochs: at 3 the validation loss was "
-        "still falling). "
-        f"{verdict}\n\n{table}\n\n"
-        "Before the proposals were fixed (session 5: the RPN read the "
-        "fine-tuned backbone's output, and its proposal recall@16 on 300 "
-        "test images fell from 0.83 to 0.71 and 0.16), the same runs "
-        "gave top 256: 0.1133, 0.2058 and top 128: 0.2743, 0.2483.\n\n"
-        "A mean cosine near 1 between the test descriptors of different "
+        "(parts `topn` and `valtune`)"
+        + (
+            ", and a second, longer budget for both arms added there (10 "
+            "epochs: at 3 the validation loss was still falling). "
+            if SIZE == NATIVE
+            else ". "
+        )
+        + f"{verdict}\n\n{table}\n\n"
+        + (
+            "Before the proposals were fixed (session 5: the RPN read the "
+            "fine-tuned backbone's output, and its proposal recall@16 on 300 "
+            "test images fell from 0.83 to 0.71 and 0.16), the same runs "
+            "gave top 256: 0.1133, 0.2058 and top 128: 0.2743, 0.2483.\n\n"
+            if SIZE == NATIVE
+            else ""
+        )
+        + "A mean cosine near 1 between the test descriptors of different "
         "images means that training collapsed them onto one point; a "
         "triplet loss at the margin (0.6) is the same collapse seen in "
         "training.\n"
@@ -1233,7 +1331,7 @@ def part_coil():
 
     coil = load_coil100(os.path.join(FLAGS.data_dir, "coil100"))
     fit_paths = [p for p in coil.train_paths if view_degrees(p) % 15 == 0]
-    size = 224
+    size = 224 * SIZE // NATIVE  # 7x7 maps at 256 px, 14x14 at 512.
     db = Features(list(coil.db_paths), size).get(list(coil.db_paths))
     fit = Features(fit_paths, size).get(fit_paths)
     queries = np.asarray(coil.query_db_indices)
@@ -1270,8 +1368,9 @@ def coil_section(result):
         "### Plain COIL-100, off the shelf: learned proposals vs the grid\n\n"
         "The `benchmarks/coil100.py` protocol (database objects 51-100 "
         "every 15 degrees, 50 queries), single scale, longest side "
-        f"{result['size']} (feature map 7x7); the RPN is the one trained on "
-        "the cluttered cleaning's boxes at 256 px (anchor sides in cells), "
+        f"{result['size']} (feature map {result['size'] // STRIDE}x"
+        f"{result['size'] // STRIDE}); the RPN is the one trained on "
+        f"the cluttered cleaning's boxes at {SIZE} px (anchor sides in cells), "
         "not retrained; shift + PCA-whitening on the train views at "
         f"multiples of 15 degrees ({result['fit_images']} images). "
         f"{verdict}\n\n{table}\n"
@@ -1295,6 +1394,7 @@ RUN = {
 
 def main(argv):
     del argv
+    _set_size(FLAGS.size)
     unknown = set(FLAGS.parts) - set(PARTS)
     if unknown:
         raise app.UsageError(f"Unknown --parts {sorted(unknown)}; use {PARTS}.")
@@ -1338,8 +1438,11 @@ def main(argv):
         )
     body = (
         "## Learned region proposals on cluttered COIL-100 "
-        "(`benchmarks/rpn_coil.py`)\n\n"
-        "Command: `nice -n 5 python -m benchmarks.rpn_coil` (resumable: "
+        + ("" if SIZE == NATIVE else f"at {SIZE} px ")
+        + "(`benchmarks/rpn_coil.py`)\n\n"
+        "Command: `nice -n 5 python -m benchmarks.rpn_coil"
+        + ("" if SIZE == NATIVE else f" --size={SIZE}")
+        + "` (resumable: "
         "each part is a JSON under `--work_dir`). Missing parts: "
         f"{', '.join(missing) if missing else 'none'}"
         + (
@@ -1353,7 +1456,9 @@ def main(argv):
     )
     print(body)
     if FLAGS.write:
-        write_section("rpn_coil", body)
+        write_section(
+            "rpn_coil" if SIZE == NATIVE else f"rpn_coil_{SIZE}", body
+        )
 
 
 if __name__ == "__main__":

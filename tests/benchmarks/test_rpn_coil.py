@@ -1,6 +1,8 @@
 """The verdicts that benchmarks/rpn_coil.py writes into RESULTS.md, on
 hand-made results (issue 15's "Done when" thresholds)."""
 
+import json
+
 import pytest
 
 from benchmarks import rpn_coil
@@ -59,7 +61,23 @@ def test_finetune_verdict():
     assert "NOT met" in _finetune([0.40, 0.40], [0.415, 0.415])
     # One seed only: no verdict yet, the missing arm is said.
     text = _finetune([0.40], [])
-    assert "needs both arms at 2 seeds" in text and "not run" in text
+    assert "needs both arms at the same 2 or more seeds" in text
+    assert "not run" in text
+
+
+def test_finetune_verdict_with_three_seeds():
+    runs = [
+        {"arm": arm, "seed": seed, "map": m}
+        for arm, maps in (("grid", (0.40, 0.41, 0.42)), ("rpn", (0.44,) * 3))
+        for seed, m in enumerate(maps)
+    ]
+    text = rpn_coil.finetune_section({"settings": {}, "runs": runs})
+    # +3 points on the mean, the grid's spread 2 points: met.
+    assert "+3.00 points on the mean, larger spread 2.00" in text
+    assert "NOT met" not in text and "test mAP per seed (0, 1, 2)" in text
+    # The learned arm at 2 seeds against the grid at 3: no verdict.
+    text = rpn_coil.finetune_section({"settings": {}, "runs": runs[:-1]})
+    assert "needs both arms at the same 2 or more seeds" in text
 
 
 def test_finetune_verdict_per_learned_arm():
@@ -181,3 +199,36 @@ def test_coil_verdict():
     assert "-0.40 points from the grid" in section(0.9, 0.896)
     assert "(lose no more than 0.5) met" in section(0.9, 0.896)
     assert "NOT met" in section(0.9, 0.894)
+
+
+@pytest.fixture
+def size_512(monkeypatch):
+    """Module constants at --size=512, restored after the test."""
+    for name in ("SIZE", "CELL", "MAP"):
+        monkeypatch.setattr(rpn_coil, name, getattr(rpn_coil, name))
+    rpn_coil._set_size(512)
+
+
+def test_size_constants(size_512):
+    # The boxes stay in the 256 px images' pixels: a 16x16 map over them
+    # has cells of 16 of those pixels.
+    assert (rpn_coil.SIZE, rpn_coil.CELL, rpn_coil.MAP) == (512, 16.0, 16)
+    assert "512x512 (the 256x256 images upscaled)" == rpn_coil._rendered()
+    assert rpn_coil._base_arms() == ["grid"]
+
+
+def test_select_carried_scales_the_anchor_sides(size_512, tmp_path):
+    from absl.testing import flagsaver
+
+    chosen = {"sizes": [1.5, 2.0, 6.0], "learning_rate": 1e-3, "epochs": 2}
+    (tmp_path / "select.json").write_text(json.dumps({"chosen": chosen}))
+    rpn_coil.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(work_dir=str(tmp_path)):
+        result = rpn_coil.part_select()
+        assert rpn_coil._work() == tmp_path / "size512"
+    assert result["chosen"]["sizes"] == [3.0, 4.0, 12.0]
+    assert result["chosen"]["epochs"] == 2
+    assert "sides [3.0, 4.0, 12.0] cells" in rpn_coil.select_section(result)
+    with flagsaver.flagsaver(work_dir=str(tmp_path / "none")):
+        with pytest.raises(Exception, match="--parts=select"):
+            rpn_coil.part_select()
