@@ -280,11 +280,14 @@ def _static_is_faster(x, boxes):
     if height is not None and count is not None:
         return int(count) > int(height).bit_length() * int(height)
     height = tf.shape(x)[1]
-    count = tf.shape(boxes)[1]
-    # bit_length(H): the powers of two 1, 2, 4, ... that are <= H.
+    return tf.shape(boxes)[1] > _bit_length(height) * height
+
+
+def _bit_length(n):
+    """`int.bit_length` of an int32 tensor `n >= 0`, elementwise: how many
+    of the powers of two 1, 2, 4, ... are <= n."""
     powers = tf.bitwise.left_shift(1, tf.range(31))
-    levels = tf.reduce_sum(tf.cast(powers <= height, tf.int32))
-    return count > levels * height
+    return tf.reduce_sum(tf.cast(n[..., None] >= powers, tf.int32), axis=-1)
 
 
 def box_max_pool_gather(x, boxes):
@@ -356,11 +359,7 @@ def _read_levels(levels, y0, y1):
     with `2**k <= y1 - y0 < 2**(k + 1)`, two gathers of table rows."""
     shape = tf.shape(levels)
     batch, height = shape[1], shape[2]
-    powers = tf.bitwise.left_shift(1, tf.range(31))
-    level = tf.reduce_sum(
-        tf.cast((y1 - y0)[..., None] >= powers, tf.int32), axis=-1
-    )
-    level -= 1
+    level = _bit_length(y1 - y0) - 1
     flat = tf.reshape(levels, tf.stack([-1, shape[3], shape[4]]))
     first = (level * batch + tf.range(batch)[:, None]) * height
     top = tf.gather(flat, first + y0)

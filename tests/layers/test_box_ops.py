@@ -303,6 +303,15 @@ def test_static_form_chosen_from_boxes_and_height(height, count, static):
     assert bool(traced(x, boxes)) is static
 
 
+def test_bit_length_matches_python():
+    values = [0, 1, 2, 3, 4, 7, 8, 9, 1023, 1024, 2**30, 2**31 - 1]
+    got = box_ops._bit_length(tf.constant([values, values[::-1]], tf.int32))
+    expected = [[v.bit_length() for v in values]]
+    expected.append(expected[0][::-1])
+    np.testing.assert_array_equal(got.numpy(), expected)
+    assert int(box_ops._bit_length(tf.constant(5))) == 3
+
+
 def test_box_max_pool_without_boxes_or_images():
     x = np.zeros((2, 3, 4, 5), "f4")
     assert box_ops.box_max_pool(x, np.zeros((2, 0, 4), "f4")).shape == (
