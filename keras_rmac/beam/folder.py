@@ -267,17 +267,15 @@ def build_with_fallback(build, options, mode, rows):
     `REBUILD_LEAVES_FACTOR` times the leaves, or no tree for parts of
     fewer than `MIN_TREE_SIZE` rows (fast mode, a tree given by the
     policy; `rows`: rows of the smallest part)."""
-    from keras_rmac.search import scann_policy
-    from keras_rmac.search import scann_tuning
+    from keras_rmac.search import scann_builds
 
     index = build(options)
     point = index.operating_point
     leaves = options.get("num_leaves")
     if mode != "fast" or not leaves or point is None or point.reached:
         return index
-    small = rows < scann_policy.MIN_TREE_SIZE
-    factor = scann_tuning.REBUILD_LEAVES_FACTOR
-    return build({**options, "num_leaves": 0 if small else factor * leaves})
+    leaves = scann_builds.rebuild_num_leaves(rows, leaves)
+    return build({**options, "num_leaves": leaves})
 
 
 def _write_parts(job, work, descriptors, paths, bounds, options):

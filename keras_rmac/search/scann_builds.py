@@ -65,9 +65,24 @@ def rebuild_leaves(n: int, num_leaves: int) -> list[int]:
     >>> rebuild_leaves(5000, 71), rebuild_leaves(20_000, 141)
     ([0], [282, 0])
     """
+    leaves = rebuild_num_leaves(n, num_leaves)
+    return [leaves, 0] if leaves else [0]
+
+
+def rebuild_num_leaves(
+    n: int, num_leaves: int, factor: int | None = None
+) -> int:
+    """Leaves of the rebuild after a build of `num_leaves` leaves over `n`
+    rows missed its target: `factor` (default `REBUILD_LEAVES_FACTOR`)
+    times as many, or no tree (0) below `MIN_TREE_SIZE` rows. The one rule
+    for an index, a `ShardedIndex`'s shards and parts built elsewhere.
+
+    >>> rebuild_num_leaves(5000, 71), rebuild_num_leaves(20_000, 141, 3)
+    (0, 423)
+    """
     if n < scann_policy.MIN_TREE_SIZE:
-        return [0]
-    return [scann_tuning.REBUILD_LEAVES_FACTOR * num_leaves, 0]
+        return 0
+    return (factor or scann_tuning.REBUILD_LEAVES_FACTOR) * num_leaves
 
 
 def best_recall(point: OperatingPoint) -> float:

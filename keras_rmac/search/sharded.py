@@ -45,6 +45,7 @@ from keras_rmac.search import scann_tuning
 from keras_rmac.search import storage
 from keras_rmac.search.base import Index
 from keras_rmac.search.base import load_index
+from keras_rmac.search.scann_builds import rebuild_num_leaves
 from keras_rmac.search.scann_tuning import OperatingPoint
 
 logger = logging.getLogger(__name__)
@@ -182,8 +183,7 @@ class ShardedIndex(Index):
                 rows, total or rows, self.shard_kind, options.get("num_leaves")
             )
             if leaves_factor:
-                small = rows < scann_policy.MIN_TREE_SIZE
-                leaves = 0 if small else leaves_factor * leaves
+                leaves = rebuild_num_leaves(rows, leaves, leaves_factor)
             options["num_leaves"] = leaves
             options["target_recall"] = None
         return make_index(

@@ -132,6 +132,14 @@ def test_rebuild_order():
     ]
 
 
+def test_rebuild_num_leaves():
+    small, least = P.MIN_TREE_SIZE - 1, P.MIN_TREE_SIZE
+    assert B.rebuild_num_leaves(small, 100) == 0
+    assert B.rebuild_num_leaves(small, 100, 3) == 0
+    assert B.rebuild_num_leaves(least, 141) == T.REBUILD_LEAVES_FACTOR * 141
+    assert B.rebuild_num_leaves(least, 141, 3) == 423
+
+
 class FakeSearcher:
     """Finds the true neighbours of a share of the queries, set per leaf
     count of the current build; the other queries find nothing."""
