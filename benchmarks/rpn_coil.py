@@ -864,8 +864,16 @@ def topn_section(result):
         "the cleaning's boxes of objects 1-40 only; shift + PCA-whitening "
         f"on the views of objects 1-40 at multiples of 15 degrees "
         f"({result['fit_images']} images). Chosen (best with shift + PCA): "
-        f"**top {result['chosen']}**, the learned arm added to the "
-        "fine-tuning part (the layer's default stays 256, the issue's N).\n\n"
+        f"**top {result['chosen']}**"
+        + (
+            ", the learned arm added to the fine-tuning part (the layer's "
+            "default stays 256, the issue's N)"
+            if SIZE == NATIVE
+            else " (at this size the fine-tuning part takes only the arm "
+            "chosen after fine-tuning, part `valtune`: each run costs ~12 "
+            "min here)"
+        )
+        + ".\n\n"
         f"{table}\n"
     )
 
@@ -1299,7 +1307,11 @@ def finetune_section(result):
         "those `benchmarks/train_coil100.py` chose on plain COIL-100's "
         "validation split; only the learned arms' number of proposals "
         "(and learning rate) was chosen on the cluttered validation split "
-        "(parts `topn` and `valtune`)"
+        + (
+            "(parts `topn` and `valtune`)"
+            if SIZE == NATIVE
+            else "(part `valtune`)"
+        )
         + (
             ", and a second, longer budget for both arms added there (10 "
             "epochs: at 3 the validation loss was still falling). "

@@ -232,3 +232,15 @@ def test_select_carried_scales_the_anchor_sides(size_512, tmp_path):
     with flagsaver.flagsaver(work_dir=str(tmp_path / "none")):
         with pytest.raises(Exception, match="--parts=select"):
             rpn_coil.part_select()
+
+
+def test_other_size_fine_tunes_only_the_choice_after_fine_tuning(size_512):
+    rows = [{"top_n": 0, "map": 0.5, "map_pca": 0.6}]
+    text = rpn_coil.topn_section(
+        {"fit_images": 2, "val_images": 3, "rows": rows, "chosen": 256}
+    )
+    assert "**top 256** (at this size the fine-tuning part takes only" in text
+    runs = [{"arm": "grid", "seed": 0, "map": 0.4}]
+    text = rpn_coil.finetune_section({"settings": {}, "runs": runs})
+    assert "(part `valtune`). " in text and "10 epochs" not in text
+    assert "512x512 (the 256x256 images upscaled)" in text
