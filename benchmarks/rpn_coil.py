@@ -613,13 +613,14 @@ def part_cost():
     paths = test.db_paths[:: max(1, len(test.db_paths) // FLAGS.cost_images)]
     paths = paths[: FLAGS.cost_images]
     images = np.stack([im for _, im in image_io.load_images(paths)])
+    fixed = _fine_tuned_top_n()
     models = {
         "grid": _model(),
         "rpn": _rpn_model("rpn_clean"),
         # The fine-tuned arms' layout: fewer proposals, read from a frozen
         # copy of the tail that `train` fine-tunes.
-        "rpn32_fixed": _rpn_model(
-            "rpn_clean", 32, proposal_from=FINETUNE["trainable_from"]
+        f"rpn{fixed}_fixed": _rpn_model(
+            "rpn_clean", fixed, proposal_from=FINETUNE["trainable_from"]
         ),
     }
     for model in models.values():  # trace once, untimed
@@ -648,11 +649,30 @@ def part_cost():
     }
 
 
+def _fine_tuned_top_n():
+    """The number of proposals of the 3-epoch learned arm chosen on
+    validation after fine-tuning (32 when `valtune` has not run)."""
+    path = _work() / "valtune.json"
+    if path.is_file():
+        for arm in _valtune_chosen(json.loads(path.read_text())):
+            if _epochs(arm) == FINETUNE["epochs"]:
+                return _arm_top_n(arm)
+    return 32
+
+
+def _cost_name(name):
+    found = re.fullmatch(r"rpn(\d+)_fixed", name)
+    if found is None:
+        return COST_NAMES[name]
+    return (
+        f"learned RPN, top {found.group(1)}, proposals on a frozen copy of "
+        "the tail from `block_15_expand` (the fine-tuned models' layout)"
+    )
+
+
 COST_NAMES = {
     "grid": "R-MAC grid, L=3 (15 regions)",
     "rpn": "learned RPN, top 256",
-    "rpn32_fixed": "learned RPN, top 32, proposals on a frozen copy of the "
-    "tail from `block_15_expand` (the fine-tuned models' layout)",
 }
 
 
@@ -665,7 +685,7 @@ def cost_section(result):
         ratio = statistics.median(times) / statistics.median(grid)
         rows.append(
             (
-                COST_NAMES[name],
+                _cost_name(name),
                 f"{ips[name]:.1f}",
                 f"{min(times):.2f}-{max(times):.2f}",
                 f"{ratio:.2f} ({min(per_round):.2f}-{max(per_round):.2f})",

@@ -244,3 +244,12 @@ def test_other_size_fine_tunes_only_the_choice_after_fine_tuning(size_512):
     text = rpn_coil.finetune_section({"settings": {}, "runs": runs})
     assert "(part `valtune`). " in text and "10 epochs" not in text
     assert "512x512 (the 256x256 images upscaled)" in text
+
+
+def test_cost_names_the_fine_tuned_number_of_proposals():
+    assert rpn_coil._cost_name("rpn128_fixed").startswith(
+        "learned RPN, top 128, proposals on a frozen copy"
+    )
+    assert rpn_coil._cost_name("grid") == "R-MAC grid, L=3 (15 regions)"
+    with pytest.raises(KeyError):
+        rpn_coil._cost_name("rpn_fixed")
