@@ -30,9 +30,9 @@ a run that stops resumes at the first missing part; `--redo` recomputes):
 - `finetune`: triplet fine-tuning (`keras_rmac.training.train`, cached
   frozen-prefix features) on the cluttered train split with the grid and
   with the learned regions (`TrainConfig(rpn_model=...)`), the same budget
-  (`FINETUNE`), seeds 0 and 1; test mAP through `extract`. Each run is
-  its own JSON (`finetune-{grid,rpn}-s{0,1}.json`) and resumes from its
-  Keras checkpoint when stopped.
+  (`FINETUNE`), `--seeds` (0 and 1 by default); test mAP through
+  `extract`. Each run is its own JSON (`finetune-<arm>-s<seed>.json`) and
+  resumes from its Keras checkpoint when stopped.
 - `coil`: plain COIL-100 (the `benchmarks/coil100.py` protocol), off the
   shelf, learned proposals (the cluttered RPN) vs the grid.
 
@@ -974,7 +974,7 @@ def _arm_top_n(arm):
 
 
 # ---------------------------------------------------------------------------
-# Part finetune: triplet fine-tuning, grid vs learned regions, 2 seeds.
+# Part finetune: triplet fine-tuning, grid vs learned regions, --seeds.
 
 FINETUNE = {
     # benchmarks/train_coil100.py's settings (chosen there on COIL-100's
@@ -1326,7 +1326,8 @@ def finetune_section(result):
         "saved model on the 1200 test files. The budget and settings are "
         "those `benchmarks/train_coil100.py` chose on plain COIL-100's "
         "validation split; only the learned arms' number of proposals "
-        "(and learning rate) was chosen on the cluttered validation split "
+        + ("(and learning rate) " if SIZE == NATIVE else "")
+        + "was chosen on the cluttered validation split "
         + (
             "(parts `topn` and `valtune`)"
             if SIZE == NATIVE
@@ -1474,6 +1475,11 @@ def main(argv):
         + "(`benchmarks/rpn_coil.py`)\n\n"
         "Command: `nice -n 5 python -m benchmarks.rpn_coil"
         + ("" if SIZE == NATIVE else f" --size={SIZE}")
+        + (
+            ""
+            if _seeds() == [0, 1]
+            else f" --seeds={','.join(str(x) for x in _seeds())}"
+        )
         + "` (resumable: "
         "each part is a JSON under `--work_dir`). Missing parts: "
         f"{', '.join(missing) if missing else 'none'}"
