@@ -335,10 +335,22 @@ def l2_normalize(x, axis=-1, epsilon=1e-6):
     float16 the floor `epsilon**2` is 0 (a zero vector would give NaN),
     squares of values under about 2e-4 vanish and squares over 256
     overflow. The result has the input's dtype.
+
+    Gradient: that of `x / max(||x||, epsilon)`, except for float16 inputs
+    at vectors whose norm is under `epsilon` (a zero region), where it is
+    zero: there it is `1 / epsilon` times the incoming gradient, past
+    float16's 65504 once loss-scaled, and the `inf` times a ReLU's zero
+    derivative would make every gradient of the step NaN (the loss-scale
+    optimizer then skips the step and lowers the scale, again at the next
+    zero region). The ReLU that made the vector zero passes no gradient
+    to it anyway.
     """
     x, dtype = _compute_dtype(x)
     sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return ops.cast(x * ops.rsqrt(ops.maximum(sq, epsilon * epsilon)), dtype)
+    y = x * ops.rsqrt(ops.maximum(sq, epsilon * epsilon))
+    if dtype == "float16":
+        y = ops.where(sq < epsilon * epsilon, ops.stop_gradient(y), y)
+    return ops.cast(y, dtype)
 
 
 def shift_pca(x, kernel, bias):

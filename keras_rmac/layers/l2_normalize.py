@@ -14,8 +14,9 @@ class L2Normalize(keras.layers.Layer):
     the float32 gradient is finite everywhere. For float16 inputs (a
     `mixed_float16` policy) the norm is computed in float32, where
     `epsilon**2` is not 0 and squares neither vanish nor overflow; the
-    output keeps the input's dtype. The math is
-    `keras_rmac.layers.functional.l2_normalize`.
+    output keeps the input's dtype, and a float16 vector of norm under
+    `epsilon` passes no gradient (`1 / epsilon` is past float16's range).
+    The math is `keras_rmac.layers.functional.l2_normalize`.
 
     Args:
         axis: int. Axis along which to normalise. Defaults to `-1`.

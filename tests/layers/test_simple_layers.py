@@ -67,10 +67,36 @@ def test_l2_normalize_float16_tensor_and_its_gradient():
         total = tf.reduce_sum(tf.cast(y, tf.float32))
     assert y.dtype == tf.float16
     assert np.all(np.isfinite(y.numpy())) and np.all(y.numpy()[0] == 0)
-    # Finite for the tiny, large and ordinary rows. (At the zero row the
-    # gradient is 1 / epsilon = 1e6, past float16's 65504, as in float32
-    # frameworks with the same epsilon.)
-    assert np.all(np.isfinite(tape.gradient(total, x).numpy()[1:]))
+    grad = tape.gradient(total, x).numpy().astype(np.float64)
+    # The zero row passes no gradient (1 / epsilon is past float16).
+    assert np.all(grad[0] == 0)
+    # The others: d(sum(x / |x|))/dx = (1 - y * sum(y)) / |x|, in float64.
+    rows = HALF_CASES[1:].astype(np.float16).astype(np.float64)
+    norm = np.linalg.norm(rows, axis=1, keepdims=True)
+    unit = rows / norm
+    want = (1 - unit * unit.sum(axis=1, keepdims=True)) / norm
+    np.testing.assert_allclose(grad[1:], want, rtol=2e-3, atol=1e-3)
+
+
+def test_l2_normalize_float16_zero_region_after_relu_keeps_gradients_finite():
+    # A region whose activations a ReLU zeroed, under a loss scale of
+    # 2^15 (mixed_float16's initial one): the step's gradient must stay
+    # finite (inf * relu'(0) = NaN would make the loss-scale optimizer
+    # skip it), and the other rows' gradient is unchanged.
+    x = tf.constant([[0.0, -1.0, -2.0], [3.0, 4.0, -1.0]], tf.float16)
+    weights = tf.constant([[1.0, 1.0, 1.0], [1.0, -1.0, 0.5]])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = L2Normalize(dtype="mixed_float16")(tf.nn.relu(x))
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights) * 2.0**15
+    grad = tape.gradient(loss, x).numpy().astype(np.float64)
+    assert np.all(np.isfinite(grad)) and np.all(grad[0] == 0)
+    # Row 1: h = (3, 4, 0), |h| = 5, dL/dh = (I - u u^T) w / |h| * 2^15,
+    # and relu'(-1) = 0 on its last entry.
+    u = np.array([0.6, 0.8, 0.0])
+    w = np.array([1.0, -1.0, 0.5])
+    want = (w - u * (u @ w)) / 5 * 2.0**15 * np.array([1.0, 1.0, 0.0])
+    np.testing.assert_allclose(grad[1], want, rtol=2e-3)
 
 
 def test_gem_under_mixed_float16_does_not_overflow_on_large_activations():
