@@ -253,3 +253,80 @@ def test_cost_names_the_fine_tuned_number_of_proposals():
     assert rpn_coil._cost_name("grid") == "R-MAC grid, L=3 (15 regions)"
     with pytest.raises(KeyError):
         rpn_coil._cost_name("rpn_fixed")
+
+
+def test_grid_learning_rate_chosen_per_budget():
+    runs = [
+        {"arm": a, "map": m, "mean_cosine": 0.1, "loss": [0.5]}
+        for a, m in (
+            ("grid", 0.70),
+            ("rpn128", 0.75),
+            ("grid-lr3e-05", 0.72),
+            ("grid-ep10", 0.80),
+            ("grid-lr3e-05-ep10", 0.80),  # a tie: the first stays
+        )
+    ]
+    grids = rpn_coil.best_grid_per_budget(runs)
+    assert grids == {3: "grid-lr3e-05", 10: "grid-ep10"}
+    assert rpn_coil._grid_partner("rpn128", grids) == "grid-lr3e-05"
+    assert rpn_coil._grid_partner("rpn32-ep10", grids) == "grid-ep10"
+    assert rpn_coil._grid_partner("rpn32-ep6", grids) == "grid-ep6"
+    assert rpn_coil._grid_partner("rpn128") == "grid"
+    text = rpn_coil.valtune_section({"runs": runs, "chosen": ["rpn128"]})
+    assert (
+        "**learned RPN (cleaning's boxes), top 128**; the grid at the "
+        "learning rate chosen the same way: **R-MAC grid, L=3, lr 3e-05**; "
+        "**R-MAC grid, L=3, 10 epochs**." in text
+    )
+    # One grid per budget: nothing was chosen for it.
+    text = rpn_coil.valtune_section(
+        {"runs": runs[:2] + runs[3:4], "chosen": ["rpn128"]}
+    )
+    assert "the grid at the learning rate" not in text
+
+
+def test_finetune_verdict_against_the_grid_chosen_on_validation():
+    runs = [{"arm": "grid", "map": m} for m in (0.30, 0.45)]
+    runs += [{"arm": "grid-lr3e-05", "map": m} for m in (0.44, 0.45)]
+    runs += [{"arm": "rpn128", "map": m} for m in (0.50, 0.51)]
+    text = rpn_coil.finetune_section(
+        {
+            "settings": {},
+            "runs": runs,
+            "choices": {"rpn128": "chosen on validation after fine-tuning"},
+            "partners": {"rpn128": "grid-lr3e-05"},
+        }
+    )
+    # Against the chosen grid (mean 0.445, spread 1 point): +6 points and
+    # met; against the default grid it would be +13 with a 15-point
+    # spread, not met.
+    assert (
+        "minus R-MAC grid, L=3, lr 3e-05: +6.00 points on the mean, larger "
+        "spread 1.00 points" in text
+    )
+    assert "NOT met" not in text
+    assert "| R-MAC grid, L=3, lr 3e-05 (chosen on validation) |" in text
+    assert "| R-MAC grid, L=3 | 0.3000, 0.4500 |" in text
+
+
+def test_finetune_partners_read_the_validation(size_512, tmp_path):
+    from absl.testing import flagsaver
+
+    work = tmp_path / "size512"
+    work.mkdir()
+    runs = [
+        {"arm": a, "map": m}
+        for a, m in (
+            ("grid", 0.70),
+            ("rpn32", 0.6),
+            ("rpn128", 0.75),
+            ("grid-lr3e-05", 0.72),
+            ("rpn128-lr3e-05", 0.74),
+        )
+    ]
+    valtune = {"runs": runs, "chosen": rpn_coil.best_per_budget(runs)}
+    (work / "valtune.json").write_text(json.dumps(valtune))
+    rpn_coil.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(work_dir=str(tmp_path)):
+        assert rpn_coil._finetune_partners() == {"rpn128": "grid-lr3e-05"}
+        assert rpn_coil._finetune_arms() == ["grid", "grid-lr3e-05", "rpn128"]
