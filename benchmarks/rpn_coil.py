@@ -1349,8 +1349,8 @@ def finetune_section(result):
         grid = partners.get(arm) or _grid_partner(arm)
         if _arm_top_n(arm) is None:
             continue
-        seeds = len(arms[arm])
-        if seeds < 2 or len(arms.get(grid, [])) != seeds:
+        runs_of_arm = len(arms[arm])
+        if runs_of_arm < 2 or len(arms.get(grid, [])) != runs_of_arm:
             verdicts.append(
                 f"{label(arm)}: needs both arms at the same 2 or more seeds."
             )
