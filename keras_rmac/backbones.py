@@ -41,6 +41,8 @@ class BackboneSpec:
     stride: int = 32
 
 
+# A new name goes in `keras_rmac.defaults.BACKBONE_NAMES` too (`--backbone`
+# choices, read without Keras); tests/test_defaults.py keeps them equal.
 BACKBONES = {
     "mobilenet_v1": BackboneSpec("MobileNet", "tf"),
     "mobilenet_v2": BackboneSpec("MobileNetV2", "tf"),

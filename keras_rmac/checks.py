@@ -6,7 +6,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-__all__ = ["check_int"]
+__all__ = ["check_int", "validate_anchor_args"]
 
 
 def check_int(
@@ -50,3 +50,25 @@ def check_int(
     if value < minimum:
         raise ValueError(message)
     return int(value)
+
+
+def validate_anchor_args(
+    sizes: Any, ratios: Any
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`(sizes, ratios)` as tuples of positive floats, else ValueError."""
+    out = []
+    for name, values in (("sizes", sizes), ("ratios", ratios)):
+        try:
+            values = tuple(float(v) for v in values)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"`{name}` must be a sequence of positive numbers, got "
+                f"{name}={values!r}."
+            ) from None
+        if not values or min(values) <= 0:
+            raise ValueError(
+                f"`{name}` must be a non-empty sequence of positive numbers, "
+                f"got {name}={values!r}."
+            )
+        out.append(values)
+    return tuple(out)

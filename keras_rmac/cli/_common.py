@@ -9,17 +9,17 @@ sub-command; `model_spec` turns parsed arguments into a plain dict that
 whether it was asked for the same network.
 
 Importing this module does not import TensorFlow: the backbone and pooling
-names are read from their modules only when a sub-command's options are
-checked or its help is printed.
+names come from `keras_rmac.defaults`, so `--help` lists them without it.
 """
 
 import argparse
-import importlib
 import logging
 import os
 import pathlib
 import urllib.error
 
+from keras_rmac.defaults import BACKBONE_NAMES
+from keras_rmac.defaults import POOLINGS
 from keras_rmac.indexing.settings import DEFAULT_MAX_SIZE
 
 logger = logging.getLogger(__name__)
@@ -123,35 +123,8 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-class LazyChoices:
-    """argparse `choices` read from `module.attribute` when first needed.
-
-    argparse only tests membership (a given value) and iterates (help and
-    error messages), so the module, which imports Keras, is imported then
-    and not when the parser is built.
-
-    Args:
-        module: str. Module name.
-        attribute: str. A collection of names in that module.
-    """
-
-    def __init__(self, module: str, attribute: str):
-        self.module = module
-        self.attribute = attribute
-
-    def _names(self) -> list[str]:
-        names = getattr(importlib.import_module(self.module), self.attribute)
-        return sorted(names)
-
-    def __contains__(self, value) -> bool:
-        return value in self._names()
-
-    def __iter__(self):
-        return iter(self._names())
-
-
-BACKBONE_CHOICES = LazyChoices("keras_rmac.backbones", "BACKBONES")
-POOLING_CHOICES = LazyChoices("keras_rmac.models.rmac_model", "POOLINGS")
+BACKBONE_CHOICES = tuple(sorted(BACKBONE_NAMES))
+POOLING_CHOICES = tuple(sorted(POOLINGS))
 
 NETWORK_OPTIONS = ("backbone", "weights", "pooling", "pca_dim")
 """Destinations of the options that a `--model` file already fixes."""

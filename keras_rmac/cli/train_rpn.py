@@ -4,6 +4,7 @@ import argparse
 import logging
 
 from keras_rmac.cli import _common
+from keras_rmac.training.config import RPNConfig
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     Returns:
         The sub-command's parser (its `run` default is `run`).
     """
-    from keras_rmac.training.rpn import RPNConfig
-
     defaults = RPNConfig("", "")
     parser = subparsers.add_parser(
         "train-rpn",
@@ -114,10 +113,8 @@ def _floats(text: str) -> tuple[float, ...]:
     return values
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> RPNConfig:
     """The `RPNConfig` of parsed `keras-rmac train-rpn` arguments."""
-    from keras_rmac.training.rpn import RPNConfig
-
     network = _common.network_settings(args)
     if network["pooling"] != "rmac" or network["pca_dim"] is not None:
         raise ValueError(

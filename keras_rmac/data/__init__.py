@@ -24,7 +24,7 @@ Example:
 ('query', 'positive', 'negative')
 """
 
-import importlib
+from keras_rmac._lazy import lazy_attributes
 
 _EXPORTS = {
     "Augmentation": "augmentation",
@@ -57,14 +57,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        value = getattr(module, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_attributes(
+    globals(),
+    {name: f"{__name__}.{module}" for name, module in _EXPORTS.items()},
+)

@@ -27,8 +27,7 @@ Example:
 >>> PhotoIndex("photos_index").search("query.jpg", k=5)  # doctest: +SKIP
 """
 
-import importlib
-
+from keras_rmac._lazy import lazy_attributes
 from keras_rmac.indexing.errors import IndexBusyError
 from keras_rmac.indexing.errors import IndexMismatchError
 from keras_rmac.indexing.layout import MODEL_FILE
@@ -77,14 +76,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)

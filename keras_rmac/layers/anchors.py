@@ -2,33 +2,10 @@
 
 import keras
 
+from keras_rmac.checks import validate_anchor_args
+from keras_rmac.defaults import DEFAULT_RATIOS
+from keras_rmac.defaults import DEFAULT_SIZES
 from keras_rmac.layers import box_ops
-
-DEFAULT_SIZES = (1.0, 2.0, 4.0, 8.0)
-"""Anchor sides in feature cells: 32 to 256 pixels at stride 32."""
-
-DEFAULT_RATIOS = (0.5, 1.0, 2.0)
-"""Anchor height / width ratios (Faster R-CNN's)."""
-
-
-def validate_anchor_args(sizes, ratios):
-    """`(sizes, ratios)` as tuples of positive floats, else ValueError."""
-    out = []
-    for name, values in (("sizes", sizes), ("ratios", ratios)):
-        try:
-            values = tuple(float(v) for v in values)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"`{name}` must be a sequence of positive numbers, got "
-                f"{name}={values!r}."
-            ) from None
-        if not values or min(values) <= 0:
-            raise ValueError(
-                f"`{name}` must be a non-empty sequence of positive numbers, "
-                f"got {name}={values!r}."
-            )
-        out.append(values)
-    return tuple(out)
 
 
 @keras.saving.register_keras_serializable(package="keras_rmac")

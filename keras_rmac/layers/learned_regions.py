@@ -4,14 +4,12 @@ import keras
 import tensorflow as tf
 
 from keras_rmac.checks import check_int
+from keras_rmac.defaults import DEFAULT_TOP_N
 from keras_rmac.layers import box_ops
 from keras_rmac.layers.anchors import DEFAULT_RATIOS
 from keras_rmac.layers.anchors import DEFAULT_SIZES
 from keras_rmac.layers.anchors import AnchorGenerator
 from keras_rmac.layers.rpn_head import RPNHead
-
-DEFAULT_TOP_N = 256
-"""Proposals pooled per image: the 256 of Gordo et al. (ECCV 2016)."""
 
 
 @keras.saving.register_keras_serializable(package="keras_rmac")

@@ -15,6 +15,7 @@ from keras_rmac.backbones import build_backbone
 from keras_rmac.backbones import graph_signature
 from keras_rmac.backbones import update_with_weights
 from keras_rmac.data import image_io
+from keras_rmac.defaults import POOLINGS
 from keras_rmac.layers.gem_pooling import GeMPooling
 from keras_rmac.layers.l2_normalize import L2Normalize
 from keras_rmac.layers.mac_pooling import MACPooling
@@ -33,8 +34,6 @@ from keras_rmac.models.value_range import unit_range_message
 from keras_rmac.models.value_range import unit_range_peak
 from keras_rmac.models.value_range import validate_value_range
 from keras_rmac.progress import progress_bar
-
-POOLINGS = ("rmac", "mac", "spoc", "gem")
 
 
 @keras.saving.register_keras_serializable(package="keras_rmac")

@@ -36,33 +36,43 @@ trains the RPN of an `RMACModel(regions="rpn")` on the boxes of a cleaned
 list, backbone frozen (module `rpn`); `train` then trains the descriptor on
 the learned regions with `TrainConfig(rpn_model=<its model.keras>)`.
 
-Modules: `config` (`TrainConfig`), `callbacks` (`ResumableBackupAndRestore`,
-`RandomTriplets`), `feature_cache` (cached frozen-prefix features) and
-`loop` (`train` and its steps), `rpn` (`train_rpn`) and `rpn_features`
-(the RPN trainer's feature maps, cached on disk).
+Modules: `config` (`TrainConfig`, `RPNConfig`), `callbacks`
+(`ResumableBackupAndRestore`, `RandomTriplets`), `feature_cache` (cached
+frozen-prefix features) and `loop` (`train` and its steps), `rpn`
+(`train_rpn`) and `rpn_features` (the RPN trainer's feature maps, cached on
+disk).
+
+The names of `config` are imported with the package, the others on first
+use, so that the settings and their defaults can be read (as `keras-rmac
+train --help` does) without loading TensorFlow.
 """
 
-from keras_rmac.models import optimizer_step
-from keras_rmac.training.callbacks import RandomTriplets
-from keras_rmac.training.callbacks import ResumableBackupAndRestore
+from keras_rmac._lazy import lazy_attributes
 from keras_rmac.training.config import DEFAULT_MARGINS
 from keras_rmac.training.config import LOSSES
 from keras_rmac.training.config import OPTIMIZERS
+from keras_rmac.training.config import RPNConfig
 from keras_rmac.training.config import TrainConfig
-from keras_rmac.training.feature_cache import adapt_pca_from_features
-from keras_rmac.training.feature_cache import cache_key
-from keras_rmac.training.feature_cache import cached_features
-from keras_rmac.training.feature_cache import feature_extract_fn
-from keras_rmac.training.feature_cache import features_key
-from keras_rmac.training.loop import TrainResult
-from keras_rmac.training.loop import adapt_pca
-from keras_rmac.training.loop import build_loss
-from keras_rmac.training.loop import build_optimizer
-from keras_rmac.training.loop import load_training_images
-from keras_rmac.training.loop import train
-from keras_rmac.training.rpn import RPNConfig
-from keras_rmac.training.rpn import RPNResult
-from keras_rmac.training.rpn import train_rpn
+
+_LAZY = {
+    "RandomTriplets": "keras_rmac.training.callbacks",
+    "ResumableBackupAndRestore": "keras_rmac.training.callbacks",
+    "adapt_pca_from_features": "keras_rmac.training.feature_cache",
+    "cache_key": "keras_rmac.training.feature_cache",
+    "cached_features": "keras_rmac.training.feature_cache",
+    "feature_extract_fn": "keras_rmac.training.feature_cache",
+    "features_key": "keras_rmac.training.feature_cache",
+    "TrainResult": "keras_rmac.training.loop",
+    "adapt_pca": "keras_rmac.training.loop",
+    "build_loss": "keras_rmac.training.loop",
+    "build_optimizer": "keras_rmac.training.loop",
+    "load_training_images": "keras_rmac.training.loop",
+    "train": "keras_rmac.training.loop",
+    "optimizer_step": "keras_rmac.models",
+    "RPNResult": "keras_rmac.training.rpn",
+    "train_rpn": "keras_rmac.training.rpn",
+}
+"""Names imported on first use: their modules import Keras and TensorFlow."""
 
 __all__ = [
     "DEFAULT_MARGINS",
@@ -87,3 +97,6 @@ __all__ = [
     "train",
     "train_rpn",
 ]
+
+
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)

@@ -1,7 +1,17 @@
-"""The settings of a training run: `TrainConfig`."""
+"""The settings of the training runs: `TrainConfig` and `RPNConfig`.
+
+Standard library only: the command line reads their defaults for its
+`--help` without importing TensorFlow.
+"""
 
 import dataclasses
 import json
+
+from keras_rmac.checks import check_int
+from keras_rmac.checks import validate_anchor_args
+from keras_rmac.defaults import DEFAULT_RATIOS
+from keras_rmac.defaults import DEFAULT_SIZES
+from keras_rmac.defaults import DEFAULT_TOP_N
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -274,3 +284,93 @@ class TrainConfig:
         3
         """
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+@dataclasses.dataclass
+class RPNConfig:
+    """Settings of `train_rpn`.
+
+    Args:
+        train_list: CSV with boxes (`path,label,x0,y0,x1,y1`, as
+            `keras-rmac clean` writes).
+        output_dir: folder of the model, log, checkpoint and cached
+            feature maps (`rpn_features/`, kept for later runs; see
+            `keras_rmac.training.rpn_features` for the disk it takes).
+        image_root: folder the CSV paths are relative to. Defaults to the
+            CSV's folder.
+        backbone: backbone name. Defaults to "mobilenet_v2".
+        weights: backbone weights ("imagenet", a file or None).
+        image_size: longest side of the images, in pixels. Defaults to 512.
+        sizes, ratios: anchors (`AnchorGenerator`).
+        top_n: proposals pooled by the saved model. Defaults to 256.
+        hidden: filters of the RPN head. Defaults to 256.
+        epochs: passes over the images. Defaults to 10.
+        learning_rate: Adam's. Defaults to 1e-3.
+        anchors_per_image: anchors sampled per step. Defaults to 256.
+        positive_fraction: most positives in a sample. Defaults to 0.5.
+        positive_iou, negative_iou: IoU thresholds. Defaults 0.7 and 0.3.
+        box_weight: weight of the box loss. Defaults to 1.0.
+        checkpoint_every: steps between checkpoints. Defaults to 100.
+        seed: Defaults to 0.
+        num_workers: decoding threads. Defaults to 4.
+        verbose: progress bar (0 or 1). Defaults to 0.
+    """
+
+    train_list: str
+    output_dir: str
+    image_root: str | None = None
+    backbone: str = "mobilenet_v2"
+    weights: str | None = "imagenet"
+    image_size: int = 512
+    sizes: tuple = DEFAULT_SIZES
+    ratios: tuple = DEFAULT_RATIOS
+    top_n: int = DEFAULT_TOP_N
+    hidden: int = 256
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    anchors_per_image: int = 256
+    positive_fraction: float = 0.5
+    positive_iou: float = 0.7
+    negative_iou: float = 0.3
+    box_weight: float = 1.0
+    checkpoint_every: int = 100
+    seed: int = 0
+    num_workers: int = 4
+    verbose: int = 0
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first invalid setting."""
+        for name in (
+            "image_size",
+            "top_n",
+            "hidden",
+            "epochs",
+            "anchors_per_image",
+            "checkpoint_every",
+        ):
+            check_int(name, getattr(self, name))
+        validate_anchor_args(self.sizes, self.ratios)
+        if not 0.0 < self.positive_fraction <= 1.0:
+            raise ValueError(
+                "positive_fraction must be in (0, 1], got "
+                f"{self.positive_fraction!r}."
+            )
+        if not 0.0 <= self.negative_iou <= self.positive_iou <= 1.0:
+            raise ValueError(
+                "Need 0 <= negative_iou <= positive_iou <= 1, got "
+                f"negative_iou={self.negative_iou!r}, positive_iou="
+                f"{self.positive_iou!r}."
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"learning_rate must be > 0, got {self.learning_rate!r}."
+            )
+
+    def rpn_options(self):
+        """`RMACModel(rpn_options=...)` of the trained model."""
+        return {
+            "sizes": [float(s) for s in self.sizes],
+            "ratios": [float(r) for r in self.ratios],
+            "top_n": self.top_n,
+            "hidden": self.hidden,
+        }
