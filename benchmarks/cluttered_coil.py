@@ -97,6 +97,7 @@ from benchmarks.cluttered_coil_files import generate  # noqa: E402
 from benchmarks.cluttered_coil_files import grid_boxes  # noqa: E402
 from benchmarks.cluttered_coil_files import load_protocol  # noqa: E402
 from benchmarks.cluttered_coil_files import recall_at  # noqa: E402
+from benchmarks.results import define_data_dir  # noqa: E402
 from benchmarks.results import machine  # noqa: E402
 from benchmarks.results import markdown_table  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
@@ -143,13 +144,8 @@ BACKGROUNDS = [
 ]
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "data_dir",
-    os.environ.get(
-        "KERAS_RMAC_DATA", str(HERE.parent.parent / "shared" / "data")
-    ),
-    "Folder holding coil100/ and weights/.",
-)
+define_data_dir()
+flags.declare_key_flag("data_dir")  # listed in --help
 flags.DEFINE_string(
     "backgrounds_dir",
     "/tmp/keras_rmac_cluttered_coil/backgrounds",

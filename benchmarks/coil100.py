@@ -31,19 +31,14 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.results import define_data_dir  # noqa: E402
 from benchmarks.results import machine  # noqa: E402
 from benchmarks.results import markdown_table  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "data_dir",
-    os.environ.get(
-        "KERAS_RMAC_DATA",
-        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
-    ),
-    "Folder holding coil100/ and weights/.",
-)
+define_data_dir()
+flags.declare_key_flag("data_dir")  # listed in --help
 flags.DEFINE_integer("max_size", 224, "Longest side at scale 1.")
 flags.DEFINE_list("scales", ["1", "0.707", "1.414"], "Multi-resolution scales.")
 flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")

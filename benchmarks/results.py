@@ -12,6 +12,11 @@ import tempfile
 import time
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
+DATA_DIR = os.environ.get(
+    "KERAS_RMAC_DATA",
+    str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"),
+)
+"""The shared data folder: `$KERAS_RMAC_DATA`, else `../shared/data`."""
 HEADER = (
     "# Benchmark results\n\n"
     "Written by the scripts in `benchmarks/`; each section says the command "
@@ -63,3 +68,14 @@ def write_section(name: str, body: str, path=RESULTS) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def define_data_dir() -> None:
+    """Defines the benchmarks' `--data_dir` flag (default `DATA_DIR`),
+    unless a module imported before has."""
+    from absl import flags
+
+    if "data_dir" not in flags.FLAGS:
+        flags.DEFINE_string(
+            "data_dir", DATA_DIR, "Folder holding coil100/ and weights/."
+        )

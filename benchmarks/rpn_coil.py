@@ -64,6 +64,7 @@ from benchmarks.cluttered_coil_files import grid_boxes  # noqa: E402
 from benchmarks.cluttered_coil_files import load_protocol  # noqa: E402
 from benchmarks.cluttered_coil_files import recall_at  # noqa: E402
 from benchmarks.cluttered_coil_files import view_degrees  # noqa: E402
+from benchmarks.results import define_data_dir  # noqa: E402
 from benchmarks.results import machine  # noqa: E402
 from benchmarks.results import markdown_table  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
@@ -99,13 +100,8 @@ PARTS = (
 TOP_NS = (8, 16, 32, 64, 128, 256)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "data_dir",
-    os.environ.get(
-        "KERAS_RMAC_DATA", str(HERE.parent.parent / "shared" / "data")
-    ),
-    "Folder holding coil100/ and weights/.",
-)
+define_data_dir()
+flags.declare_key_flag("data_dir")  # listed in --help
 flags.DEFINE_string(
     "out_dir",
     "/tmp/keras_rmac_cluttered_coil/data",

@@ -54,6 +54,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.results import define_data_dir  # noqa: E402
 from benchmarks.results import markdown_table  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from keras_rmac.evaluation import compute_map  # noqa: E402
@@ -80,14 +81,8 @@ flags.DEFINE_integer("centres", 20000, "Synthetic cluster centres.")
 flags.DEFINE_float("noise", 0.7, "Synthetic noise scale.")
 flags.DEFINE_integer("seed", 0, "Synthetic data seed.")
 flags.DEFINE_bool("coil", True, "Run the COIL-100 mAP part if data exists.")
-flags.DEFINE_string(
-    "data_dir",
-    os.environ.get(
-        "KERAS_RMAC_DATA",
-        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
-    ),
-    "Shared data folder (coil100/, weights/).",
-)
+define_data_dir()
+flags.declare_key_flag("data_dir")  # listed in --help
 flags.DEFINE_string(
     "coil_cache",
     os.path.join(tempfile.gettempdir(), "keras_rmac_coil_mnv2_224.npz"),

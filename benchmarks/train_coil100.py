@@ -48,6 +48,7 @@ from benchmarks.coil_protocol import WEIGHTS  # noqa: E402
 from benchmarks.coil_protocol import evaluation_callback as _callbacks  # noqa: E402
 from benchmarks.coil_protocol import mean_ap as _map  # noqa: E402
 from benchmarks.coil_protocol import split as _split  # noqa: E402
+from benchmarks.results import define_data_dir  # noqa: E402
 from benchmarks.results import machine  # noqa: E402
 from benchmarks.results import markdown_table  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
@@ -55,13 +56,8 @@ from benchmarks.results import write_section  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "data_dir",
-    os.environ.get(
-        "KERAS_RMAC_DATA", os.path.join(HERE, "..", "..", "shared", "data")
-    ),
-    "Folder holding coil100/ and weights/.",
-)
+define_data_dir()
+flags.declare_key_flag("data_dir")  # listed in --help
 flags.DEFINE_enum("split", "test", ["test", "val"], "Evaluation split.")
 flags.DEFINE_string(
     "train_list",

@@ -51,19 +51,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.coil_protocol import WEIGHTS  # noqa: E402
 from benchmarks.coil_protocol import evaluation_callback  # noqa: E402
 from benchmarks.coil_protocol import split  # noqa: E402
+from benchmarks.results import define_data_dir  # noqa: E402
 from benchmarks.results import machine  # noqa: E402
 from benchmarks.results import markdown_table  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "data_dir",
-    os.environ.get(
-        "KERAS_RMAC_DATA",
-        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
-    ),
-    "Folder holding coil100/ and weights/.",
-)
+define_data_dir()
+flags.declare_key_flag("data_dir")  # listed in --help
 flags.DEFINE_string(
     "output_dir", "/tmp/keras_rmac_train_losses", "Runs and feature cache."
 )

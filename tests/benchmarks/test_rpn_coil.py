@@ -330,3 +330,18 @@ def test_finetune_partners_read_the_validation(size_512, tmp_path):
     with flagsaver.flagsaver(work_dir=str(tmp_path)):
         assert rpn_coil._finetune_partners() == {"rpn128": "grid-lr3e-05"}
         assert rpn_coil._finetune_arms() == ["grid", "grid-lr3e-05", "rpn128"]
+
+
+def test_data_dir_flag_is_the_shared_one():
+    import os
+
+    from benchmarks import results
+
+    assert rpn_coil.FLAGS["data_dir"].default == results.DATA_DIR
+    want = os.environ.get(
+        "KERAS_RMAC_DATA",
+        os.path.join(
+            os.path.dirname(results.RESULTS), "..", "..", "shared", "data"
+        ),
+    )
+    assert os.path.realpath(results.DATA_DIR) == os.path.realpath(want)
