@@ -143,6 +143,13 @@ def test_arm_names():
         32,
         {"learning_rate": 1e-4, "epochs": 6},
     )
+    assert rpn_coil._arm_spec("grid-lr3e-05-m0.1-ep6") == (
+        None,
+        {"learning_rate": 3e-5, "margin": 0.1, "epochs": 6},
+    )
+    assert rpn_coil._arm_label("rpn128-m0.1") == (
+        "learned RPN (cleaning's boxes), top 128, margin 0.1"
+    )
     assert rpn_coil._grid_partner("rpn32-ep10") == "grid-ep10"
     assert rpn_coil._grid_partner("rpn128-lr3e-05") == "grid"
     for bad in ("rpnx", "grid32", "rpn-ep"):
