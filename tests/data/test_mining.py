@@ -191,3 +191,70 @@ def test_old_index_spellings_are_deprecated_aliases():
             mining.HardNegativeMiner(
                 images, table, embed_fn=extract, extract_fn=extract
             )
+
+
+def test_mean_cosine_matches_the_pairwise_mean():
+    rng = np.random.default_rng(3)
+    d = _unit(rng.normal(size=(7, 5)))
+    gram = d.astype(np.float64) @ d.T.astype(np.float64)
+    want = (gram.sum() - np.trace(gram)) / (7 * 6)
+    np.testing.assert_allclose(mining.mean_cosine(d), want, rtol=1e-9)
+    assert mining.mean_cosine(np.ones((4, 3)) / np.sqrt(3)) == pytest.approx(1)
+    assert mining.mean_cosine(np.eye(3)) == 0
+    assert np.isnan(mining.mean_cosine(np.ones((1, 3))))
+
+
+class SwitchEmbedding(keras.Model):
+    """`ColourEmbedding`, or every image to one unit vector (a collapsed
+    model) once `collapsed` is set to 1 (a variable: the miner's traced
+    function reads it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.collapsed = keras.Variable(0.0, trainable=False)
+
+    def call(self, images, training=False):
+        colour = ColourEmbedding()(images)
+        one = keras.ops.ones_like(colour) / np.sqrt(3.0)
+        return colour + self.collapsed * (one - colour)
+
+
+def test_miner_warns_when_the_descriptors_collapse(tmp_path, caplog):
+    paths, labels = [], []
+    for c in range(3):
+        for i in range(2):
+            path = str(tmp_path / f"{c}_{i}.png")
+            # Class c: channel c bright (distinct colours, cosine ~0.1).
+            image = np.full((8, 8, 3), 10 + i, np.uint8)
+            image[..., c] = 200
+            Image.fromarray(image).save(path)
+            paths.append(path)
+            labels.append(c)
+    images = T.LabelledImages.from_labels(paths, labels)
+
+    def miner(embedding):
+        return mining.HardNegativeMiner(
+            images,
+            T.TripletTable(T.random_triplets(images.labels, 6, 0)),
+            image_size=8,
+            pool_size=6,
+            embedding=embedding,
+            verbose=0,
+        )
+
+    embedding = SwitchEmbedding()
+    sound_then_collapsed = miner(embedding)
+    with caplog.at_level("WARNING", logger="keras_rmac.data.mining"):
+        sound_then_collapsed.on_epoch_begin(0)
+        assert "collapsing" not in caplog.text
+        embedding.collapsed.assign(1.0)
+        sound_then_collapsed.on_epoch_begin(1)
+    first, second = sound_then_collapsed.history
+    assert first["pool_similarity"] < 0.5
+    assert second["pool_similarity"] == pytest.approx(1)
+    assert "epoch 1" in caplog.text and "mean cosine of 1.00" in caplog.text
+    # Similar from the first round (e.g. no shift + PCA): no alarm.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="keras_rmac.data.mining"):
+        miner(embedding).on_epoch_begin(0)
+    assert "collapsing" not in caplog.text
