@@ -281,15 +281,15 @@ def test_grid_learning_rate_chosen_per_budget():
     assert rpn_coil._grid_partner("rpn128") == "grid"
     text = rpn_coil.valtune_section({"runs": runs, "chosen": ["rpn128"]})
     assert (
-        "**learned RPN (cleaning's boxes), top 128**; the grid at the "
-        "learning rate chosen the same way: **R-MAC grid, L=3, lr 3e-05**; "
+        "**learned RPN (cleaning's boxes), top 128**; the grid's "
+        "settings, chosen the same way: **R-MAC grid, L=3, lr 3e-05**; "
         "**R-MAC grid, L=3, 10 epochs**." in text
     )
     # One grid per budget: nothing was chosen for it.
     text = rpn_coil.valtune_section(
         {"runs": runs[:2] + runs[3:4], "chosen": ["rpn128"]}
     )
-    assert "the grid at the learning rate" not in text
+    assert "the grid's settings" not in text
 
 
 def test_finetune_verdict_against_the_grid_chosen_on_validation():
