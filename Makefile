@@ -26,8 +26,11 @@ setup: $(BIN)/keras-rmac
 # search it with one photo; writes out/results.png and out/results.html.
 # `make demo PHOTOS=~/Pictures QUERY=...` keeps its own index beside the
 # COIL-100 one (out/index-Pictures); INDEX=DIR chooses another.
+# DATA also tells `index` where the offline ImageNet weights are
+# (DATA/weights): `make demo DATA=/path/to/shared/data` from any folder.
 demo: setup
-	$(BIN)/keras-rmac index $(PHOTOS) --index $(INDEX) --max-size 224
+	KERAS_RMAC_DATA=$(DATA) $(BIN)/keras-rmac index $(PHOTOS) \
+	    --index $(INDEX) --max-size 224
 	$(BIN)/keras-rmac search --index $(INDEX) $(QUERY) -k 10 \
 	    --sheet out/results.png --html out/results.html
 
