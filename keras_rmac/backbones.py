@@ -11,6 +11,7 @@ which is cut at its last 4-D output and given a variable input size.
 import dataclasses
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -312,9 +313,16 @@ def _application(spec, weights, include_top):
     builder = getattr(keras.applications, spec.builder)
     if include_top:
         return builder(include_top=True, weights=weights)
-    return builder(
-        include_top=False, weights=weights, input_shape=(None, None, 3)
-    )
+    with warnings.catch_warnings():
+        # Any input size is the point of a retrieval backbone: Keras's
+        # note that the 224x224 ImageNet weights are loaded anyway would
+        # print on every run with weights="imagenet".
+        warnings.filterwarnings(
+            "ignore", message="`input_shape` is undefined or non-square"
+        )
+        return builder(
+            include_top=False, weights=weights, input_shape=(None, None, 3)
+        )
 
 
 def _load_file(name, spec, path):

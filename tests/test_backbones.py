@@ -185,3 +185,29 @@ def test_known_weights_are_found_by_file_contents(tmp_path):
         assert backbones.known_weights(path).backbone == "vgg16"
     finally:
         del backbones.KNOWN_WEIGHTS[digest]
+
+
+def test_imagenet_builder_note_about_input_shape_is_not_printed(monkeypatch):
+    # With weights="imagenet" Keras warns on every build that the 224x224
+    # weights are loaded for an undefined input shape (the point of a
+    # retrieval backbone); other warnings still pass.
+    from keras_rmac import backbones
+
+    def fake_builder(**kwargs):
+        import warnings
+
+        warnings.warn(
+            "`input_shape` is undefined or non-square, or `rows` is not in "
+            "[96, 128, 160, 192, 224]. Weights for input shape (224, 224) "
+            "will be loaded as the default.",
+            stacklevel=2,
+        )
+        warnings.warn("another note", stacklevel=2)
+        return kwargs
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", fake_builder)
+    spec = backbones.BACKBONES["mobilenet_v2"]
+    with pytest.warns(UserWarning) as caught:
+        got = backbones._application(spec, "imagenet", include_top=False)
+    assert got["input_shape"] == (None, None, 3)
+    assert [str(w.message) for w in caught] == ["another note"]
