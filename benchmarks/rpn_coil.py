@@ -1301,6 +1301,27 @@ def _arm_label(arm, chosen=None):
     return label + (f" ({chosen})" if chosen else "")
 
 
+def _paired_text(runs, arm, grid):
+    """With 3 or more seeds run by both arms: on how many the learned arm
+    is ahead, and the mean of the per-seed differences with its standard
+    error (reported beside the issue's rule, which compares spreads)."""
+    by_seed = {}
+    for run in runs:
+        if run["arm"] in (arm, grid) and "seed" in run:
+            by_seed.setdefault(run["seed"], {})[run["arm"]] = run["map"]
+    diffs = np.array(
+        [m[arm] - m[grid] for m in by_seed.values() if len(m) == 2]
+    )
+    if len(diffs) < 3:
+        return ""
+    error = diffs.std(ddof=1) / np.sqrt(len(diffs))
+    return (
+        f" Paired by seed: ahead on {int(np.sum(diffs > 0))} of "
+        f"{len(diffs)} seeds, mean difference {100 * diffs.mean():+.2f} "
+        f"+- {100 * error:.2f} points (standard error)."
+    )
+
+
 def finetune_section(result):
     base = _base_arms()
     arms_run = base + sorted(
@@ -1378,6 +1399,7 @@ def finetune_section(result):
             f"mean, larger spread {100 * spread:.2f} points: issue 15's "
             "criterion (>= 2 points and more than the spread) "
             f"{'met' if met else 'NOT met'}."
+            + _paired_text(result["runs"], arm, grid)
         )
     verdict = " ".join(verdicts)
     return (

@@ -3,6 +3,7 @@ hand-made results (issue 15's "Done when" thresholds)."""
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import rpn_coil
@@ -352,3 +353,24 @@ def test_data_dir_flag_is_the_shared_one():
         ),
     )
     assert os.path.realpath(results.DATA_DIR) == os.path.realpath(want)
+
+
+def test_finetune_paired_by_seed():
+    grid = (0.40, 0.50, 0.45)
+    learned = (0.44, 0.49, 0.50)
+    runs = [
+        {"arm": a, "seed": seed, "map": m}
+        for seed in range(3)
+        for a, m in (("grid", grid[seed]), ("rpn", learned[seed]))
+    ]
+    text = rpn_coil.finetune_section({"settings": {}, "runs": runs})
+    diffs = np.subtract(learned, grid)
+    error = diffs.std(ddof=1) / np.sqrt(3)
+    assert (
+        "Paired by seed: ahead on 2 of 3 seeds, mean difference "
+        f"{100 * diffs.mean():+.2f} +- {100 * error:.2f} points" in text
+    )
+    # Two seeds: no paired line (the 256 px section's case).
+    two = [r for r in runs if r["seed"] < 2]
+    text = rpn_coil.finetune_section({"settings": {}, "runs": two})
+    assert "Paired by seed" not in text
