@@ -1018,14 +1018,6 @@ FINETUNE = {
 }
 
 
-def _mean_cosine(descriptors):
-    """Mean cosine between the descriptors of different images: near 1
-    when training collapsed them onto one point."""
-    gram = descriptors @ descriptors.T
-    n = len(descriptors)
-    return float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
-
-
 def _split_descriptors(model_path, split="test"):
     """`(protocol of split, descriptors of its database)` by the saved
     model."""
@@ -1069,6 +1061,7 @@ def finetune_run(arm, seed, split="test"):
     `split="test"`: trained on objects 1-50, scored on the test split;
     `"val"`: trained on objects 1-40, scored on the validation split.
     """
+    from keras_rmac.data.mining import mean_cosine
     from keras_rmac.training import TrainConfig
     from keras_rmac.training import train
 
@@ -1112,7 +1105,7 @@ def finetune_run(arm, seed, split="test"):
         "arm": arm,
         "seed": seed,
         "map": _map(descriptors, queries, dataset.gnd),
-        "mean_cosine": _mean_cosine(descriptors),
+        "mean_cosine": mean_cosine(descriptors),
         "loss": [float(x) for x in result.history.get("loss", [])],
         "minutes": (time.time() - started) / 60,
         "load": _load(),
@@ -1153,32 +1146,27 @@ def part_valtune():
 
 def best_per_budget(runs):
     """The learned arm of best mAP at each budget (epochs), in order."""
-    chosen = []
-    for epochs in sorted({_epochs(r["arm"]) for r in runs}):
-        learned = [
-            r
-            for r in runs
-            if _arm_top_n(r["arm"]) is not None and _epochs(r["arm"]) == epochs
-        ]
-        if learned:
-            best = max(learned, key=lambda r: round(r["map"], 6))
-            chosen.append(best["arm"])
-    return chosen
+    return list(_best_by_budget(runs, learned=True).values())
 
 
 def best_grid_per_budget(runs):
-    """`{epochs: the grid arm of best mAP at that budget}` (the first of
-    equals, as `best_per_budget`)."""
+    """`{epochs: the grid arm of best mAP at that budget}`."""
+    return _best_by_budget(runs, learned=False)
+
+
+def _best_by_budget(runs, learned):
+    """`{epochs: arm of best mAP}` among the learned arms (or the grid
+    arms), by budget in order; the first of equals."""
     best = {}
     for run in runs:
-        if _arm_top_n(run["arm"]) is not None:
+        if (_arm_top_n(run["arm"]) is not None) != learned:
             continue
         epochs = _epochs(run["arm"])
         if epochs not in best or round(run["map"], 6) > round(
             best[epochs]["map"], 6
         ):
             best[epochs] = run
-    return {epochs: run["arm"] for epochs, run in best.items()}
+    return {epochs: best[epochs]["arm"] for epochs in sorted(best)}
 
 
 def _epochs(arm):
