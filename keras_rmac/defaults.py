@@ -36,5 +36,12 @@ DEFAULT_SIZES = (1.0, 2.0, 4.0, 8.0)
 DEFAULT_RATIOS = (0.5, 1.0, 2.0)
 """Anchor height / width ratios (Faster R-CNN's)."""
 
+NEGATIVE_MODES = ("hardest", "semihard")
+"""Negatives of hard-negative mining (`keras_rmac.data.mining`):
+`"hardest"`, the most similar images of other classes (Gordo et al.), or
+`"semihard"`, the most similar of those less similar to the query than
+its positive (Schroff et al., 2015), which keeps out of the table the
+triplets whose loss all-equal descriptors would lower."""
+
 DEFAULT_TOP_N = 256
 """Proposals pooled per image: the 256 of Gordo et al. (ECCV 2016)."""

@@ -210,6 +210,9 @@ def test_config_validation(tmp_path):
         TrainConfig(train_dir="x", optimizer="rmsprop").validate()
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(train_dir="x", batch_size=0).validate()
+    with pytest.raises(ValueError, match="negatives='hard'; choose one of"):
+        TrainConfig(train_dir="x", negatives="hard").validate()
+    TrainConfig(train_dir="x", negatives="semihard").validate()
 
 
 def test_cli_arguments_map_to_config(tmp_path):
@@ -238,6 +241,8 @@ def test_cli_arguments_map_to_config(tmp_path):
             "0.001",
             "--no-augment",
             "--no-mining",
+            "--negatives",
+            "semihard",
         ]
     )
     config = cli_train.config_from_args(args)
@@ -246,6 +251,7 @@ def test_cli_arguments_map_to_config(tmp_path):
     assert config.gradient_accumulation_steps == 2
     assert config.learning_rate == 0.001
     assert not config.augment and not config.mining
+    assert config.negatives == "semihard"
     assert config.epochs == 10  # untouched default
     bad = parser.parse_args(
         ["train", "--coil100", "x", "--out", "y", "--cache-features"]
@@ -514,3 +520,19 @@ def _worker(argv):
 
 if __name__ == "__main__":
     _worker(sys.argv[1:])
+
+
+def test_config_negatives_reach_the_miner():
+    import types
+
+    from keras_rmac.data import triplets as T
+    from keras_rmac.training import TrainConfig
+    from keras_rmac.training import loop
+
+    images = T.LabelledImages.from_labels(["a", "b", "c", "d"], [0, 0, 1, 1])
+    table = T.TripletTable(T.random_triplets(images.labels, 4, 0))
+    models = types.SimpleNamespace(features=None)
+    for negatives in ("hardest", "semihard"):
+        config = TrainConfig(train_dir="x", negatives=negatives)
+        miner = loop._triplet_source(config, images, table, models)
+        assert miner.negatives == negatives

@@ -99,6 +99,13 @@ _OPTIONS = (
         "Hard negatives per query (one per class at most).",
     ),
     ("--positive", "positive", str, "'random' or 'most_similar'."),
+    (
+        "--negatives",
+        "negatives",
+        str,
+        "'hardest', or 'semihard': only negatives less similar to the "
+        "query than its positive (if hardest ones collapse training)",
+    ),
     ("--index", "index", str, "Mining search: 'exact' or 'fast' (ScaNN)."),
     ("--checkpoint-every", "checkpoint_every", int, "Steps between backups."),
     ("--seed", "seed", int, "Seed of triplets, order and augmentation."),

@@ -33,6 +33,7 @@ from keras_rmac.data.triplets import TripletTable
 from keras_rmac.data.triplets import check_trainable
 from keras_rmac.data.triplets import image_dataset
 from keras_rmac.data.triplets import random_triplets
+from keras_rmac.defaults import NEGATIVE_MODES
 from keras_rmac.search import make_index
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def mine_hard_negatives(
     pool_labels,
     num_negatives: int = 1,
     index="exact",
+    max_similarity=None,
 ) -> np.ndarray:
     """The hardest negatives of each query, at most one per class.
 
@@ -106,10 +108,19 @@ def mine_hard_negatives(
             thousands of images) or a callable `dimension -> Index`
             (`"numpy"` and `"scann"` are deprecated spellings of `"exact"`
             and `"fast"`). Defaults to `"exact"`.
+        max_similarity: float array `(Q,)` or None. Semi-hard mining
+            (Schroff et al., 2015): a negative must be less similar to its
+            query than this bound (the query's similarity to its positive;
+            exact inner products, whatever the index). Where fewer than
+            `num_negatives` classes of the pool have such an image, the
+            rest are the images at or above the bound that are closest to
+            it (least similar first), still one per class. Defaults to
+            None (no bound: the hardest negatives).
 
     Returns:
-        int64 array `(Q, num_negatives)` of pool positions, hardest first,
-        `-1` where fewer than `num_negatives` other classes exist.
+        int64 array `(Q, num_negatives)` of pool positions, hardest first
+        (semi-hard ones before the fill), `-1` where fewer than
+        `num_negatives` other classes exist.
 
     Example:
 
@@ -131,6 +142,14 @@ def mine_hard_negatives(
             f"{len(queries)} queries / {len(query_labels)} labels and "
             f"{len(pool)} pool vectors / {len(pool_labels)} labels."
         )
+    bound = None
+    if max_similarity is not None:
+        bound = np.asarray(max_similarity, np.float64).reshape(-1)
+        if len(bound) != len(queries):
+            raise ValueError(
+                f"One `max_similarity` per query: got {len(bound)} for "
+                f"{len(queries)} queries."
+            )
     out = np.full((len(queries), num_negatives), -1, np.int64)
     if not len(queries) or not len(pool):
         return out
@@ -143,24 +162,53 @@ def mine_hard_negatives(
         ids = np.asarray(ids, np.int64)
         unfinished = []
         for row, q in zip(ids, todo):
-            used = {int(query_labels[q])}
-            found = []
-            for j in row:
-                if j < 0:
-                    continue
-                label = int(pool_labels[j])
-                if label in used:
-                    continue
-                used.add(label)
-                found.append(j)
-                if len(found) == num_negatives:
-                    break
+            row = row[row >= 0]
+            limit = None if bound is None else bound[q]
+            found = _negatives_of(
+                row,
+                pool_labels,
+                int(query_labels[q]),
+                num_negatives,
+                None
+                if limit is None
+                else (pool[row].astype(np.float64) @ queries[q], limit),
+                final=k >= len(pool),
+            )
             out[q, : len(found)] = found
             if len(found) < num_negatives and k < len(pool):
                 unfinished.append(q)
         todo = np.array(unfinished, np.int64)
         k = min(len(pool), 4 * k)
     return out
+
+
+def _negatives_of(row, pool_labels, label, count, bounded, final):
+    """Up to `count` pool positions of `row` (best first), one per class
+    other than `label`; with `bounded = (similarities of row, bound)` only
+    those below the bound, filled (when `final`: the row is the whole
+    pool) with the ones above it nearest the bound."""
+    used = {label}
+    found, above = [], []
+    for position, j in enumerate(row):
+        other = int(pool_labels[j])
+        if other in used:
+            continue
+        if bounded is not None and bounded[0][position] >= bounded[1]:
+            above.append(j)
+            continue
+        used.add(other)
+        found.append(int(j))
+        if len(found) == count:
+            return found
+    if bounded is not None and final:
+        for j in reversed(above):
+            other = int(pool_labels[j])
+            if other not in used:
+                used.add(other)
+                found.append(int(j))
+                if len(found) == count:
+                    break
+    return found
 
 
 def select_positives(
@@ -223,11 +271,13 @@ class HardNegativeMiner(keras.callbacks.Callback):
     `every_n_steps` optimizer steps), the descriptors of a random pool of
     `pool_size` training images are extracted with the model's current
     weights (inference mode, resized as in training, no augmentation).
-    Queries are drawn from the pool; each gets `negatives_per_query` hardest
-    negatives (at most one per class, `mine_hard_negatives`) and a positive
-    from its class (`positive`). The table keeps its size (rows beyond the
-    mined ones are filled with random triplets), so epochs keep their
-    length.
+    Queries are drawn from the pool; each gets a positive from its class
+    (`positive`) and `negatives_per_query` hardest negatives (at most one
+    per class, `mine_hard_negatives`), or with `negatives="semihard"` the
+    hardest of those less similar to the query than its positive (a
+    positive outside the pool is extracted too). The table keeps its size
+    (rows beyond the mined ones are filled with random triplets), so
+    epochs keep their length.
 
     Mining at epoch starts is exactly reproducible: the pool and queries are
     drawn from `(seed, epoch)`, and a run resumed from a checkpoint does not
@@ -251,6 +301,12 @@ class HardNegativeMiner(keras.callbacks.Callback):
             round. Defaults to `2000`.
         negatives_per_query: int. Defaults to `1`.
         positive: `"random"` or `"most_similar"`. Defaults to `"random"`.
+        negatives: `"hardest"` or `"semihard"` (`NEGATIVE_MODES`).
+            Semi-hard negatives keep out of the table the triplets whose
+            negative is closer than the positive, whose loss drops when
+            every descriptor moves onto one point (the collapse of hardest
+            mining on data where other classes share a background, Schroff
+            et al. 2015). Defaults to `"hardest"`.
         every_n_epochs: int or None. Defaults to `1`.
         every_n_steps: int or None. Mine every this many batches.
             Defaults to None.
@@ -278,6 +334,7 @@ class HardNegativeMiner(keras.callbacks.Callback):
         pool_size: int = 2000,
         negatives_per_query: int = 1,
         positive: str = "random",
+        negatives: str = "hardest",
         every_n_epochs: int | None = 1,
         every_n_steps: int | None = None,
         index: str | Callable = "exact",
@@ -296,6 +353,11 @@ class HardNegativeMiner(keras.callbacks.Callback):
                 f"Unknown positive={positive!r}; choose one of "
                 f"{POSITIVE_MODES}."
             )
+        if negatives not in NEGATIVE_MODES:
+            raise ValueError(
+                f"Unknown negatives={negatives!r}; choose one of "
+                f"{NEGATIVE_MODES}."
+            )
         if not every_n_epochs and not every_n_steps:
             raise ValueError(
                 "Set `every_n_epochs` and/or `every_n_steps`; got neither."
@@ -309,6 +371,7 @@ class HardNegativeMiner(keras.callbacks.Callback):
         self.pool_size = int(pool_size)
         self.negatives_per_query = int(negatives_per_query)
         self.positive = positive
+        self.negatives = negatives
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
         self.index = _index_kind(index)
@@ -384,14 +447,6 @@ class HardNegativeMiner(keras.callbacks.Callback):
         num_queries = min(len(eligible), -(-size // self.negatives_per_query))
         chosen = rng.choice(eligible, num_queries, replace=False)
         queries = pool[chosen]
-        negatives = mine_hard_negatives(
-            descriptors[chosen],
-            labels[queries],
-            descriptors,
-            labels[pool],
-            self.negatives_per_query,
-            self.index,
-        )
         positives = select_positives(
             queries,
             labels,
@@ -400,6 +455,20 @@ class HardNegativeMiner(keras.callbacks.Callback):
             pool,
             descriptors,
             descriptors[chosen],
+        )
+        bound = None
+        if self.negatives == "semihard":
+            bound = self._positive_similarity(
+                descriptors, pool, chosen, positives
+            )
+        negatives = mine_hard_negatives(
+            descriptors[chosen],
+            labels[queries],
+            descriptors,
+            labels[pool],
+            self.negatives_per_query,
+            self.index,
+            max_similarity=bound,
         )
         rows = []
         for q, p, negs in zip(queries, positives, negatives):
@@ -442,6 +511,27 @@ class HardNegativeMiner(keras.callbacks.Callback):
                 stats["negative_similarity"],
             )
         return rows
+
+    def _positive_similarity(self, descriptors, pool, chosen, positives):
+        """Similarity of each query (`descriptors[chosen]`) to its
+        positive; positives outside the pool are extracted, and an
+        unreadable one bounds nothing (`inf`)."""
+        where = {int(i): k for k, i in enumerate(pool)}
+        found = np.full((len(chosen), descriptors.shape[1]), np.nan)
+        missing = []
+        for row, p in enumerate(positives):
+            if int(p) in where:
+                found[row] = descriptors[where[int(p)]]
+            else:
+                missing.append(row)
+        if missing:
+            extra, kept = self.extract(np.unique(positives[missing]))
+            at = {int(i): k for k, i in enumerate(kept)}
+            for row in missing:
+                if int(positives[row]) in at:
+                    found[row] = extra[at[int(positives[row])]]
+        similarity = np.sum(found * descriptors[chosen], axis=1)
+        return np.where(np.isnan(similarity), np.inf, similarity)
 
     def _stats(self, descriptors, pool, rows, seconds):
         where = {int(i): k for k, i in enumerate(pool)}

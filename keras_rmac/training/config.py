@@ -12,6 +12,7 @@ from keras_rmac.checks import validate_anchor_args
 from keras_rmac.defaults import DEFAULT_RATIOS
 from keras_rmac.defaults import DEFAULT_SIZES
 from keras_rmac.defaults import DEFAULT_TOP_N
+from keras_rmac.defaults import NEGATIVE_MODES
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -115,6 +116,10 @@ class TrainConfig:
             round. Defaults to 2000.
         negatives_per_query: Defaults to 1.
         positive: "random" or "most_similar". Defaults to "random".
+        negatives: "hardest" or "semihard" (only negatives less similar
+            to the query than its positive; see
+            `keras_rmac.data.mining.HardNegativeMiner`). Defaults to
+            "hardest".
         index: mining search, a `keras_rmac.search.make_index` kind:
             "exact" or "fast" (ScaNN, for pools of hundreds of thousands
             of images); "scann" is the deprecated spelling of "fast".
@@ -167,6 +172,7 @@ class TrainConfig:
     pool_size: int = 2000
     negatives_per_query: int = 1
     positive: str = "random"
+    negatives: str = "hardest"
     index: str = "exact"
     output_dir: str = "rmac_training"
     checkpoint_every: int = 50
@@ -187,6 +193,10 @@ class TrainConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r}; choose one of {LOSSES}.")
         self._validate_loss()
+        if self.negatives not in NEGATIVE_MODES:
+            raise ValueError(
+                f"negatives={self.negatives!r}; choose one of {NEGATIVE_MODES}."
+            )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"optimizer={self.optimizer!r}; choose one of {OPTIMIZERS}."

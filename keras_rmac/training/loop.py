@@ -392,6 +392,7 @@ def _triplet_source(config, images, table, models):
         pool_size=config.pool_size,
         negatives_per_query=config.negatives_per_query,
         positive=config.positive,
+        negatives=config.negatives,
         every_n_epochs=config.mine_every_n_epochs,
         index=config.index,
         seed=config.seed,

@@ -258,3 +258,187 @@ def test_miner_warns_when_the_descriptors_collapse(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="keras_rmac.data.mining"):
         miner(embedding).on_epoch_begin(0)
     assert "collapsing" not in caplog.text
+
+
+def _semihard_oracle(queries, qlabels, pool, labels, count, bound):
+    """Brute force: per query, the pool images of other classes sorted by
+    similarity; first those below the bound (most similar first, one per
+    class), then those at or above it (least similar first, one per class
+    not yet taken)."""
+    out = np.full((len(queries), count), -1, np.int64)
+    sims = queries.astype(np.float64) @ pool.T.astype(np.float64)
+    for q in range(len(queries)):
+        order = np.argsort(-sims[q], kind="stable")
+        order = order[labels[order] != qlabels[q]]
+        below = [j for j in order if sims[q, j] < bound[q]]
+        above = [j for j in order if sims[q, j] >= bound[q]][::-1]
+        used, found = set(), []
+        for j in below + above:
+            if labels[j] not in used and len(found) < count:
+                used.add(labels[j])
+                found.append(j)
+        out[q, : len(found)] = found
+    return out
+
+
+def test_semihard_negatives_by_hand():
+    # Query at 0 deg (class 0), positive at 30 deg: its bound is cos 30.
+    pool = _angles([0, 10, 20, 30, 50, 60, 90])
+    labels = [0, 1, 2, 0, 3, 1, 4]
+    bound = [np.cos(np.deg2rad(30))]
+    got = mining.mine_hard_negatives(
+        _angles([0]), [0], pool, labels, 2, "exact", max_similarity=bound
+    )
+    # Below the bound: class 3 at 50, class 1 at 60 (its 10 deg image is
+    # harder than the positive, so the class is still free).
+    assert got.tolist() == [[4, 5]]
+    # Five negatives: below the bound 50 (3), 60 (1), 90 (4); then the
+    # fill from just above the bound outwards: 20 (class 2); class 1 is
+    # taken; no sixth class: -1.
+    got = mining.mine_hard_negatives(
+        _angles([0]), [0], pool, labels, 5, "exact", max_similarity=bound
+    )
+    assert got.tolist() == [[4, 5, 6, 2, -1]]
+    # A negative exactly at the bound is not semi-hard (ties go to the
+    # fill): bound cos 50 leaves 60 and 90 below it.
+    got = mining.mine_hard_negatives(
+        _angles([0]),
+        [0],
+        pool,
+        labels,
+        3,
+        "exact",
+        max_similarity=[pool[4] @ _angles([0])[0]],
+    )
+    assert got.tolist() == [[5, 6, 4]]
+
+
+@pytest.mark.parametrize("index", ["exact", "fast"])
+@pytest.mark.parametrize("count", [1, 3, 9])
+def test_semihard_negatives_match_brute_force(index, count):
+    rng = np.random.default_rng(count)
+    if index == "exact":
+        # Unit vectors of four +-0.5 and four zeros: every inner product
+        # is a multiple of 1/4, exact in any order, so similarities tie
+        # with each other and with the bounds exactly (the exact index
+        # breaks ties by position, as the oracle).
+        def quarters(n):
+            signs = rng.choice([-0.5, 0.5], (n, 8))
+            keep = np.argsort(rng.random((n, 8)), axis=1) < 4
+            return (signs * keep).astype(np.float32)
+
+        pool, queries = quarters(300), quarters(25)
+    else:  # ScaNN orders ties its own way: no ties here.
+        pool = _unit(rng.normal(size=(300, 8)))
+        queries = _unit(rng.normal(size=(25, 8)))
+    labels = rng.integers(0, 7, 300)
+    qlabels = rng.integers(0, 7, 25)
+    # Bounds from everything-is-semi-hard to nothing-is, and in between.
+    bound = rng.uniform(-1.0, 1.0, 25) * np.abs(queries @ pool.T).max()
+    bound[:2] = [np.inf, -np.inf]
+    if index == "exact":  # bounds equal to some pool similarities
+        bound[2:8] = (queries[2:8] @ pool[rng.integers(0, 300, 6)].T)[0]
+    got = mining.mine_hard_negatives(
+        queries, qlabels, pool, labels, count, index, max_similarity=bound
+    )
+    want = _semihard_oracle(queries, qlabels, pool, labels, count, bound)
+    np.testing.assert_array_equal(got, want)
+    # No bound is the hardest mining (the first query's bound is inf).
+    hardest = mining.mine_hard_negatives(
+        queries, qlabels, pool, labels, count, index
+    )
+    np.testing.assert_array_equal(got[0], hardest[0])
+
+
+def test_semihard_bound_needs_one_value_per_query():
+    pool = _angles([0, 10, 20, 90])
+    with pytest.raises(ValueError, match="One `max_similarity` per query"):
+        mining.mine_hard_negatives(
+            pool[:2], [0, 1], pool, [0, 1, 1, 2], 1, max_similarity=[0.5]
+        )
+    empty = mining.mine_hard_negatives(
+        pool[:0], [], pool, [0, 1, 1, 2], 2, max_similarity=[]
+    )
+    assert empty.shape == (0, 2)
+
+
+def test_miner_semihard_negatives_are_farther_than_the_positive(tmp_path):
+    # Two colour clusters per class: a class's images are each other's
+    # positives, but the nearest image is often another class's.
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    for c in range(4):
+        for i in range(5):
+            path = str(tmp_path / f"{c}_{i}.png")
+            colour = rng.integers(20, 235, 3)
+            Image.fromarray(np.full((8, 8, 3), colour, np.uint8)).save(path)
+            paths.append(path)
+            labels.append(c)
+    images = T.LabelledImages.from_labels(paths, labels)
+    rgb = _unit([np.asarray(Image.open(p))[0, 0] for p in paths])
+    lab = images.labels
+
+    def mined(negatives, pool_size, rows):
+        table = T.TripletTable(T.random_triplets(lab, rows, 0))
+        miner = mining.HardNegativeMiner(
+            images,
+            table,
+            image_size=8,
+            pool_size=pool_size,
+            negatives_per_query=2,
+            negatives=negatives,
+            embedding=ColourEmbedding(),
+            verbose=0,
+        )
+        miner.on_epoch_begin(0)
+        return table.snapshot()
+
+    def check(rows, pool):
+        # Oracle: the rule on the true colours, over the pool. A query's
+        # rows are consecutive; its first negatives are below the bound,
+        # as many as classes of the pool have images there, the rest
+        # (the fill) at or above it.
+        for q, p in {(q, p): None for q, p, _ in rows}:
+            negatives = rows[(rows[:, 0] == q) & (rows[:, 1] == p), 2]
+            assert np.all(lab[negatives] != lab[q])
+            assert np.isin(negatives, pool).all()
+            pos = rgb[q] @ rgb[p]
+            others = pool[lab[pool] != lab[q]]
+            below = others[rgb[others] @ rgb[q] < pos - 1e-6]
+            k = min(len(set(lab[below])), len(negatives))
+            sims = rgb[negatives] @ rgb[q]
+            assert np.all(sims[:k] < pos + 1e-6)
+            assert np.all(sims[k:] >= pos - 1e-6)
+
+    hard = mined("hardest", 20, 20)
+    semi = mined("semihard", 20, 20)
+    # Same queries and positives (the positive is drawn before the
+    # negatives in both modes).
+    np.testing.assert_array_equal(hard[:, :2], semi[:, :2])
+    check(semi, np.arange(20))
+    first = {}
+    for q, p, n in semi:  # the first of each query's two is the hardest
+        if q not in first:
+            first[q] = n
+            pos = rgb[q] @ rgb[p]
+            sims = rgb[lab != lab[q]] @ rgb[q]
+            if np.any(sims < pos - 1e-6):
+                best = np.max(sims[sims < pos - 1e-6])
+                np.testing.assert_allclose(rgb[n] @ rgb[q], best, atol=1e-6)
+    # On this data hardest negatives are often closer than the positive.
+    assert np.any(hard[:, 2] != semi[:, 2])
+    # A pool of 10 of the 20 images and 8 queries: positives outside the
+    # pool are extracted; the pool is the miner's draw for (seed 0,
+    # epoch 0).
+    pool = np.sort(np.random.default_rng([0, 0, 7]).choice(20, 10, False))
+    semi = mined("semihard", 10, 16)
+    assert len(set(lab[pool])) >= 3  # every query finds 2 negatives
+    assert any(p not in pool for p in semi[:, 1])
+    check(semi, pool)
+
+
+def test_miner_rejects_unknown_negatives(tmp_path):
+    images = T.LabelledImages.from_labels(["a", "b", "c", "d"], [0, 0, 1, 1])
+    table = T.TripletTable(T.random_triplets(images.labels, 4, 0))
+    with pytest.raises(ValueError, match="negatives='hard'"):
+        mining.HardNegativeMiner(images, table, negatives="hard")
