@@ -976,9 +976,11 @@ def _grid_partner(arm, grids=None):
 def _arm_spec(arm):
     """`(top N or None for the grid, FINETUNE overrides)` of an arm name:
     `grid` or `rpn` (top 256) or `rpn<N>`, then optionally `-lr<rate>`,
-    `-m<margin>` and `-ep<epochs>` (e.g. `rpn32-ep10`, `grid-m0.1`)."""
+    `-m<margin>`, `-semihard` (semi-hard negatives) and `-ep<epochs>`
+    (e.g. `rpn32-ep10`, `grid-m0.1`, `grid-semihard`)."""
     found = re.fullmatch(
-        r"(grid|rpn(\d*))(?:-lr([0-9.e-]+))?(?:-m([0-9.]+))?(?:-ep(\d+))?",
+        r"(grid|rpn(\d*))(?:-lr([0-9.e-]+))?(?:-m([0-9.]+))?(-semihard)?"
+        r"(?:-ep(\d+))?",
         arm,
     )
     if found is None:
@@ -990,7 +992,9 @@ def _arm_spec(arm):
     if found.group(4):
         overrides["margin"] = float(found.group(4))
     if found.group(5):
-        overrides["epochs"] = int(found.group(5))
+        overrides["negatives"] = "semihard"
+    if found.group(6):
+        overrides["epochs"] = int(found.group(6))
     return top_n, overrides
 
 
@@ -1284,6 +1288,8 @@ def _arm_label(arm, chosen=None):
     label += f", lr {rate:g}" if rate else ""
     margin = overrides.get("margin")
     label += f", margin {margin:g}" if margin is not None else ""
+    if overrides.get("negatives") == "semihard":
+        label += ", semi-hard negatives"
     epochs = overrides.get("epochs")
     label += f", {epochs} epochs" if epochs else ""
     return label + (f" ({chosen})" if chosen else "")
