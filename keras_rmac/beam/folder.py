@@ -236,18 +236,25 @@ def build_on_beam(job, records, *, index_shards, runner, pipeline_args):
             index_options["num_leaves"] = leaves
 
     def build(options):
-        parts = _write_parts(job, work, descriptors, paths, bounds, options)
+        # ScaNN parts are not tuned on the workers: only the merged top-k
+        # is (here, on every row), as ShardedIndex does for its shards.
+        untuned = (
+            options if settings.mode == "exact" else {**options, **UNTUNED}
+        )
+        parts = _write_parts(job, work, descriptors, paths, bounds, untuned)
         pipeline.run_index_build(
             parts,
             kind=settings.mode,
             dimension=dimension,
-            index_options=options,
+            index_options=untuned,
             metadata=metadata,
             runner=runner,
             pipeline_args=pipeline_args,
         )
         index = ShardedIndex.from_shards(
-            [p["target"] for p in parts], metadata=metadata
+            [p["target"] for p in parts],
+            metadata=metadata,
+            shard_options=_tuned_options(options, settings.mode),
         )
         index.tune(descriptors)  # The merged operating point (ScaNN parts).
         return index
@@ -258,6 +265,21 @@ def build_on_beam(job, records, *, index_shards, runner, pipeline_args):
     version = _save_version(job, index)  # Hard links to the parts.
     shutil.rmtree(work, ignore_errors=True)
     return version
+
+
+UNTUNED = {"target_recall": None}
+"""Options of parts built on remote workers (ScaNN modes): no recall
+measurement of their own."""
+
+
+def _tuned_options(options, mode):
+    """The merged index's shard options: `options` with the recall target
+    a part would have had (its `make_index` default, unless given)."""
+    from keras_rmac.search import scann_policy
+
+    if mode == "exact":
+        return dict(options)
+    return {"target_recall": scann_policy.DEFAULT_TARGET_RECALL, **options}
 
 
 def build_with_fallback(build, options, mode, rows):

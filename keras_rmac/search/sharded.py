@@ -198,6 +198,7 @@ class ShardedIndex(Index):
         cls,
         shards: Sequence[Index | str | os.PathLike],
         metadata: Mapping[str, Any] | None = None,
+        shard_options: Mapping[str, Any] | None = None,
     ) -> "ShardedIndex":
         """A sharded index made of indexes built elsewhere.
 
@@ -208,6 +209,13 @@ class ShardedIndex(Index):
             metadata: dict or None. The parent's metadata; None takes the
                 first shard's. Every shard must carry the same model
                 fingerprint (`FINGERPRINT_KEYS`) as the parent.
+            shard_options: dict or None. The index's `shard_options` (what
+                `tune` and later builds read, e.g. the `target_recall` the
+                merged results are tuned to), updating the first shard's
+                own; pass it when the shards were built without a recall
+                target of their own, e.g. `{"target_recall": 0.95}` for
+                ScaNN shards built with `target_recall=None`. Defaults to
+                None (the first shard's options).
 
         Returns:
             A `ShardedIndex` (saving it copies, or hard-links, the shards).
@@ -263,6 +271,7 @@ class ShardedIndex(Index):
             if k
             not in ("dimension", "metadata", "mode", "built", "operating_point")
         }
+        options.update(shard_options or {})
         index = cls(
             first["dimension"],
             shard_kind=first["kind"],

@@ -321,3 +321,38 @@ def test_remote_build_pipeline_equals_the_local_build(
     )
     assert is_local("DirectRunner") and is_local("PrismRunner")
     assert not is_local("DataflowRunner") and not is_local("FlinkRunner")
+
+
+def test_remote_fast_parts_are_tuned_once_merged(tmp_path, tiny, monkeypatch):
+    """ScaNN parts built by a remote runner's workers measure no recall of
+    their own: only the merged index is tuned, to the job's target, as
+    the local build tunes its shards."""
+    from keras_rmac.beam import folder
+    from keras_rmac.beam import index_folder_on_beam
+    from keras_rmac.search import scann_policy
+
+    model, _ = tiny
+    root = tmp_path / "photos"
+    for i in range(9):
+        photos.save(root / f"p{i}.png", photos.photo(i))
+    built = {}
+    for name, remote in (("local", False), ("remote", True)):
+        monkeypatch.setattr(
+            folder, "is_local_runner", lambda r, v=remote: not v
+        )
+        index_folder_on_beam(
+            root, tmp_path / name, model=model, max_size=64, mode="fast",
+            index_shards=2, verbose=0,
+        )  # fmt: skip
+        built[name] = indexing.PhotoIndex(tmp_path / name)
+    # Both as saved and opened again (PhotoIndex reads the folder).
+    local, remote = built["local"].index, built["remote"].index
+    for index in (local, remote):
+        assert index.target_recall == scann_policy.DEFAULT_TARGET_RECALL
+        assert index.operating_point is not None
+        for shard in index.shards:
+            assert shard.target_recall is None
+            assert shard.operating_point is None
+    assert remote.operating_point.reached == local.operating_point.reached
+    x = built["local"].stored_descriptors(np.arange(9))
+    np.testing.assert_array_equal(remote.search(x, 5)[0], local.search(x, 5)[0])

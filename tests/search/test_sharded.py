@@ -261,3 +261,26 @@ def test_shards_built_elsewhere_are_tuned_together(tmp_path):
     exact = ShardedIndex(16, shard_kind="exact", num_shards=2)
     exact.add(db)
     assert exact.tune(db) is None and exact.target_recall is None
+
+
+def test_untuned_shards_take_the_target_given_to_from_shards(tmp_path):
+    # Shards built without a recall target of their own (as remote Beam
+    # workers build them) are tuned to the one `from_shards` is given.
+    rng = np.random.default_rng(9)
+    db = clustered(rng, 2000, 16, 100)
+    parts = []
+    for rows in np.array_split(np.arange(2000), 2):
+        shard = ScannIndex(16, mode="fast", target_recall=None)
+        shard.add(db[rows], ids=rows)
+        assert shard.operating_point is None
+        parts.append(shard)
+    plain = ShardedIndex.from_shards(parts)
+    assert plain.target_recall is None and plain.tune(db) is None
+    index = ShardedIndex.from_shards(
+        parts, shard_options={"target_recall": 0.9}
+    )
+    assert index.target_recall == 0.9
+    point = index.tune(db)
+    assert point is not None and point.target_recall == 0.9
+    index.save(tmp_path / "s")
+    assert load_index(tmp_path / "s").target_recall == 0.9
