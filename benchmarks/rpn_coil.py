@@ -137,8 +137,9 @@ flags.register_validator(
 
 # At another size, fewer validation arms (a 512 px run costs ~10 min):
 # the learned arm's number of proposals, and for both arms a lower
-# learning rate and the paper's margin (the grid's seed 1 partly collapsed
-# on the test split with lr 1e-4 and margin 0.6).
+# learning rate, the paper's margin and semi-hard negatives (the grid's
+# seed 1 partly collapsed on the test split with lr 1e-4, margin 0.6 and
+# the hardest negatives).
 VAL_ARMS_OTHER_SIZE = (
     "grid",
     "rpn32",
@@ -147,6 +148,8 @@ VAL_ARMS_OTHER_SIZE = (
     "rpn128-lr3e-05",
     "grid-m0.1",
     "rpn128-m0.1",
+    "grid-semihard",
+    "rpn128-semihard",
 )
 
 
@@ -913,11 +916,24 @@ def _chosen_top_n():
     return int(json.loads(path.read_text())["chosen"])
 
 
+# At 512 px, the pair the validation chose before the semi-hard arms were
+# added ({learned arm: its grid}); its 8 test seeds stay in the section.
+EARLIER_PAIRS_512 = {"rpn128": "grid"}
+
+
+def _earlier_pairs():
+    return dict(EARLIER_PAIRS_512) if SIZE == 512 else {}
+
+
 def _finetune_choices():
     """`{arm: how the validation chose it}`: the number of proposals
-    chosen off the shelf (`topn`, when not 256; at 256 px only) and the
-    learned arm chosen after fine-tuning (`valtune`), whichever were run."""
-    choices = {}
+    chosen off the shelf (`topn`, when not 256; at 256 px only), the
+    learned arm chosen after fine-tuning (`valtune`), whichever were run,
+    and at 512 px the earlier choice (`EARLIER_PAIRS_512`)."""
+    choices = {
+        arm: "chosen on validation before the semi-hard arms were added"
+        for arm in _earlier_pairs()
+    }
     top_n = _chosen_top_n()
     # At another size only the choice after fine-tuning (budget).
     if top_n not in (None, 256) and SIZE == NATIVE:
@@ -926,7 +942,9 @@ def _finetune_choices():
     if path.is_file():
         for chosen in _valtune_chosen(json.loads(path.read_text())):
             note = "chosen on validation after fine-tuning"
-            if chosen in choices:
+            if chosen in _earlier_pairs():
+                note += ", before and after the semi-hard arms were added"
+            elif chosen in choices:
                 note = f"{choices[chosen]} and {note}"
             choices[chosen] = note
     return choices
@@ -947,10 +965,18 @@ def _finetune_partners():
     the learning rate the validation chose for the grid at that budget
     when `valtune` compared several (`best_grid_per_budget`)."""
     path = _work() / "valtune.json"
-    grids = {}
+    grids, chosen = {}, []
     if path.is_file():
-        grids = best_grid_per_budget(json.loads(path.read_text())["runs"])
-    return {arm: _grid_partner(arm, grids) for arm in _finetune_choices()}
+        result = json.loads(path.read_text())
+        grids = best_grid_per_budget(result["runs"])
+        chosen = _valtune_chosen(result)
+    # An earlier pair keeps its grid unless its arm is chosen again (then
+    # it meets the grid chosen with it).
+    earlier = {a: g for a, g in _earlier_pairs().items() if a not in chosen}
+    return {
+        arm: earlier.get(arm) or _grid_partner(arm, grids)
+        for arm in _finetune_choices()
+    }
 
 
 def _base_arms():
@@ -1221,7 +1247,12 @@ def valtune_section(result):
             "the test split's first 5 seeds had been run (the grid's seed 1 "
             "had partly collapsed), to look for settings under which "
             "neither arm collapses; a mean cosine near 1 below says they "
-            "collapse more, not less."
+            "collapse more, not less. The semi-hard arms (negatives less "
+            "similar to the query than its positive, "
+            '`TrainConfig(negatives="semihard")`) were added after all '
+            "8 test seeds of the hardest-negative arms had been run, for "
+            "the same reason; the test runs of the hardest-negative arms "
+            "stay in the section below."
         )
         + f"\n\n{table}\n"
     )
@@ -1402,7 +1433,8 @@ def finetune_section(result):
         "`keras_rmac.training.train` on the cluttered train split (objects "
         "1-50, 3568 images, no boxes), same budget for both arms: "
         f"{settings} (an arm labelled with epochs trains that many, and is "
-        "compared with the grid at the same number), hard-negative mining, "
+        "compared with the grid at the same number), hard-negative mining "
+        "(the hardest negatives unless labelled semi-hard), "
         "frozen-prefix features cached "
         f"(`cache_features=True`, no augmentation), {_rendered()}; the "
         "learned arm "
@@ -1416,8 +1448,9 @@ def finetune_section(result):
         + (
             "(and learning rate) was chosen"
             if SIZE == NATIVE
-            else "and both arms' learning rate (1e-4 or 3e-5) and margin "
-            "(0.6 or the paper's 0.1) were chosen"
+            else "and both arms' learning rate (1e-4 or 3e-5), margin "
+            "(0.6 or the paper's 0.1) and negatives (hardest or semi-hard) "
+            "were chosen"
         )
         + " on the cluttered validation split "
         + (

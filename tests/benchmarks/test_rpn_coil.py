@@ -151,6 +151,13 @@ def test_arm_names():
     assert rpn_coil._arm_label("rpn128-m0.1") == (
         "learned RPN (cleaning's boxes), top 128, margin 0.1"
     )
+    assert rpn_coil._arm_spec("grid-lr3e-05-semihard-ep6") == (
+        None,
+        {"learning_rate": 3e-5, "negatives": "semihard", "epochs": 6},
+    )
+    assert rpn_coil._arm_label("rpn128-semihard") == (
+        "learned RPN (cleaning's boxes), top 128, semi-hard negatives"
+    )
     assert rpn_coil._grid_partner("rpn32-ep10") == "grid-ep10"
     assert rpn_coil._grid_partner("rpn128-lr3e-05") == "grid"
     for bad in ("rpnx", "grid32", "rpn-ep"):
@@ -338,6 +345,42 @@ def test_finetune_partners_read_the_validation(size_512, tmp_path):
     with flagsaver.flagsaver(work_dir=str(tmp_path)):
         assert rpn_coil._finetune_partners() == {"rpn128": "grid-lr3e-05"}
         assert rpn_coil._finetune_arms() == ["grid", "grid-lr3e-05", "rpn128"]
+
+
+def test_earlier_pair_stays_beside_the_new_choice(size_512, tmp_path):
+    # At 512 px the hardest-negative pair chosen first (rpn128 against
+    # the grid) keeps its rows and verdict when the validation now picks
+    # the semi-hard arms; chosen again, rpn128 meets the new grid.
+    from absl.testing import flagsaver
+
+    work = tmp_path / "size512"
+    work.mkdir()
+    maps = {
+        "grid": 0.72,
+        "rpn128": 0.75,
+        "grid-semihard": 0.81,
+        "rpn128-semihard": 0.80,
+    }
+    runs = [{"arm": a, "map": m} for a, m in maps.items()]
+    valtune = {"runs": runs, "chosen": rpn_coil.best_per_budget(runs)}
+    (work / "valtune.json").write_text(json.dumps(valtune))
+    rpn_coil.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(work_dir=str(tmp_path)):
+        assert rpn_coil._finetune_partners() == {
+            "rpn128": "grid",
+            "rpn128-semihard": "grid-semihard",
+        }
+        assert rpn_coil._finetune_arms() == [
+            "grid",
+            "rpn128",
+            "grid-semihard",
+            "rpn128-semihard",
+        ]
+        assert "before the semi-hard" in rpn_coil._finetune_choices()["rpn128"]
+        runs[1]["map"] = 0.85  # rpn128 chosen again
+        valtune = {"runs": runs, "chosen": rpn_coil.best_per_budget(runs)}
+        (work / "valtune.json").write_text(json.dumps(valtune))
+        assert rpn_coil._finetune_partners() == {"rpn128": "grid-semihard"}
 
 
 def test_data_dir_flag_is_the_shared_one():
