@@ -494,11 +494,14 @@ class HardNegativeMiner(keras.callbacks.Callback):
                 "have a mean cosine of %.2f (above %.1f): training is "
                 "collapsing them onto one point, and a triplet loss near its "
                 "margin says the same. Retrieval from this model will be "
-                "poor; a run with another seed or loss='contrastive' may "
+                "poor; a run with %sanother seed or loss='contrastive' may "
                 "not collapse.",
                 epoch,
                 stats["pool_similarity"],
                 COLLAPSE_SIMILARITY,
+                "semi-hard negatives (negatives='semihard'), "
+                if self.negatives == "hardest"
+                else "",
             )
         if self.verbose:
             logger.info(

@@ -253,6 +253,7 @@ def test_miner_warns_when_the_descriptors_collapse(tmp_path, caplog):
     assert first["pool_similarity"] < 0.5
     assert second["pool_similarity"] == pytest.approx(1)
     assert "epoch 1" in caplog.text and "mean cosine of 1.00" in caplog.text
+    assert "negatives='semihard'" in caplog.text
     # Similar from the first round (e.g. no shift + PCA): no alarm.
     caplog.clear()
     with caplog.at_level("WARNING", logger="keras_rmac.data.mining"):
