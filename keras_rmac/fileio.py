@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -145,6 +146,16 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_write(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
+
+
+def link_or_copy(source: str, target: str) -> None:
+    """Hard-links `source` to `target` (files written once), else copies
+    it atomically (another file system, or no hard links there)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        with atomic_write(target) as tmp:
+            shutil.copyfile(source, tmp)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

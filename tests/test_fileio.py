@@ -101,3 +101,28 @@ def test_fsync_tree_visits_everything_without_changing_it(
     # Folders after what they hold.
     assert rel.index("d/e/g.txt") < rel.index("d/e") < rel.index("d")
     assert (tmp_path / "d" / "e" / "g.txt").read_text() == "2"
+
+
+def test_link_or_copy_links_else_copies(tmp_path, monkeypatch):
+    import os
+
+    from keras_rmac import fileio
+
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"written once")
+    fileio.link_or_copy(str(source), str(tmp_path / "linked.bin"))
+    assert os.path.samefile(source, tmp_path / "linked.bin")
+
+    def no_links(src, dst):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    fileio.link_or_copy(str(source), str(tmp_path / "copied.bin"))
+    copied = tmp_path / "copied.bin"
+    assert copied.read_bytes() == b"written once"
+    assert not os.path.samefile(source, copied)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.bin",
+        "copied.bin",
+        "linked.bin",
+    ]  # no temporary file left

@@ -38,6 +38,7 @@ import os
 import shutil
 
 from keras_rmac import fileio
+from keras_rmac.fileio import link_or_copy  # noqa: F401 - used as layout.link_or_copy
 
 __all__ = [
     "CURRENT_FILE",
@@ -194,15 +195,6 @@ def new_generation(index_dir: str) -> Version:
     version = Version(index_dir, number)
     os.makedirs(version.directory)
     return version
-
-
-def link_or_copy(source: str, target: str) -> None:
-    """Hard-links `source` to `target` (files written once), else copies."""
-    try:
-        os.link(source, target)
-    except OSError:
-        with fileio.atomic_write(target) as tmp:
-            shutil.copyfile(source, tmp)
 
 
 def switch_to(index_dir: str, version: Version, digest: str) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_rmac.fileio import link_or_copy
 from keras_rmac.search import scann_policy
 from keras_rmac.search import scann_tuning
 from keras_rmac.search import storage
@@ -209,13 +210,9 @@ class ShardedIndex(Index):
             metadata: dict or None. The parent's metadata; None takes the
                 first shard's. Every shard must carry the same model
                 fingerprint (`FINGERPRINT_KEYS`) as the parent.
-            shard_options: dict or None. The index's `shard_options` (what
-                `tune` and later builds read, e.g. the `target_recall` the
-                merged results are tuned to), updating the first shard's
-                own; pass it when the shards were built without a recall
-                target of their own, e.g. `{"target_recall": 0.95}` for
-                ScaNN shards built with `target_recall=None`. Defaults to
-                None (the first shard's options).
+            shard_options: dict or None. Updates the first shard's options
+                as the index's `shard_options`, e.g. the `target_recall` of
+                `tune` for ScaNN shards built without one. Defaults to None.
 
         Returns:
             A `ShardedIndex` (saving it copies, or hard-links, the shards).
@@ -563,7 +560,7 @@ class ShardedIndex(Index):
                 shard.save(target)
             else:
                 shutil.copytree(
-                    self._shard_dirs[number], target, copy_function=_link
+                    self._shard_dirs[number], target, copy_function=link_or_copy
                 )
             names.append(f"{SHARDS_DIR}/{name}")
         point = self.operating_point
@@ -600,10 +597,3 @@ def _saved_kind(manifest: Mapping[str, Any]) -> str:
     if manifest["index_type"] == "scann":
         return manifest["params"].get("mode", "fast")
     return manifest["index_type"]
-
-
-def _link(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
