@@ -96,6 +96,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="How often to check for a new index version (default: 1).",
     )
+    parser.add_argument(
+        "--max-batch",
+        type=_common.positive_int,
+        default=8,
+        metavar="N",
+        help="Image queries waiting together that go through the network "
+        "in one call (default: 8; 1: one at a time).",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -136,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pixels:
         config.max_pixels = args.max_pixels
     engine = serve.SearchEngine(
-        args.index_dir, poll_interval=max(args.poll_interval, 0.05)
+        args.index_dir,
+        poll_interval=max(args.poll_interval, 0.05),
+        max_batch=args.max_batch,
     )
     snapshot = engine.snapshot
     print(

@@ -148,8 +148,30 @@ class PhotoIndex:
         Raises:
             keras_rmac.data.image_io.ImageError: the file cannot be read.
         """
+        return self.extract_batch([image])[0]
+
+    def extract_batch(self, images) -> np.ndarray:
+        """Descriptors `(N, D)` of several images, each as `extract` gives
+        it; images of the same resized shape go through the network
+        together (equal to one at a time to float32 rounding).
+
+        Raises:
+            keras_rmac.data.image_io.ImageError: a file cannot be read.
+        """
+        decoded = [self._decoded(image) for image in images]
+        if not decoded:
+            return np.zeros((0, self.dimension), np.float32)
+        return extract_images(
+            self.model,
+            decoded,
+            self.max_size,
+            self.scales,
+            batch_size=len(decoded),
+        )
+
+    def _decoded(self, image) -> np.ndarray:
         if isinstance(image, (str, os.PathLike)):
-            image = image_io.load_image(
+            return image_io.load_image(
                 image,
                 **decode_options(
                     self.max_size,
@@ -158,10 +180,7 @@ class PhotoIndex:
                     self.draft_above,
                 ),
             )
-        image = np.asarray(image)
-        return extract_images(self.model, [image], self.max_size, self.scales)[
-            0
-        ]
+        return np.asarray(image)
 
     def describe(self, image) -> np.ndarray:
         """Deprecated alias of `extract`."""
@@ -236,11 +255,17 @@ class PhotoIndex:
             ValueError: `qe` on a compact index whose float descriptors
                 were not kept.
         """
-        if int(k) < 1:
-            raise ValueError(f"`k` must be >= 1. Received: k={k!r}")
-        if int(qe) < 0:
-            raise ValueError(f"`qe` must be >= 0. Received: qe={qe!r}")
-        query = self.extract(image)[None]
+        _check_k_qe(k, qe)
+        return self.search_descriptor(self.extract(image)[None], k, qe, alpha)
+
+    def search_descriptor(
+        self, query, k: int = 10, qe: int = 0, alpha: float | None = None
+    ) -> list[SearchResult]:
+        """`search` from a descriptor `(1, D)` (e.g. from `extract_batch`
+        or `stored_descriptors`) instead of an image: the same checks,
+        expansion and ranking."""
+        _check_k_qe(k, qe)
+        query = np.asarray(query, np.float32).reshape(1, -1)
         k = min(int(k), len(self))
         if k == 0:
             return []
@@ -265,3 +290,10 @@ class PhotoIndex:
         return expansion.alpha_query_expansion(
             query, neighbours, scores, alpha, valid
         )
+
+
+def _check_k_qe(k, qe) -> None:
+    if int(k) < 1:
+        raise ValueError(f"`k` must be >= 1. Received: k={k!r}")
+    if int(qe) < 0:
+        raise ValueError(f"`qe` must be >= 0. Received: qe={qe!r}")

@@ -200,8 +200,15 @@ class _Service:
 
     async def on_model(self, fn, *args, **kwargs):
         """`fn(*args, **kwargs)` on the engine's model thread, awaited."""
+        return await self._awaited(
+            lambda: self.engine.submit(lambda: fn(*args, **kwargs))
+        )
+
+    async def _awaited(self, submit):
+        """The result of the engine future `submit()` returns, with the
+        engine's errors as API errors."""
         try:
-            future = self.engine.submit(lambda: fn(*args, **kwargs))
+            future = submit()
         except EngineBusy as exc:
             raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
         try:
@@ -290,8 +297,8 @@ class _Service:
             self.config.max_pixels,
             self.engine.snapshot.index,
         )
-        version, hits = await self.on_model(
-            self.engine.search_image, image, **options
+        version, hits = await self._awaited(
+            lambda: self.engine.submit_search(image, **options)
         )
         return self.answer(version, hits, {"upload": True}, options, started)
 
@@ -360,7 +367,14 @@ class _Service:
                     "reloads": engine.reloads,
                     "last_reload_error": engine.last_reload_error,
                 },
-                "queue": {"waiting": engine.queued},
+                "queue": {
+                    "waiting": engine.queued,
+                    "max_batch": engine.max_batch,
+                    "image_batches": {
+                        str(size): count
+                        for size, count in sorted(engine.batches.items())
+                    },
+                },
                 "requests": self.stats.summary(),
             }
         )

@@ -6,6 +6,12 @@
   that the event loop never waits on TensorFlow and queries do not race
   for the CPU (a full queue is refused with `EngineBusy`, not queued
   without end);
+- batches image queries (`submit_search`) that wait in that queue at
+  the same time: up to `max_batch` go through the network in one call
+  (images of one resized shape together, as `RMACModel.extract`
+  batches), and are then each searched. A query that arrives while the
+  model thread is idle starts at once (no waiting for a batch to fill,
+  TF Serving's `batch_timeout_micros=0`);
 - follows the index's version marker: a watcher thread reads
   `current.json` (`keras_rmac.indexing.current_generation`, one small
   file) every `poll_interval` seconds and, when the generation changed,
@@ -35,6 +41,9 @@ __all__ = ["EngineBusy", "Hit", "PhotoNotFound", "SearchEngine", "Snapshot"]
 
 _RETAINED_VERSIONS = 4
 """Photo lists of this many recent versions are kept for old links."""
+
+_IMAGE_SEARCH = object()
+"""The job function slot of a batchable image query (`submit_search`)."""
 
 
 class EngineBusy(RuntimeError):
@@ -118,6 +127,9 @@ class SearchEngine:
         queue_size: int. Queries waiting for the model thread beyond
             which new ones are refused with `EngineBusy`. Defaults to 64.
         check_model: bool. As in `PhotoIndex`. Defaults to True.
+        max_batch: int. Image queries (`submit_search`) extracted in one
+            call, from those waiting together; 1 extracts each alone.
+            Defaults to 8.
 
     Example:
 
@@ -132,7 +144,13 @@ class SearchEngine:
         poll_interval: float = 1.0,
         queue_size: int = 64,
         check_model: bool = True,
+        max_batch: int = 8,
     ):
+        from keras_rmac.checks import check_int
+
+        self.max_batch = check_int("max_batch", max_batch)
+        self.batches = collections.Counter()
+        """Image-query batches run, by size."""
         self.index_dir = os.path.abspath(os.fspath(index_dir))
         self.poll_interval = float(poll_interval)
         self.check_model = check_model
@@ -278,20 +296,70 @@ class SearchEngine:
             ) from None
         return future
 
+    def submit_search(self, image, k=10, qe=0, alpha=None):
+        """`search_image(image, k, qe, alpha)` on the model thread, batched
+        with the image queries waiting beside it; its future.
+
+        Raises:
+            EngineBusy: `queue_size` queries are already waiting.
+        """
+        return self.submit(_IMAGE_SEARCH, image, k, qe, alpha)
+
     @property
     def queued(self) -> int:
         return self._jobs.qsize()
 
     def _work(self) -> None:
+        held = collections.deque()  # Taken from the queue, not batchable.
         while True:
-            job = self._jobs.get()
+            job = held.popleft() if held else self._jobs.get()
             if job is None:
                 return
             future, fn, args = job
+            if fn is _IMAGE_SEARCH:
+                batch = [job]
+                while len(batch) < self.max_batch and not held:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is not None and more[1] is _IMAGE_SEARCH:
+                        batch.append(more)
+                    else:  # Runs next, in its turn.
+                        held.append(more)
+                self._search_batch(batch)
+                continue
             if not future.set_running_or_notify_cancel():
                 continue
             try:
                 future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def _search_batch(self, batch) -> None:
+        """Answers image queries `(future, _, (image, k, qe, alpha))` with
+        one snapshot: one extraction for all, then each search. If the
+        batch's extraction fails, each image is extracted alone, so a bad
+        one fails only its own query."""
+        live = [job for job in batch if job[0].set_running_or_notify_cancel()]
+        if not live:
+            return
+        snap = self._snapshot
+        index = snap.index
+        try:
+            descriptors = index.extract_batch([args[0] for _, _, args in live])
+        except Exception:
+            descriptors = None
+        self.batches[len(live)] += 1
+        for row, (future, _, (image, k, qe, alpha)) in enumerate(live):
+            try:
+                query = (
+                    index.extract(image)[None]
+                    if descriptors is None
+                    else descriptors[row : row + 1]
+                )
+                results = index.search_descriptor(query, k, qe, alpha)
+                future.set_result((snap.version, snap.hits(results)))
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -337,43 +405,10 @@ class SearchEngine:
             query = index.stored_descriptors(np.array([i]))
         except ValueError:
             return self.search_path(snap, i, k, qe, alpha)
-        return snap.version, _search_vector(snap, query, k, qe, alpha)
+        results = index.search_descriptor(query, k, qe, alpha)
+        return snap.version, snap.hits(results)
 
     @staticmethod
     def search_path(snap, i, k, qe, alpha):
         results = snap.index.search(snap.index.path(i), k, qe, alpha)
         return snap.version, snap.hits(results)
-
-
-def _search_vector(snap: Snapshot, query, k, qe, alpha) -> list[Hit]:
-    """`PhotoIndex.search` from a descriptor `(1, D)` instead of an image:
-    the same checks, expansion and ranking."""
-    from keras_rmac.search import expansion
-
-    index = snap.index
-    if int(k) < 1:
-        raise ValueError(f"`k` must be >= 1. Received: k={k!r}")
-    if int(qe) < 0:
-        raise ValueError(f"`qe` must be >= 0. Received: qe={qe!r}")
-    k = min(int(k), len(snap))
-    if k == 0:
-        return []
-    query = np.asarray(query, np.float32)
-    if qe:
-        qe = min(int(qe), len(snap))
-        ids, scores = index.index.search(query, qe)
-        valid = ids >= 0
-        neighbours = np.zeros(ids.shape + (query.shape[1],), np.float32)
-        neighbours[valid] = index.stored_descriptors(ids[valid])
-        if alpha is None:
-            query = expansion.average_query_expansion(query, neighbours, valid)
-        else:
-            query = expansion.alpha_query_expansion(
-                query, neighbours, scores, alpha, valid
-            )
-    ids, scores = index.index.search(query, k)
-    return [
-        Hit(rank + 1, int(i), float(s), index.path(int(i)), snap.paths[int(i)])
-        for rank, (i, s) in enumerate(zip(ids[0], scores[0]))
-        if int(i) >= 0
-    ]
