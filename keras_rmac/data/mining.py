@@ -286,8 +286,12 @@ class HardNegativeMiner(keras.callbacks.Callback):
     batches already prefetched still hold older triplets.
 
     `history` keeps each round's statistics: the mean similarity of the
-    queries to their positives and to their negatives, and of different
-    pool images to each other (`pool_similarity`); a round whose pool
+    queries to their positives and to their negatives, the share of rows
+    whose negative is at least as similar to the query as its positive
+    (`harder_than_positive`, over rows whose three images are in the
+    pool: rows whose loss all-equal descriptors would not raise), and the
+    mean similarity of different pool images to each other
+    (`pool_similarity`); a round whose pool
     similarity passes `COLLAPSE_SIMILARITY` and the first round's by
     `COLLAPSE_RISE` logs a warning (the descriptors are collapsing onto one
     point).
@@ -506,12 +510,14 @@ class HardNegativeMiner(keras.callbacks.Callback):
         if self.verbose:
             logger.info(
                 "mined %d triplets from a pool of %d in %.1f s: mean "
-                "similarity query-positive %.3f, query-negative %.3f",
+                "similarity query-positive %.3f, query-negative %.3f; "
+                "negative as similar as the positive in %.0f%% of rows",
                 len(rows),
                 len(pool),
                 stats["seconds"],
                 stats["positive_similarity"],
                 stats["negative_similarity"],
+                100 * stats["harder_than_positive"],
             )
         return rows
 
@@ -548,11 +554,20 @@ class HardNegativeMiner(keras.callbacks.Callback):
             for q, p, _ in rows
             if q in where and p in where
         ]
+        harder = [
+            descriptors[where[q]] @ descriptors[where[n]]
+            >= descriptors[where[q]] @ descriptors[where[p]]
+            for q, p, n in rows
+            if q in where and p in where and n in where
+        ]
         return {
             "seconds": seconds,
             "pool": len(pool),
             "positive_similarity": float(np.mean(pos)) if pos else np.nan,
             "negative_similarity": float(np.mean(neg)) if neg else np.nan,
+            "harder_than_positive": (
+                float(np.mean(harder)) if harder else np.nan
+            ),
             "pool_similarity": mean_cosine(descriptors),
         }
 

@@ -379,7 +379,7 @@ def test_miner_semihard_negatives_are_farther_than_the_positive(tmp_path):
     rgb = _unit([np.asarray(Image.open(p))[0, 0] for p in paths])
     lab = images.labels
 
-    def mined(negatives, pool_size, rows):
+    def mined(negatives, pool_size, rows, stats=False):
         table = T.TripletTable(T.random_triplets(lab, rows, 0))
         miner = mining.HardNegativeMiner(
             images,
@@ -392,6 +392,8 @@ def test_miner_semihard_negatives_are_farther_than_the_positive(tmp_path):
             verbose=0,
         )
         miner.on_epoch_begin(0)
+        if stats:
+            return table.snapshot(), miner.history[0]
         return table.snapshot()
 
     def check(rows, pool):
@@ -411,8 +413,17 @@ def test_miner_semihard_negatives_are_farther_than_the_positive(tmp_path):
             assert np.all(sims[:k] < pos + 1e-6)
             assert np.all(sims[k:] >= pos - 1e-6)
 
-    hard = mined("hardest", 20, 20)
-    semi = mined("semihard", 20, 20)
+    hard, hard_stats = mined("hardest", 20, 20, stats=True)
+    semi, semi_stats = mined("semihard", 20, 20, stats=True)
+    # The share of rows whose negative is as similar as the positive, on
+    # the true colours (every row mined, the pool is the whole set).
+    for rows, stats in ((hard, hard_stats), (semi, semi_stats)):
+        q, p, n = rows.T
+        harder = np.sum(rgb[q] * rgb[n], 1) >= np.sum(rgb[q] * rgb[p], 1)
+        assert stats["harder_than_positive"] == pytest.approx(harder.mean())
+    assert (
+        semi_stats["harder_than_positive"] < hard_stats["harder_than_positive"]
+    )
     # Same queries and positives (the positive is drawn before the
     # negatives in both modes).
     np.testing.assert_array_equal(hard[:, :2], semi[:, :2])
