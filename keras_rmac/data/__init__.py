@@ -8,7 +8,8 @@ Modules, in the order the data flows:
 - `labelled`: `LabelledImages`, the `path,label[,x0,y0,x1,y1]` CSV format
   (`read_image_list`, `write_image_list`) and one folder per class.
 - `bad_files`, `triplet_table`, `augmentation`, `triplets`: the `tf.data`
-  pipeline of training triplets; `mining`: hard negatives;
+  pipeline of training triplets; `negatives` (the steps on descriptors) and
+  `mining` (the callback): hard negatives;
   `class_batches`: class-balanced (P x K) batches for listwise losses.
 - `datasets`: retrieval benchmarks (Oxford/Paris, Holidays, COIL-100...).
 - `cleaning`, `local_features`: automatic cleaning of noisy lists.
