@@ -86,6 +86,9 @@ flags.DEFINE_integer("negatives_per_query", 4, "Hard negatives per query.")
 flags.DEFINE_enum(
     "positive", "random", ["random", "most_similar"], "Positive choice."
 )
+flags.DEFINE_enum(
+    "negatives", "hardest", ["hardest", "semihard"], "Mined negatives."
+)
 flags.DEFINE_bool("mining", True, "Hard-negative mining (else random).")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_integer("pipeline_steps", 20, "Steps timed per pipeline run.")
@@ -294,6 +297,7 @@ def main(argv):
         pool_size=args.pool_size,
         negatives_per_query=args.negatives_per_query,
         positive=args.positive,
+        negatives=args.negatives,
         checkpoint_every=args.steps_per_epoch,
         seed=args.seed,
         verbose=0,
@@ -361,7 +365,7 @@ def main(argv):
             for k in (
                 "trainable_from learning_rate lr_decay margin batch_size "
                 "epochs steps_per_epoch pool_size negatives_per_query "
-                "positive mining optimizer seed image_size"
+                "positive negatives mining optimizer seed image_size"
             ).split()
         },
     }
@@ -429,8 +433,9 @@ def _report(s, args, tuning=(), others=()):
         f"`{f['trainable_from']}` is frozen and its output cached once per "
         "image (`TrainConfig.cache_features`, so no augmentation); the "
         "layers from there on (BatchNorm frozen) and shift + PCA are trained "
-        f"with {f['optimizer']}; {f['negatives_per_query']} hardest "
-        "negatives per query (at most one per object) re-mined every epoch "
+        f"with {f['optimizer']}; {f['negatives_per_query']} "
+        + ("semi-hard" if f.get("negatives") == "semihard" else "hardest")
+        + " negatives per query (at most one per object) re-mined every epoch "
         f"from {f['pool_size']} train images.",
         "",
         markdown_table(
