@@ -46,8 +46,8 @@ def test_recall_verdict():
 
 
 def _finetune(grid, rpn):
-    runs = [{"arm": "grid", "map": m} for m in grid]
-    runs += [{"arm": "rpn", "map": m} for m in rpn]
+    runs = [{"arm": "grid", "seed": i, "map": m} for i, m in enumerate(grid)]
+    runs += [{"arm": "rpn", "seed": i, "map": m} for i, m in enumerate(rpn)]
     return rpn_coil.finetune_section({"settings": {}, "runs": runs})
 
 
@@ -76,8 +76,18 @@ def test_finetune_verdict_with_three_seeds():
     # +3 points on the mean, the grid's spread 2 points: met.
     assert "+3.00 points on the mean, larger spread 2.00" in text
     assert "NOT met" not in text and "test mAP per seed (0, 1, 2)" in text
-    # The learned arm at 2 seeds against the grid at 3: no verdict.
-    text = rpn_coil.finetune_section({"settings": {}, "runs": runs[:-1]})
+    # The learned arm at seeds 0 and 2 against the grid at 0, 1, 2: the
+    # verdict on the common seeds (+3.00 against the grid's 0.40, 0.42),
+    # and each mAP named by its seed.
+    text = rpn_coil.finetune_section(
+        {"settings": {}, "runs": runs[:4] + runs[5:]}
+    )
+    assert "on their common seeds (0, 2): +3.00 points" in text
+    assert "test mAP per seed (seed: mAP)" in text
+    assert "| 0: 0.4000, 1: 0.4100, 2: 0.4200 |" in text
+    assert "| 0: 0.4400, 2: 0.4400 |" in text
+    # One common seed: no verdict.
+    text = rpn_coil.finetune_section({"settings": {}, "runs": runs[:4]})
     assert "needs both arms at the same 2 or more seeds" in text
 
 
@@ -377,6 +387,18 @@ def test_earlier_pair_stays_beside_the_new_choice(size_512, tmp_path):
             "rpn128-semihard",
         ]
         assert "before the semi-hard" in rpn_coil._finetune_choices()["rpn128"]
+        # The semi-hard arms run their own seeds (ARM_SEEDS_512).
+        with flagsaver.flagsaver(seeds=["0", "1"]):
+            plan = rpn_coil._finetune_plan()
+        assert [a for a, s in plan if s == 0] == [
+            "grid",
+            "rpn128",
+            "grid-semihard",
+            "rpn128-semihard",
+        ]
+        assert [s for a, s in plan if a == "rpn128"] == [0, 1]
+        assert [s for a, s in plan if a == "grid-semihard"] == [0, 1, 2, 3, 4]
+        assert [s for a, s in plan if a == "rpn128-semihard"] == [0, 1, 2, 4]
         runs[1]["map"] = 0.85  # rpn128 chosen again
         valtune = {"runs": runs, "chosen": rpn_coil.best_per_budget(runs)}
         (work / "valtune.json").write_text(json.dumps(valtune))
