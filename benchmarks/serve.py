@@ -134,20 +134,26 @@ def main():
     parser.add_argument("--search-calls", type=int, default=3)
     parser.add_argument("--single-uploads", type=int, default=30)
     parser.add_argument("--screenshot", default=None)
-    args = parser.parse_args()
+    run_in_work_dir(parser.parse_args(), "bench-serve-", run)
+
+
+def run_in_work_dir(args, prefix, run):
+    """`run(args, COIL-100 folder, work dir)` in a temporary work dir
+    (removed after); the data from `$KERAS_RMAC_DATA` or `--data`."""
     coil = pathlib.Path(os.environ.get("KERAS_RMAC_DATA", args.data))
     coil = coil / "coil100"
-    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    work = pathlib.Path(tempfile.mkdtemp(prefix=prefix))
     try:
         run(args, coil, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(args, coil, work):
-    started = time.time()
+def index_objects(coil, work, objects, max_size=224):
+    """`(photos dir, index dir, photo count)`: the views every 30 degrees
+    of COIL-100 objects 1..`objects`, indexed by `keras-rmac index`."""
     photos, index_dir = work / "photos", work / "index"
-    _copy_objects(coil, photos, range(1, args.objects + 1))
+    _copy_objects(coil, photos, range(1, objects + 1))
     count = len(os.listdir(photos))
     print(f"indexing {count} photos ...", flush=True)
     _cli(
@@ -156,9 +162,15 @@ def run(args, coil, work):
         "--index",
         str(index_dir),
         "--max-size",
-        "224",
+        str(max_size),
         "-q",
     )
+    return photos, index_dir, count
+
+
+def run(args, coil, work):
+    started = time.time()
+    photos, index_dir, count = index_objects(coil, work, args.objects)
     query = coil / "obj5__45.png"
     print("timing keras-rmac search ...", flush=True)
     search_times = _search_calls(index_dir, query, args.search_calls)

@@ -21,11 +21,7 @@ It replaces its section of `benchmarks/RESULTS.md`
 """
 
 import argparse
-import os
-import pathlib
-import shutil
 import statistics
-import tempfile
 import time
 
 import numpy as np
@@ -34,9 +30,9 @@ from benchmarks.results import machine
 from benchmarks.results import markdown_table
 from benchmarks.results import write_section
 from benchmarks.serve import REPO
-from benchmarks.serve import _cli
-from benchmarks.serve import _copy_objects
 from benchmarks.serve import _percentiles
+from benchmarks.serve import index_objects
+from benchmarks.serve import run_in_work_dir
 from keras_rmac.serve import SearchEngine
 from keras_rmac.serve import create_app
 from tests.serve import server
@@ -128,31 +124,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-size", type=int, default=224)
     parser.add_argument("--max-batch", type=int, nargs="+", default=[8])
-    args = parser.parse_args()
-    coil = pathlib.Path(os.environ.get("KERAS_RMAC_DATA", args.data))
-    coil = coil / "coil100"
-    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-serve-batching-"))
-    try:
-        run(args, coil, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    run_in_work_dir(parser.parse_args(), "bench-serve-batching-", run)
 
 
 def run(args, coil, work):
     started = time.time()
-    photos, index_dir = work / "photos", work / "index"
-    _copy_objects(coil, photos, range(1, args.objects + 1))
-    count = len(os.listdir(photos))
-    print(f"indexing {count} photos ...", flush=True)
-    _cli(
-        "index",
-        str(photos),
-        "--index",
-        str(index_dir),
-        "--max-size",
-        str(args.max_size),
-        "-q",
-    )
+    _, index_dir, count = index_objects(coil, work, args.objects, args.max_size)
     queries = _uploads(coil, args.queries, args.objects)
     settings = [1] + [m for m in args.max_batch if m != 1]
     runs = {m: [] for m in settings}
