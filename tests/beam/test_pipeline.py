@@ -287,19 +287,16 @@ def test_kill_9_midway_then_rerun_has_no_missing_or_duplicate_rows(
     assert _report(index_dir)["indexed"] == 24
 
 
-def test_remote_build_pipeline_equals_the_local_build(
-    tmp_path, tiny, monkeypatch
-):
-    """A remote runner's build step (`BuildIndexShards` in a second
-    pipeline, here run on the in-process DirectRunner) gives the index a
-    local runner builds in this process."""
+def _local_and_remote(tmp_path, model, monkeypatch, count, mode, shards):
+    """`{"local": PhotoIndex, "remote": PhotoIndex}` of `count` photos,
+    indexed by `index_folder_on_beam` as a local runner builds and as a
+    remote runner's second pipeline builds (run on the DirectRunner);
+    neither leaves its build folder behind."""
     from keras_rmac.beam import folder
     from keras_rmac.beam import index_folder_on_beam
 
-    model, _ = tiny
-    is_local = folder.is_local_runner
     root = tmp_path / "photos"
-    for i in range(7):
+    for i in range(count):
         photos.save(root / f"p{i}.png", photos.photo(i))
     built = {}
     for name, remote in (("local", False), ("remote", True)):
@@ -307,11 +304,24 @@ def test_remote_build_pipeline_equals_the_local_build(
             folder, "is_local_runner", lambda r, v=remote: not v
         )
         index_folder_on_beam(
-            root, tmp_path / name, model=model, max_size=64, mode="exact",
-            index_shards=3, verbose=0,
+            root, tmp_path / name, model=model, max_size=64, mode=mode,
+            index_shards=shards, verbose=0,
         )  # fmt: skip
         built[name] = indexing.PhotoIndex(tmp_path / name)
         assert not (tmp_path / name / ".work" / folder.BUILD_DIR).exists()
+    return built
+
+
+def test_remote_build_pipeline_equals_the_local_build(
+    tmp_path, tiny, monkeypatch
+):
+    """A remote runner's build step (`BuildIndexShards` in a second
+    pipeline, here run on the in-process DirectRunner) gives the index a
+    local runner builds in this process."""
+    from keras_rmac.beam import folder
+
+    is_local = folder.is_local_runner
+    built = _local_and_remote(tmp_path, tiny[0], monkeypatch, 7, "exact", 3)
     local, remote = built["local"], built["remote"]
     assert local.paths == remote.paths
     assert [len(s) for s in remote.index.shards] == [2, 2, 3]
@@ -327,24 +337,9 @@ def test_remote_fast_parts_are_tuned_once_merged(tmp_path, tiny, monkeypatch):
     """ScaNN parts built by a remote runner's workers measure no recall of
     their own: only the merged index is tuned, to the job's target, as
     the local build tunes its shards."""
-    from keras_rmac.beam import folder
-    from keras_rmac.beam import index_folder_on_beam
     from keras_rmac.search import scann_policy
 
-    model, _ = tiny
-    root = tmp_path / "photos"
-    for i in range(9):
-        photos.save(root / f"p{i}.png", photos.photo(i))
-    built = {}
-    for name, remote in (("local", False), ("remote", True)):
-        monkeypatch.setattr(
-            folder, "is_local_runner", lambda r, v=remote: not v
-        )
-        index_folder_on_beam(
-            root, tmp_path / name, model=model, max_size=64, mode="fast",
-            index_shards=2, verbose=0,
-        )  # fmt: skip
-        built[name] = indexing.PhotoIndex(tmp_path / name)
+    built = _local_and_remote(tmp_path, tiny[0], monkeypatch, 9, "fast", 2)
     # Both as saved and opened again (PhotoIndex reads the folder).
     local, remote = built["local"].index, built["remote"].index
     for index in (local, remote):
