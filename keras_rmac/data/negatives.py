@@ -134,15 +134,15 @@ def mine_hard_negatives(
         unfinished = []
         for row, q in zip(ids, todo):
             row = row[row >= 0]
-            limit = None if bound is None else bound[q]
+            above = None
+            if bound is not None:  # Exact similarities, whatever the index.
+                above = pool[row].astype(np.float64) @ queries[q] >= bound[q]
             found = _negatives_of(
                 row,
                 pool_labels,
                 int(query_labels[q]),
                 num_negatives,
-                None
-                if limit is None
-                else (pool[row].astype(np.float64) @ queries[q], limit),
+                above,
                 final=k >= len(pool),
             )
             out[q, : len(found)] = found
@@ -153,10 +153,10 @@ def mine_hard_negatives(
     return out
 
 
-def _negatives_of(row, pool_labels, label, count, bounded, final):
+def _negatives_of(row, pool_labels, label, count, above_bound, final):
     """Up to `count` pool positions of `row` (best first), one per class
-    other than `label`; with `bounded = (similarities of row, bound)` only
-    those below the bound, filled (when `final`: the row is the whole
+    other than `label`; with `above_bound` (bool per position of `row`)
+    only those not above it, filled (when `final`: the row is the whole
     pool) with the ones above it nearest the bound."""
     used = {label}
     found, above = [], []
@@ -164,14 +164,14 @@ def _negatives_of(row, pool_labels, label, count, bounded, final):
         other = int(pool_labels[j])
         if other in used:
             continue
-        if bounded is not None and bounded[0][position] >= bounded[1]:
+        if above_bound is not None and above_bound[position]:
             above.append(j)
             continue
         used.add(other)
         found.append(int(j))
         if len(found) == count:
             return found
-    if bounded is not None and final:
+    if above_bound is not None and final:
         for j in reversed(above):
             other = int(pool_labels[j])
             if other not in used:

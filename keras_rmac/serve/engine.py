@@ -149,8 +149,7 @@ class SearchEngine:
         from keras_rmac.checks import check_int
 
         self.max_batch = check_int("max_batch", max_batch)
-        self.batches = collections.Counter()
-        """Image-query batches run, by size."""
+        self.batches = collections.Counter()  # Image-query batches by size.
         self.index_dir = os.path.abspath(os.fspath(index_dir))
         self.poll_interval = float(poll_interval)
         self.check_model = check_model
